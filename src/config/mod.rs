@@ -1,0 +1,773 @@
+//! Typed configuration: built-in defaults < TOML file < `EASEL_*` environment.
+//!
+//! Relative paths in a config file are resolved against the file's own folder, so a
+//! service can be started from any working directory; without a file they are resolved
+//! against the working directory.
+
+mod duration;
+
+pub use duration::{Rule, Span};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The file looked for in the working directory when no `--config` is given.
+pub const DEFAULT_FILE: &str = "easel.toml";
+/// Environment variables with this prefix and a `__` inside override config keys.
+pub const ENV_PREFIX: &str = "EASEL_";
+
+/// A config that could not be read or is not valid. The message names the file (or
+/// environment variable), the line where there is one, and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// An `EASEL_*` variable could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// The values parse but do not make sense together.
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub crypto: CryptoConfig,
+    pub log: LogConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+    pub credits: CreditsConfig,
+    pub alt_text: AltTextConfig,
+    pub local_model: LocalModelConfig,
+    pub retention: RetentionConfig,
+    pub scheduler: SchedulerConfig,
+    pub backup: BackupConfig,
+    pub privacy: PrivacyConfig,
+    pub signup: SignupConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (restart to change).
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per CPU core (restart to change).
+    pub workers: usize,
+    /// The largest request body accepted, in bytes, uploads included.
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout: Span,
+    /// The address people use to reach Easel, for links (optional).
+    pub public_url: Option<String>,
+    /// HTTPS with rustls (restart to change).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            max_body_bytes: 25 * 1024 * 1024,
+            shutdown_timeout: Span::secs(30),
+            public_url: None,
+            tls: None,
+        }
+    }
+}
+
+/// `[server.tls]`: PEM certificate chain and private key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[storage]`: where the database lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Folder holding the database, the admin socket and blobs (restart to change).
+    pub data_dir: PathBuf,
+    /// Page cache of the database, in MiB (restart to change).
+    pub cache_mib: u64,
+    /// Most writes the writer folds into one durable commit (restart to change).
+    pub max_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./easel-data"),
+            cache_mib: 32,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// `[crypto]`: where the master key comes from when neither `EASEL_MASTER_KEY` nor a
+/// systemd credential provides it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    pub master_key_file: PathBuf,
+}
+
+impl Default for CryptoConfig {
+    fn default() -> Self {
+        CryptoConfig {
+            master_key_file: PathBuf::from("./master.key"),
+        }
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `easel=debug,actix_web=info`.
+    pub level: String,
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[providers.NAME]`: an organisation-wide AI provider connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Name of the environment variable holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (for example a systemd credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Endpoint; required for `openai-compatible`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Time allowed for one upstream request.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout: Span,
+    /// Send the provider's privacy options (OpenAI `store: false`, OpenRouter zero
+    /// data retention) with every request.
+    #[serde(default = "yes")]
+    pub privacy_options: bool,
+}
+
+fn default_provider_timeout() -> Span {
+    Span::secs(60)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Wire protocol of a provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Openai,
+    OpenaiCompatible,
+    Gemini,
+    Anthropic,
+    Bfl,
+}
+
+/// `[[models]]`: one entry of the model catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: String,
+    pub capabilities: Vec<Capability>,
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub price: PriceConfig,
+}
+
+/// What a model can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Chat,
+    Vision,
+    Image,
+}
+
+/// One upstream route of a model, tried in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub provider: String,
+    pub model: String,
+}
+
+/// Prices in USD.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceConfig {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub per_image: f64,
+}
+
+/// `[credits]`: how prices turn into credits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    pub per_usd: f64,
+    /// Credits charged per request made on a person's own provider key.
+    pub byok_fee: f64,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        CreditsConfig {
+            per_usd: 1000.0,
+            byok_fee: 0.0,
+        }
+    }
+}
+
+/// `[alt_text]`: the alt text service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AltTextConfig {
+    /// A catalog model id with vision, or `local` for the built-in candle model.
+    pub model: String,
+    pub default_language: String,
+    pub max_chars: u32,
+    pub max_image_bytes: u64,
+    pub max_pixels: u64,
+    /// Longest side an image is scaled down to before it is sent to a provider.
+    pub downscale_to: u32,
+    /// Hosts that URL fetches may reach even though they resolve to private addresses.
+    pub url_allowlist: Vec<String>,
+    pub url_timeout: Span,
+}
+
+impl Default for AltTextConfig {
+    fn default() -> Self {
+        AltTextConfig {
+            model: "local".into(),
+            default_language: "en".into(),
+            max_chars: 125,
+            max_image_bytes: 16 * 1024 * 1024,
+            max_pixels: 50_000_000,
+            downscale_to: 1024,
+            url_allowlist: Vec::new(),
+            url_timeout: Span::secs(10),
+        }
+    }
+}
+
+/// `[local_model]`: the local alt text model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalModelConfig {
+    pub dir: PathBuf,
+    /// `cpu`, or `cuda` in a build with the `cuda` feature.
+    pub device: String,
+}
+
+impl Default for LocalModelConfig {
+    fn default() -> Self {
+        LocalModelConfig {
+            dir: PathBuf::from("./easel-data/models/blip-large"),
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// `[retention]`: how long each data class of the privacy policy is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub account: Rule,
+    /// Time between a deletion request and erasure, during which it can be cancelled.
+    pub deletion_recovery: Span,
+    pub credentials: Rule,
+    pub provider_keys: Rule,
+    pub usage: Rule,
+    pub access_log: Rule,
+    pub alt_text: Rule,
+    pub billing: Rule,
+    pub skills: Rule,
+    pub assets: Rule,
+    pub analytics: Rule,
+    pub audit: Rule,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            account: Rule::WhileActive,
+            deletion_recovery: Span::days(30),
+            credentials: Rule::UntilRevoked,
+            provider_keys: Rule::UntilDeleted,
+            usage: Rule::For(Span::days(90)),
+            access_log: Rule::For(Span::secs(24 * 3600)),
+            alt_text: Rule::For(Span::days(90)),
+            billing: Rule::For(Span::days(7 * 365)),
+            skills: Rule::UntilDeleted,
+            assets: Rule::UntilDeleted,
+            analytics: Rule::For(Span::days(90)),
+            audit: Rule::For(Span::days(365)),
+        }
+    }
+}
+
+/// `[scheduler]`: when background jobs run (cron with seconds: `sec min hour day month weekday`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub retention_sweep: String,
+    pub deletion_requests: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            retention_sweep: "0 0 * * * *".into(),
+            deletion_requests: "0 30 * * * *".into(),
+        }
+    }
+}
+
+/// `[backup]`: scheduled online backups (off unless `dir` is set).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    pub dir: Option<PathBuf>,
+    pub schedule: String,
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            schedule: "0 0 3 * * *".into(),
+            keep: 7,
+        }
+    }
+}
+
+/// `[privacy]`: who runs this instance, for the generated policy page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    pub operator: String,
+    pub contact: String,
+    pub policy_version: String,
+    pub effective_date: String,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            operator: "The operator of this Easel instance".into(),
+            contact: String::new(),
+            policy_version: "1".into(),
+            effective_date: "2026-11-21".into(),
+        }
+    }
+}
+
+/// `[signup]`: who may create an account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignupConfig {
+    pub mode: SignupMode,
+    pub invite_ttl: Span,
+}
+
+impl Default for SignupConfig {
+    fn default() -> Self {
+        SignupConfig {
+            mode: SignupMode::Closed,
+            invite_ttl: Span::days(7),
+        }
+    }
+}
+
+/// Sign-up policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignupMode {
+    Open,
+    Invite,
+    Closed,
+}
+
+/// A loaded config and where it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    /// The `EASEL_*` variables that were applied.
+    pub env_overrides: Vec<String>,
+}
+
+impl Loaded {
+    /// Where this config came from, for messages.
+    pub fn origin(&self) -> String {
+        match &self.file {
+            Some(p) => p.display().to_string(),
+            None => "built-in defaults".into(),
+        }
+    }
+}
+
+/// Finds and loads the config: `explicit` (from `--config`/`EASEL_CONFIG`) must exist;
+/// otherwise `./easel.toml` is used when present, else the built-in defaults.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let file = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+    };
+    load_from(file.as_deref(), std::env::vars())
+}
+
+/// Loads from one optional file and the given environment (testable without touching
+/// the process environment).
+pub fn load_from(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let (mut config, base) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let config = parse_str(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (config, base)
+        }
+        None => (Config::default(), PathBuf::from(".")),
+    };
+    let env_overrides = apply_env(&mut config, env)?;
+    let origin = file.map_or_else(|| "built-in defaults".into(), |p| p.display().to_string());
+    config.validate(&origin)?;
+    config.resolve_paths(&base);
+    Ok(Loaded {
+        config,
+        file: file.map(Path::to_path_buf),
+        env_overrides,
+    })
+}
+
+/// Parses TOML text into a config; the error text carries line, column and key.
+pub fn parse_str(text: &str) -> Result<Config, String> {
+    toml::from_str::<Config>(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+/// Applies `EASEL_SECTION__KEY=value` variables. Values are read as TOML (`8080`, `true`,
+/// `["a","b"]`), falling back to a plain string.
+fn apply_env(
+    config: &mut Config,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    if vars.is_empty() {
+        return Ok(Vec::new());
+    }
+    vars.sort();
+    let mut tree = toml::Table::try_from(&*config).map_err(|e| ConfigError::Env {
+        var: vars[0].0.clone(),
+        message: e.to_string(),
+    })?;
+    for (var, raw) in &vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let value = parse_env_value(raw);
+        set_path(&mut tree, &path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+    }
+    *config = Config::deserialize(tree).map_err(|e| ConfigError::Env {
+        var: vars
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    Ok(vars.into_iter().map(|(k, _)| k).collect())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut node = tree;
+    for (i, seg) in parents.iter().enumerate() {
+        // Optional sections (`server.tls`, `providers.x`) do not exist until set.
+        let entry = node
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a section", path[..=i].join(".")))?;
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Checks what serde cannot: references between sections and value ranges.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid(
+                "server.max_body_bytes".into(),
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.storage.max_batch == 0 {
+            return Err(invalid(
+                "storage.max_batch".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level".into(),
+                format!(
+                    "`{}` is not a log filter; try `info` or `easel=debug`",
+                    self.log.level
+                ),
+            ));
+        }
+        for (name, p) in &self.providers {
+            let key = |k: &str| format!("providers.{name}.{k}");
+            if p.api_key_env.is_some() && p.api_key_file.is_some() {
+                return Err(invalid(
+                    key("api_key_env"),
+                    "set either api_key_env or api_key_file, not both".into(),
+                ));
+            }
+            if p.kind == ProviderKind::OpenaiCompatible && p.base_url.is_none() {
+                return Err(invalid(
+                    key("base_url"),
+                    "is required for kind = \"openai-compatible\" (for example \"http://127.0.0.1:11434/v1\")".into(),
+                ));
+            }
+            if let Some(url) = &p.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    key("base_url"),
+                    format!("`{url}` must start with http:// or https://"),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if !seen.insert(m.id.as_str()) {
+                return Err(invalid(
+                    format!("models[{i}].id"),
+                    format!("model `{}` is listed twice", m.id),
+                ));
+            }
+            if m.routes.is_empty() {
+                return Err(invalid(
+                    format!("models[{i}].routes"),
+                    format!("model `{}` needs at least one route", m.id),
+                ));
+            }
+            for (j, r) in m.routes.iter().enumerate() {
+                if !self.providers.contains_key(&r.provider) {
+                    return Err(invalid(
+                        format!("models[{i}].routes[{j}].provider"),
+                        format!(
+                            "no provider named `{}`; add a [providers.{}] section",
+                            r.provider, r.provider
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.alt_text.model != "local"
+            && !self.models.iter().any(|m| m.id == self.alt_text.model)
+        {
+            return Err(invalid(
+                "alt_text.model".into(),
+                format!(
+                    "`{}` is not in [[models]]; use a catalog model with vision, or \"local\"",
+                    self.alt_text.model
+                ),
+            ));
+        }
+        if self.credits.per_usd <= 0.0 {
+            return Err(invalid("credits.per_usd".into(), "must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.storage.data_dir);
+        abs(&mut self.crypto.master_key_file);
+        abs(&mut self.local_model.dir);
+        if let Some(tls) = &mut self.server.tls {
+            abs(&mut tls.cert_file);
+            abs(&mut tls.key_file);
+        }
+        if let Some(dir) = &mut self.backup.dir {
+            abs(dir);
+        }
+        for p in self.providers.values_mut() {
+            if let Some(f) = &mut p.api_key_file {
+                abs(f);
+            }
+        }
+    }
+
+    /// The effective config as TOML, for `easel config check`. Nothing secret is held
+    /// in the config itself (keys come from files and the environment), so what is
+    /// printed about them is only whether they are present.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Keys whose change needs a restart, with old and new values, for a live reload.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.server.listen != new.server.listen {
+            out.push("server.listen");
+        }
+        if self.server.workers != new.server.workers {
+            out.push("server.workers");
+        }
+        if self.server.tls != new.server.tls {
+            out.push("server.tls");
+        }
+        if self.storage != new.storage {
+            out.push("storage");
+        }
+        if self.crypto != new.crypto {
+            out.push("crypto.master_key_file");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_creates_optional_sections() {
+        let loaded = load_from(
+            None,
+            env(&[
+                ("EASEL_SERVER__LISTEN", "0.0.0.0:9000"),
+                ("EASEL_RETENTION__USAGE", "30d"),
+                ("EASEL_CONFIG", "ignored.toml"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(loaded.config.server.listen.port(), 9000);
+        assert_eq!(loaded.config.retention.usage, Rule::For(Span::days(30)));
+        assert_eq!(loaded.env_overrides.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_environment_key_is_named_in_the_error() {
+        let err = load_from(None, env(&[("EASEL_SERVER__LISTN", "x")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("EASEL_SERVER__LISTN"), "{text}");
+        assert!(text.contains("listn"), "{text}");
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_provider_is_refused() {
+        let text = r#"
+[[models]]
+id = "m"
+capabilities = ["chat"]
+routes = [{ provider = "nope", model = "x" }]
+"#;
+        let config = parse_str(text).expect("parses");
+        let err = config.validate("f.toml").unwrap_err().to_string();
+        assert!(err.contains("models[0].routes[0].provider"), "{err}");
+    }
+}

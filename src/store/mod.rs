@@ -1,0 +1,625 @@
+//! Embedded storage on redb. No redb type leaves this module: capabilities declare
+//! typed [`Table`]s and work inside [`WriteTx`]/[`ReadTx`] closures.
+//!
+//! Every write goes through one writer thread that folds concurrent writes into one
+//! durable commit (group commit) and answers each caller only after that commit.
+//! Reads run on the blocking pool, off the async runtime.
+
+mod backup;
+pub mod codec;
+mod migrate;
+mod writer;
+
+pub use backup::{BackupReport, RestoreReport, restore};
+pub use migrate::Migration;
+pub use writer::WriterStats;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "easel.redb";
+const META: &str = "meta";
+
+fn raw(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// A storage failure, with a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error(
+        "the database {0} is in use by another process; stop `easel serve` or use the admin socket"
+    )]
+    Locked(PathBuf),
+    /// redb reported an error.
+    #[error("storage error: {0}")]
+    Db(String),
+    /// A stored record does not decode.
+    #[error("a record in table `{table}` is unreadable: {message}")]
+    Corrupt { table: String, message: String },
+    /// The file was written by a newer release.
+    #[error(
+        "the database has schema version {found}, newer than this build ({known}); upgrade Easel"
+    )]
+    TooNew { found: u32, known: u32 },
+    /// The writer has shut down.
+    #[error("the store is shut down")]
+    Closed,
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An operation was refused for a reason the message gives.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::from(redb::Error::from(e)) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A key type that encodes to bytes whose order is the order wanted in scans.
+pub trait Key: Sized {
+    /// The key's bytes.
+    fn encode(&self) -> Vec<u8>;
+    /// Reads a key back.
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+impl Key for String {
+    fn encode(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl Key for Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
+        self.clone()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Some(bytes.to_vec())
+    }
+}
+
+impl Key for u64 {
+    fn encode(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(u64::from_be_bytes)
+    }
+}
+
+/// A typed table: keys of type `K`, records of type `V` stored with the versioned codec.
+pub struct Table<K, V> {
+    name: &'static str,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Table<K, V> {
+    /// Declares a table; it is created on first write.
+    pub const fn new(name: &'static str) -> Self {
+        Table {
+            name,
+            _types: PhantomData,
+        }
+    }
+    /// The table's name in the database.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// An index of `(timestamp_be, id)` keys for data that expires, so finding what is
+/// older than a cutoff is a range scan from the start.
+pub struct TimeIndex {
+    name: &'static str,
+}
+
+impl TimeIndex {
+    /// Declares a time index table.
+    pub const fn new(name: &'static str) -> Self {
+        TimeIndex { name }
+    }
+
+    fn key(at_ms: u64, id: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(8 + id.len());
+        k.extend_from_slice(&at_ms.to_be_bytes());
+        k.extend_from_slice(id);
+        k
+    }
+
+    /// Records that `id` was written at `at_ms` (milliseconds since the epoch).
+    pub fn insert(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
+        let mut t = tx.txn.open_table(raw(self.name))?;
+        t.insert(Self::key(at_ms, id).as_slice(), &[][..])?;
+        Ok(())
+    }
+
+    /// Forgets an entry.
+    pub fn remove(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
+        let mut t = tx.txn.open_table(raw(self.name))?;
+        t.remove(Self::key(at_ms, id).as_slice())?;
+        Ok(())
+    }
+
+    /// Up to `limit` entries written before `cutoff_ms`, oldest first.
+    pub fn before(
+        &self,
+        r: &impl Reader,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let end = cutoff_ms.to_be_bytes();
+        r.raw_range(self.name, None, Some(&end), limit).map(|rows| {
+            rows.into_iter()
+                .filter_map(|(k, _)| {
+                    let (ts, id) = k.split_at_checked(8)?;
+                    Some((u64::decode(ts)?, id.to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    /// The time of the oldest entry, if any.
+    pub fn oldest(&self, r: &impl Reader) -> Result<Option<u64>, StoreError> {
+        let rows = r.raw_range(self.name, None, None, 1)?;
+        Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
+    }
+}
+
+/// Read access shared by read and write transactions.
+pub trait Reader {
+    #[doc(hidden)]
+    fn raw_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    #[doc(hidden)]
+    fn raw_range(
+        &self,
+        table: &str,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    #[doc(hidden)]
+    fn raw_len(&self, table: &str) -> Result<u64, StoreError>;
+
+    /// One record by key.
+    fn get<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        key: &K,
+    ) -> Result<Option<V>, StoreError> {
+        self.raw_get(t.name, &key.encode())?
+            .map(|b| codec::decode(t.name, &b))
+            .transpose()
+    }
+
+    /// Up to `limit` records with keys strictly after `after` (or from the start), in key order.
+    fn scan<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        after: Option<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let start = after.map(|k| {
+            let mut b = k.encode();
+            b.push(0); // the smallest key greater than `k`
+            b
+        });
+        self.raw_range(t.name, start.as_deref(), None, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                    table: t.name.to_string(),
+                    message: "undecodable key".into(),
+                })?;
+                Ok((key, codec::decode(t.name, &v)?))
+            })
+            .collect()
+    }
+
+    /// Number of records in a table.
+    fn count<K, V>(&self, t: &Table<K, V>) -> Result<u64, StoreError> {
+        self.raw_len(t.name)
+    }
+
+    /// A value from the meta table.
+    fn meta<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>, StoreError> {
+        self.raw_get(META, key.as_bytes())?
+            .map(|b| codec::decode(META, &b))
+            .transpose()
+    }
+}
+
+fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    start: Option<&[u8]>,
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    use std::ops::Bound;
+    let lo = start.map_or(Bound::Unbounded, Bound::Included);
+    let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::new();
+    for row in t.range::<&[u8]>((lo, hi))?.take(limit) {
+        let (k, v) = row?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// A write transaction, lent to a closure run by the writer.
+pub struct WriteTx<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+impl WriteTx<'_> {
+    /// Inserts or replaces a record.
+    pub fn insert<K: Key, V: Serialize>(
+        &self,
+        t: &Table<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = codec::encode(t.name, value)?;
+        let mut table = self.txn.open_table(raw(t.name))?;
+        table.insert(key.encode().as_slice(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a record; says whether it existed.
+    pub fn remove<K: Key, V>(&self, t: &Table<K, V>, key: &K) -> Result<bool, StoreError> {
+        let mut table = self.txn.open_table(raw(t.name))?;
+        let existed = table.remove(key.encode().as_slice())?.is_some();
+        Ok(existed)
+    }
+
+    /// Sets a value in the meta table.
+    pub fn set_meta<V: Serialize>(&self, key: &str, value: &V) -> Result<(), StoreError> {
+        let bytes = codec::encode(META, value)?;
+        let mut table = self.txn.open_table(raw(META))?;
+        table.insert(key.as_bytes(), bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Reader for WriteTx<'_> {
+    fn raw_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(raw(table))?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+    fn raw_range(
+        &self,
+        table: &str,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let t = self.txn.open_table(raw(table))?;
+        range_of(&t, start, end, limit)
+    }
+    fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
+        Ok(self.txn.open_table(raw(table))?.len()?)
+    }
+}
+
+/// A consistent read snapshot.
+pub struct ReadTx {
+    txn: redb::ReadTransaction,
+}
+
+impl ReadTx {
+    fn table(
+        &self,
+        name: &str,
+    ) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, StoreError> {
+        match self.txn.open_table(raw(name)) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Reader for ReadTx {
+    fn raw_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(None);
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+    fn raw_range(
+        &self,
+        table: &str,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(Vec::new());
+        };
+        range_of(&t, start, end, limit)
+    }
+    fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(0);
+        };
+        Ok(t.len()?)
+    }
+}
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Page cache in bytes.
+    pub cache_bytes: usize,
+    /// Most writes folded into one commit; 1 makes every write its own commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 32 << 20,
+            max_batch: 1024,
+        }
+    }
+}
+
+struct Inner {
+    db: Arc<redb::Database>,
+    dir: PathBuf,
+    writer: writer::Writer,
+}
+
+/// A handle to the open database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, runs pending migrations and starts the writer.
+    pub fn open(
+        dir: &Path,
+        opts: &StoreOptions,
+        migrations: &[Migration],
+    ) -> Result<Store, StoreError> {
+        create_private_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        let db = open_db(&path, opts.cache_bytes)?;
+        migrate::run(&db, migrations)?;
+        let db = Arc::new(db);
+        let writer = writer::Writer::start(db.clone(), opts.max_batch)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                dir: dir.to_path_buf(),
+                writer,
+            }),
+        })
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Runs `op` inside the next group commit and returns once that commit is durable.
+    /// When `op` fails, nothing it wrote is kept and the other writes in the batch
+    /// go ahead without it; `op` may therefore be run more than once.
+    pub async fn write<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit(op).await
+    }
+
+    /// Runs `op` on a read snapshot on the blocking thread pool.
+    pub async fn read<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: FnOnce(&ReadTx) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(StoreError::from)?;
+            op(&ReadTx { txn })
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Db(format!("read task failed: {e}"))))?
+    }
+
+    /// Counters of the group-commit writer.
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.inner.writer.stats()
+    }
+
+    /// Writes every table into a new database file at `dest` from one read snapshot,
+    /// so writes go on while it runs.
+    pub async fn backup_to(&self, dest: &Path) -> Result<BackupReport, StoreError> {
+        let db = self.inner.db.clone();
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || backup::write_backup(&db, &dest))
+            .await
+            .map_err(|e| StoreError::Db(format!("backup task failed: {e}")))?
+    }
+
+    /// Stops accepting writes, commits what is queued and waits for the writer to end.
+    pub async fn close(&self) {
+        self.inner.writer.shutdown().await;
+    }
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(cache_bytes);
+    builder.create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+        other => other.into(),
+    })
+}
+
+/// Creates a folder readable by its owner only (the data dir holds the admin socket).
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StoreError::io(dir, e))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| StoreError::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(StoreError::Refused(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The schema version the given migrations bring a database to.
+pub fn latest_version(migrations: &[Migration]) -> u32 {
+    migrations.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ITEMS: Table<String, u32> = Table::new("items");
+    const BY_TIME: TimeIndex = TimeIndex::new("items_by_time");
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StoreOptions::default(), &[]).expect("opens")
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_leaves_nothing_and_does_not_sink_its_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    tx.insert(&ITEMS, &format!("k{i:02}"), &i)?;
+                    if i % 10 == 3 {
+                        return Err(StoreError::Refused("no".into()));
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if t.await.expect("joins").is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 5);
+        let (count, missing) = store
+            .read(|r| Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &"k13".to_string())?)))
+            .await
+            .expect("reads");
+        assert_eq!(count, 45);
+        assert_eq!(missing, None);
+    }
+
+    #[tokio::test]
+    async fn time_index_finds_entries_older_than_a_cutoff_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| {
+                for (at, id) in [(300u64, "c"), (100, "a"), (200, "b")] {
+                    BY_TIME.insert(tx, at, id.as_bytes())?;
+                }
+                BY_TIME.remove(tx, 200, b"b")
+            })
+            .await
+            .expect("writes");
+        let (old, oldest) = store
+            .read(|r| Ok::<_, StoreError>((BY_TIME.before(r, 300, 10)?, BY_TIME.oldest(r)?)))
+            .await
+            .expect("reads");
+        assert_eq!(old, vec![(100, b"a".to_vec())]);
+        assert_eq!(oldest, Some(100));
+    }
+
+    #[tokio::test]
+    async fn scan_pages_through_keys_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| {
+                for i in 0..5u32 {
+                    tx.insert(&ITEMS, &format!("k{i}"), &i)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .expect("writes");
+        let page = store
+            .read(|r| r.scan(&ITEMS, Some(&"k1".to_string()), 2))
+            .await
+            .expect("reads");
+        assert_eq!(page, vec![("k2".to_string(), 2), ("k3".to_string(), 3)]);
+    }
+
+    #[test]
+    fn a_second_open_of_a_live_database_says_it_is_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = open(dir.path());
+        let err = Store::open(dir.path(), &StoreOptions::default(), &[])
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    }
+}

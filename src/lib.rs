@@ -1,5 +1,15 @@
 //! Easel: a self-hosted AI image gateway in one binary.
+//!
+//! Ground floor: [`config`], [`store`], [`crypto`], [`http`], [`cli`] (with the admin
+//! socket in [`control`]). Capabilities sit on top, each in its own folder; [`app`] wires
+//! them together at start-up.
 
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
+pub mod http;
 pub mod store;
+pub mod system;
+pub mod web;

@@ -65,7 +65,7 @@ impl fmt::Display for Span {
         }
         let (unit, per) = UNITS
             .iter()
-            .find(|(_, per)| secs % per == 0)
+            .find(|(_, per)| secs.is_multiple_of(*per))
             .copied()
             .unwrap_or(("s", 1));
         write!(f, "{}{unit}", secs / per)

@@ -673,8 +673,8 @@ impl Config {
 
     fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
+            if p.is_relative() && base != Path::new(".") {
+                *p = base.join(p.strip_prefix(".").unwrap_or(p));
             }
         };
         abs(&mut self.storage.data_dir);
@@ -701,7 +701,7 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
-    /// Keys whose change needs a restart, with old and new values, for a live reload.
+    /// Keys whose change needs a restart, for a live reload.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.server.listen != new.server.listen {
@@ -719,7 +719,35 @@ impl Config {
         if self.crypto != new.crypto {
             out.push("crypto.master_key_file");
         }
+        if self.log.format != new.log.format {
+            out.push("log.format");
+        }
         out
+    }
+}
+
+/// The config of a running server, replaced as a whole on reload.
+pub struct Live {
+    current: arc_swap::ArcSwap<Config>,
+    /// The file to re-read on SIGHUP.
+    pub file: Option<PathBuf>,
+}
+
+impl Live {
+    /// Wraps a loaded config.
+    pub fn new(loaded: &Loaded) -> Self {
+        Live {
+            current: arc_swap::ArcSwap::from_pointee(loaded.config.clone()),
+            file: loaded.file.clone(),
+        }
+    }
+    /// The config in force now.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.current.load_full()
+    }
+    /// Replaces the config in force.
+    pub fn set(&self, config: Config) {
+        self.current.store(std::sync::Arc::new(config));
     }
 }
 

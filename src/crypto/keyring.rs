@@ -93,6 +93,13 @@ impl Keyring {
         Some(key)
     }
 
+    /// Whether this database was ever unlocked with a master key (then only that key,
+    /// or its rotated successor, opens it).
+    pub async fn database_is_sealed(store: &Store) -> Result<bool, CryptoError> {
+        let check: Option<Vec<u8>> = store.read(|r| r.meta(CHECK)).await?;
+        Ok(check.is_some())
+    }
+
     /// Where the master key came from.
     pub fn source(&self) -> &KeySource {
         &self.source

@@ -139,7 +139,7 @@ mod tests {
         let path = dir.path().join("master.key");
         create_key_file(&path).expect("creates");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = read_key_file(&path).err().expect("refused").to_string();
+        let err = read_key_file(&path).expect_err("refused").to_string();
         assert!(
             err.contains("mode 644") && err.contains("chmod 600"),
             "{err}"
@@ -162,8 +162,7 @@ mod tests {
         );
         let short = STANDARD.encode([7u8; 16]);
         let err = load_master_key(&path, |k| (k == MASTER_KEY_ENV).then(|| short.clone()))
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(err.to_string().contains("16 bytes"), "{err}");
     }
 }

@@ -6,13 +6,14 @@
 //! Reads run on the blocking pool, off the async runtime.
 
 mod backup;
+pub mod burst;
 pub mod codec;
 mod migrate;
 mod writer;
 
 pub use backup::{BackupReport, RestoreReport, restore};
 pub use migrate::Migration;
-pub use writer::WriterStats;
+pub use writer::{BATCH_BUCKETS, WriterStats};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
@@ -23,6 +24,10 @@ use std::sync::Arc;
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "easel.redb";
 const META: &str = "meta";
+
+/// Raw key/value rows, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+type RawReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 fn raw(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
@@ -215,7 +220,7 @@ pub trait Reader {
         start: Option<&[u8]>,
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Rows, StoreError>;
     #[doc(hidden)]
     fn raw_len(&self, table: &str) -> Result<u64, StoreError>;
 
@@ -272,7 +277,7 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
     start: Option<&[u8]>,
     end: Option<&[u8]>,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Rows, StoreError> {
     use std::ops::Bound;
     let lo = start.map_or(Bound::Unbounded, Bound::Included);
     let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
@@ -330,7 +335,7 @@ impl Reader for WriteTx<'_> {
         start: Option<&[u8]>,
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Rows, StoreError> {
         let t = self.txn.open_table(raw(table))?;
         range_of(&t, start, end, limit)
     }
@@ -345,10 +350,7 @@ pub struct ReadTx {
 }
 
 impl ReadTx {
-    fn table(
-        &self,
-        name: &str,
-    ) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, StoreError> {
+    fn table(&self, name: &str) -> Result<Option<RawReadTable>, StoreError> {
         match self.txn.open_table(raw(name)) {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -370,7 +372,7 @@ impl Reader for ReadTx {
         start: Option<&[u8]>,
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Rows, StoreError> {
         let Some(t) = self.table(table)? else {
             return Ok(Vec::new());
         };

@@ -1,0 +1,270 @@
+//! The composition root: opens storage, unlocks the keyring, starts the HTTP server
+//! and the admin socket, and handles signals (SIGTERM/SIGINT drain and stop, SIGHUP
+//! reloads the config).
+
+pub mod admin;
+pub mod logging;
+
+use crate::config::{self, Config, Live, Loaded};
+use crate::control;
+use crate::crypto::{self, KeySource, Keyring, MasterKey};
+use crate::http::{self, Metrics, Shared};
+use crate::store::{Migration, Store, StoreError, StoreOptions, WriteTx};
+use actix_web::web;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub use admin::Admin;
+pub use logging::LogHandle;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn base_v1(tx: &WriteTx<'_>) -> Result<(), StoreError> {
+    tx.set_meta("created_at", &now_ms())
+}
+
+/// Every schema migration of the program, in order. Capabilities add theirs here.
+pub fn migrations() -> Vec<Migration> {
+    vec![Migration {
+        version: 1,
+        description: "create the meta table",
+        apply: base_v1,
+    }]
+}
+
+/// The schema version this build writes.
+pub fn schema_version() -> u32 {
+    crate::store::latest_version(&migrations())
+}
+
+/// Opens the store of a config (used by `serve` and by offline CLI commands).
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let dir = config.storage.data_dir.clone();
+    let opts = StoreOptions {
+        cache_bytes: (config.storage.cache_mib as usize) << 20,
+        max_batch: config.storage.max_batch,
+    };
+    tokio::task::spawn_blocking(move || Store::open(&dir, &opts, &migrations()))
+        .await
+        .context("the storage task failed")?
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Finds the master key and unlocks the keyring. A database that was never sealed gets
+/// a new key file when `may_create` is set (first start of `easel serve`).
+pub async fn unlock(config: &Config, store: &Store, may_create: bool) -> anyhow::Result<Keyring> {
+    let key_file = &config.crypto.master_key_file;
+    let found = crypto::load_master_key(key_file, |k| std::env::var(k).ok())?;
+    let (key, source): (MasterKey, KeySource) = match found {
+        Some(found) => found,
+        None => {
+            if !may_create || Keyring::database_is_sealed(store).await? {
+                bail!(
+                    "no master key found: looked in {}, $CREDENTIALS_DIRECTORY/master.key and {}. \
+                     This data dir was sealed with a master key; put that key back (or restore it from your backup)",
+                    crypto::MASTER_KEY_ENV,
+                    key_file.display()
+                );
+            }
+            let key = crypto::create_key_file(key_file)?;
+            tracing::warn!(
+                key_file = %key_file.display(),
+                "created a new master key; back this file up apart from the data dir: without it sealed data cannot be read"
+            );
+            (key, KeySource::File(key_file.clone()))
+        }
+    };
+    let ring = Keyring::unlock(store, key, source).await?;
+    tracing::info!(source = %ring.source(), key_id = %ring.master_id(), "master key loaded");
+    Ok(ring)
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    control: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
+    store: Store,
+    live: Arc<Live>,
+    shared: web::Data<Shared>,
+    log: LogHandle,
+}
+
+/// Starts everything and returns once the server accepts connections.
+pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    let config = &loaded.config;
+    let store = open_store(config).await?;
+    let keyring = unlock(config, &store, true).await?;
+
+    let tls = match &config.server.tls {
+        Some(t) => Some(http::tls_config(&t.cert_file, &t.key_file).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let listener = std::net::TcpListener::bind(config.server.listen)
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let shared = web::Data::new(Shared {
+        metrics: Arc::new(Metrics::default()),
+        max_body_bytes: config.server.max_body_bytes.into(),
+        tls: tls.is_some(),
+    });
+    let live = Arc::new(Live::new(loaded));
+    let routes = {
+        let store = web::Data::new(store.clone());
+        let keyring = web::Data::new(keyring.clone());
+        let live = web::Data::from(live.clone());
+        let started = web::Data::new(crate::system::Started(started));
+        move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
+            cfg.app_data(store.clone())
+                .app_data(keyring.clone())
+                .app_data(live.clone())
+                .app_data(started.clone())
+                .configure(crate::system::routes)
+                .configure(crate::web::routes);
+        }
+    };
+    let server = http::start(
+        http::Listen {
+            listener,
+            tls,
+            workers: config.server.workers,
+            shutdown_timeout: config.server.shutdown_timeout.get(),
+        },
+        shared.clone(),
+        routes,
+    )?;
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+
+    let socket = control::socket_path(&config.storage.data_dir);
+    let admin = Admin {
+        store: store.clone(),
+        keyring: Some(keyring),
+        online: true,
+    };
+    let handler: control::Handler = Arc::new(move |req| {
+        let admin = admin.clone();
+        Box::pin(async move { admin.execute(req).await })
+    });
+    let control = control::serve(&socket, handler)
+        .with_context(|| format!("cannot open the admin socket {}", socket.display()))?;
+
+    tracing::info!(
+        %addr,
+        tls = shared.tls,
+        data_dir = %config.storage.data_dir.display(),
+        config = %loaded.origin(),
+        ms = started.elapsed().as_millis() as u64,
+        "easel {} is ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(Running {
+        addr,
+        data_dir: config.storage.data_dir.clone(),
+        handle,
+        server,
+        control,
+        socket,
+        store,
+        live,
+        shared,
+        log,
+    })
+}
+
+impl Running {
+    /// Re-reads the config file. Live settings apply at once; settings that need a
+    /// restart are logged and keep their running value; an invalid file is refused.
+    pub fn reload(&self) -> bool {
+        let loaded = match config::load_from(self.live.file.as_deref(), std::env::vars()) {
+            Ok(l) => l,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "config reload refused; the running config is kept");
+                return false;
+            }
+        };
+        let old = self.live.get();
+        let mut new = loaded.config;
+        for key in old.restart_only_changes(&new) {
+            tracing::warn!(
+                key,
+                "changed in the config file, but takes effect only after a restart"
+            );
+        }
+        new.server.listen = old.server.listen;
+        new.server.workers = old.server.workers;
+        new.server.tls = old.server.tls.clone();
+        new.storage = old.storage.clone();
+        new.crypto = old.crypto.clone();
+        new.log.format = old.log.format;
+        if let Err(e) = self.log.set_level(&new.log.level) {
+            tracing::error!(error = %e, "cannot apply log.level");
+        }
+        self.shared
+            .max_body_bytes
+            .store(new.server.max_body_bytes, Ordering::Relaxed);
+        self.live.set(new);
+        self.shared
+            .metrics
+            .reloads_ok
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!("config reloaded");
+        true
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, flushes the writer
+    /// and closes the database.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: draining in-flight requests");
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        self.control.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        self.store.close().await;
+        tracing::info!("stopped; the database is closed");
+    }
+}
+
+/// `easel serve`: runs until SIGTERM or SIGINT; SIGHUP reloads the config.
+pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let log = logging::init(&loaded.config.log);
+    // Handlers go in first: a SIGHUP during start-up must not kill the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let running = start(&loaded, log).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break; }
+            _ = hup.recv() => { tracing::info!("SIGHUP received: reloading the config"); running.reload(); }
+        }
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+/// An absolute form of a path given on the command line.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

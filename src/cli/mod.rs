@@ -1,0 +1,357 @@
+//! The admin command line (SPEC.md "The admin interface"). Commands that touch data
+//! go through the admin socket when the server runs, and open the database otherwise;
+//! each says which it used.
+
+use crate::app::{self, Admin};
+use crate::config::{self, Loaded};
+use crate::control::{self, Reply, Request};
+use crate::store::{self, Store};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The config template written by `easel init`: the documented example, with its
+/// sample providers and models left commented out.
+const EXAMPLE: &str = include_str!("../../config.example.toml");
+const SAMPLE_START: &str = "# >>> sample providers and models";
+const SAMPLE_END: &str = "# <<< end of samples";
+
+#[derive(Parser)]
+#[command(
+    name = "easel",
+    version,
+    about = "Self-hosted AI image gateway",
+    propagate_version = true
+)]
+struct Cli {
+    /// Config file (default: ./easel.toml if present, else built-in defaults).
+    #[arg(long, global = true, env = "EASEL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a config file, a master key (mode 0600) and a data dir; never overwrites.
+    Init {
+        /// Folder to create them in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the server.
+    Serve,
+    /// Check the config.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Write an online backup of the database to FILE.
+    Backup { file: PathBuf },
+    /// Replace the database with a backup (the server must be stopped).
+    Restore { file: PathBuf },
+    /// Print the version.
+    Version,
+    /// Manage the master key.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Tools for tests and benchmarks.
+    #[command(subcommand, hide = true)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config and print the effective settings.
+    Check {
+        /// The file to check (default: --config, then ./easel.toml).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Re-seal every data key under a new master key and replace the key file.
+    RotateMaster,
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Write records from concurrent writers, printing `ack N` once each is durable.
+    WriteBurst {
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+}
+
+/// A failure with the exit status it should give: 2 for config and usage errors.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure { code: 1, error }
+    }
+}
+
+impl From<config::ConfigError> for Failure {
+    fn from(e: config::ConfigError) -> Self {
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
+    }
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Init { dir } => init(&dir).map_err(Failure::from),
+        Command::Version => {
+            println!(
+                "easel {} (database schema {})",
+                env!("CARGO_PKG_VERSION"),
+                app::schema_version()
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Check { file }) => check(file.or(cli.config).as_deref()),
+        Command::Serve => {
+            let loaded = config::load(cli.config.as_deref())?;
+            actix_web::rt::System::new()
+                .block_on(app::serve(loaded))
+                .map_err(Failure::from)
+        }
+        Command::Backup { file } => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let path = app::absolute(&file);
+            let rt = runtime()?;
+            rt.block_on(admin_command(&loaded, Request::Backup { path }, false))
+        }
+        Command::Restore { file } => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let path = app::absolute(&file);
+            runtime()?.block_on(restore(&loaded, &path))
+        }
+        Command::Keys(KeysCmd::RotateMaster) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            runtime()?.block_on(admin_command(&loaded, Request::RotateMaster, true))
+        }
+        Command::Debug(DebugCmd::WriteBurst {
+            writers,
+            count,
+            payload,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            runtime()?
+                .block_on(write_burst(&loaded, writers, count, payload))
+                .map_err(Failure::from)
+        }
+    }
+}
+
+fn print_reply(reply: Reply, via: &str) -> Result<(), Failure> {
+    if reply.ok {
+        println!("{} ({via})", reply.message);
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{} ({via})", reply.message).into())
+    }
+}
+
+/// Sends `req` to the running server, or runs it on the database directly.
+async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result<(), Failure> {
+    let config = &loaded.config;
+    let socket = control::socket_path(&config.storage.data_dir);
+    if let Some(reply) = control::call(&socket, &req)
+        .await
+        .with_context(|| format!("cannot talk to the admin socket {}", socket.display()))?
+    {
+        return print_reply(reply, "via the running server's admin socket");
+    }
+    let store = app::open_store(config).await?;
+    let keyring = if needs_key {
+        Some(app::unlock(config, &store, false).await?)
+    } else {
+        None
+    };
+    let admin = Admin {
+        store: store.clone(),
+        keyring,
+        online: false,
+    };
+    let reply = admin.execute(req).await;
+    store.close().await;
+    print_reply(reply, "server not running: opened the database directly")
+}
+
+async fn restore(loaded: &Loaded, backup: &Path) -> Result<(), Failure> {
+    let config = &loaded.config;
+    let socket = control::socket_path(&config.storage.data_dir);
+    let req = Request::Restore {
+        path: backup.to_path_buf(),
+    };
+    if let Some(reply) = control::call(&socket, &req)
+        .await
+        .context("cannot talk to the admin socket")?
+    {
+        return print_reply(reply, "via the running server's admin socket");
+    }
+    let dir = config.storage.data_dir.clone();
+    let from = backup.to_path_buf();
+    let known = app::schema_version();
+    let report = tokio::task::spawn_blocking(move || store::restore(&from, &dir, known))
+        .await
+        .context("the restore task failed")?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let kept = match &report.previous {
+        Some(p) => format!("; the replaced database is kept at {}", p.display()),
+        None => String::new(),
+    };
+    println!(
+        "restored {} records from {}{kept} (server not running: opened the database directly)",
+        report.records,
+        backup.display()
+    );
+    Ok(())
+}
+
+fn check(file: Option<&Path>) -> Result<(), Failure> {
+    let loaded = config::load(file)?;
+    let c = &loaded.config;
+    println!("# config OK: {}", loaded.origin());
+    for var in &loaded.env_overrides {
+        println!("# overridden by environment: {var}");
+    }
+    println!("# master key: {}", master_key_status(c));
+    for (name, p) in &c.providers {
+        let key = match (&p.api_key_env, &p.api_key_file) {
+            (Some(var), _) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => format!("{var} is set (********)"),
+                _ => format!("{var} is NOT set"),
+            },
+            (_, Some(f)) if f.is_file() => format!("{} exists (********)", f.display()),
+            (_, Some(f)) => format!("{} does NOT exist", f.display()),
+            (None, None) => "no key configured".into(),
+        };
+        println!("# provider {name}: {key}");
+    }
+    println!();
+    print!("{}", c.to_toml());
+    Ok(())
+}
+
+fn master_key_status(c: &config::Config) -> String {
+    if std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_some() {
+        return format!("from {} (********)", crate::crypto::MASTER_KEY_ENV);
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let p = Path::new(&dir).join("master.key");
+        if p.exists() {
+            return format!("systemd credential {}", p.display());
+        }
+    }
+    let f = &c.crypto.master_key_file;
+    match crate::crypto::read_key_file(f) {
+        Ok(k) => format!("key file {} (key id {})", f.display(), k.id_hex()),
+        Err(_) if !f.exists() => format!(
+            "{} does not exist yet; `easel serve` creates it on first start",
+            f.display()
+        ),
+        Err(e) => format!("PROBLEM: {e}"),
+    }
+}
+
+/// The example config with its sample sections commented out.
+pub fn init_template() -> String {
+    let mut out = String::with_capacity(EXAMPLE.len() + 256);
+    let mut in_samples = false;
+    for line in EXAMPLE.lines() {
+        if line.starts_with(SAMPLE_START) {
+            in_samples = true;
+        } else if line.starts_with(SAMPLE_END) {
+            in_samples = false;
+        } else if in_samples && !line.trim().is_empty() && !line.starts_with('#') {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn init(dir: &Path) -> anyhow::Result<()> {
+    let config_path = dir.join(config::DEFAULT_FILE);
+    let key_path = dir.join("master.key");
+    let data_dir = dir.join("easel-data");
+    for p in [&config_path, &key_path, &data_dir] {
+        if p.exists() {
+            bail!(
+                "{} already exists; `easel init` never overwrites anything",
+                p.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&config_path)
+        .with_context(|| format!("cannot create {}", config_path.display()))?;
+    file.write_all(init_template().as_bytes())?;
+    file.sync_all()?;
+    crate::crypto::create_key_file(&key_path)?;
+    store::create_private_dir(&data_dir).map_err(|e| anyhow::anyhow!(e))?;
+    println!("created {} (config)", config_path.display());
+    println!(
+        "created {} (master key, mode 0600; back it up apart from the data)",
+        key_path.display()
+    );
+    println!("created {} (data)", data_dir.display());
+    println!("start with: easel --config {} serve", config_path.display());
+    Ok(())
+}
+
+async fn write_burst(
+    loaded: &Loaded,
+    writers: usize,
+    count: u64,
+    payload: usize,
+) -> anyhow::Result<()> {
+    let store: Store = app::open_store(&loaded.config).await?;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let ack: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |n| {
+        if let Ok(mut o) = out.lock() {
+            let _ = writeln!(o, "ack {n}");
+            let _ = o.flush();
+        }
+    });
+    store::burst::burst(&store, writers, count, payload, ack).await?;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The one error shape of the API: `{"error": {"message", "type", "code"}}`, which is
+//! also OpenAI's, so SDK clients show Easel's messages as they are.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// An error answered to a client. `code` is stable for machines; `message` tells a
+/// person what to do.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 for a route or object that does not exist (or belongs to someone else).
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 400 for input that cannot be used.
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 413 for a body over the limit.
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is larger than the limit of {limit} bytes; send a smaller body or ask the admin to raise server.max_body_bytes"
+            ),
+        )
+    }
+
+    /// 500 with a generic message; the cause goes to the log, not to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "something went wrong inside Easel; the server log has the details",
+        )
+    }
+
+    /// The OpenAI-style error type for the status.
+    pub fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The response body as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind(),
+                code: self.code,
+            },
+        })
+        .unwrap_or_else(|_| {
+            r#"{"error":{"message":"error","type":"api_error","code":"internal_error"}}"#.into()
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .content_type("application/json")
+            .body(self.to_json())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "storage is not available right now; try again shortly",
+        )
+    }
+}
+
+/// Maps the JSON extractor's errors onto the API shape.
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::HttpMessage;
+    use actix_web::error::{JsonPayloadError as J, PayloadError};
+    let live_limit = req
+        .extensions()
+        .get::<super::middleware::BodyLimit>()
+        .map(|l| l.0);
+    let api = match &err {
+        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+            ApiError::too_large(live_limit.unwrap_or(*limit as u64))
+        }
+        J::Payload(PayloadError::Overflow) => ApiError::too_large(live_limit.unwrap_or(0)),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        J::Deserialize(e) => {
+            ApiError::bad_request("invalid_json", format!("the JSON body is not valid: {e}"))
+        }
+        other => ApiError::bad_request(
+            "invalid_body",
+            format!("the request body could not be read: {other}"),
+        ),
+    };
+    api.into()
+}
+
+/// Maps query-string errors onto the API shape.
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("the query string is not valid: {err}"),
+    )
+    .into()
+}
+
+/// Maps path errors onto the API shape.
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::bad_request("invalid_path", format!("the URL path is not valid: {err}")).into()
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics, kept in memory and written as text at `/metrics`.
+
+use crate::store::WriterStats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latency histogram bucket bounds, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Http {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+}
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct Metrics {
+    http: Mutex<Http>,
+    /// Content-Security-Policy violations reported by browsers.
+    pub csp_violations: AtomicU64,
+    /// Config reloads, by outcome.
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one finished request. `route` is the matched pattern, never the raw path,
+    /// so ids in URLs do not make the series grow without bound.
+    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let Ok(mut http) = self.http.lock() else {
+            return;
+        };
+        *http
+            .requests
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default() += 1;
+        let h = http.latency.entry(route.to_string()).or_default();
+        h.count += 1;
+        h.sum += secs;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.buckets[i] += 1;
+            }
+        }
+    }
+
+    /// Writes every metric in the Prometheus text format.
+    pub fn render(&self, writer: &WriterStats, uptime: Duration) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP easel_build_info Build of this binary.\n# TYPE easel_build_info gauge"
+        );
+        let _ = writeln!(
+            out,
+            "easel_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP easel_uptime_seconds Seconds since start.\n# TYPE easel_uptime_seconds gauge"
+        );
+        let _ = writeln!(out, "easel_uptime_seconds {:.3}", uptime.as_secs_f64());
+        if let Ok(http) = self.http.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP easel_http_requests_total HTTP requests by method, route and status.\n# TYPE easel_http_requests_total counter"
+            );
+            for ((method, route, status), n) in &http.requests {
+                let _ = writeln!(
+                    out,
+                    "easel_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP easel_http_request_duration_seconds Request latency by route.\n# TYPE easel_http_request_duration_seconds histogram"
+            );
+            for (route, h) in &http.latency {
+                let route = escape(route);
+                for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                    let _ = writeln!(
+                        out,
+                        "easel_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {n}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "easel_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "easel_http_request_duration_seconds_sum{{route=\"{route}\"}} {:.6}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "easel_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP easel_store_commit_batch_size Writes per durable commit.\n# TYPE easel_store_commit_batch_size histogram"
+        );
+        let mut cumulative = 0;
+        for (i, le) in crate::store::BATCH_BUCKETS.iter().enumerate() {
+            cumulative += writer.batch_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "easel_store_commit_batch_size_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let commits = writer.commits.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "easel_store_commit_batch_size_bucket{{le=\"+Inf\"}} {commits}"
+        );
+        let _ = writeln!(
+            out,
+            "easel_store_commit_batch_size_sum {}",
+            writer.batch_sum.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "easel_store_commit_batch_size_count {commits}");
+        counter(
+            &mut out,
+            "easel_store_writes_total",
+            "Writes acknowledged after a durable commit.",
+            writer.writes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "easel_store_rejected_writes_total",
+            "Writes whose operation failed and were rolled back.",
+            writer.rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "easel_csp_violations_total",
+            "Content-Security-Policy violations reported by browsers.",
+            self.csp_violations.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "easel_config_reloads_total",
+            "Config reloads applied.",
+            self.reloads_ok.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "easel_config_reload_failures_total",
+            "Config reloads refused because the new file was invalid.",
+            self.reloads_failed.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

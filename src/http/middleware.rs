@@ -1,0 +1,162 @@
+//! One middleware around every request: request id, live body limit, security
+//! headers, metrics and an access line in the log (method, route, status, time; never
+//! bodies, query strings or headers, which may hold secrets).
+
+use super::{ApiError, Shared};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpMessage, ResponseError};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// The body limit in force for a request, for error messages.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub u64);
+
+/// The id of a request, echoed in `X-Request-Id` and in its log lines.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The Content-Security-Policy of every response: nothing inline, nothing from elsewhere.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+frame-ancestors 'none'; report-uri /api/csp-report";
+
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+fn request_id(req: &ServiceRequest) -> String {
+    let incoming = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    match incoming {
+        Some(id) => id.to_string(),
+        None => crate::crypto::random_bytes::<12>()
+            .map(|b| crate::crypto::hex(&b))
+            .unwrap_or_else(|_| "unknown".into()),
+    }
+}
+
+/// The middleware itself (see the module doc).
+pub async fn observe<B: MessageBody + 'static>(
+    mut req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let shared = req.app_data::<Data<Shared>>().cloned();
+    let limit = shared
+        .as_ref()
+        .map_or(u64::MAX, |s| s.max_body_bytes.load(Ordering::Relaxed));
+    let tls = shared.as_ref().is_some_and(|s| s.tls);
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", request_id = %id);
+
+    req.extensions_mut().insert(BodyLimit(limit));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut res = if declared.is_some_and(|len| len > limit) {
+        let err = ApiError::too_large(limit);
+        req.into_response(err.error_response())
+            .map_into_right_body()
+    } else {
+        let inner = req.take_payload();
+        req.set_payload(Payload::from(Box::pin(Limited { inner, left: limit })
+            as Pin<
+                Box<dyn futures_core::Stream<Item = Result<Bytes, PayloadError>>>,
+            >));
+        next.call(req)
+            .instrument(span.clone())
+            .await?
+            .map_into_left_body()
+    };
+
+    let headers = res.headers_mut();
+    let mut set = |name: HeaderName, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(header::CONTENT_SECURITY_POLICY, CSP);
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(header::REFERRER_POLICY, "no-referrer");
+    set(header::X_FRAME_OPTIONS, "DENY");
+    set(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
+    set(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    );
+    set(
+        HeaderName::from_static("permissions-policy"),
+        "camera=(), microphone=(), geolocation=()",
+    );
+    if tls {
+        set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(s) = &shared {
+        s.metrics.observe(&method, &route, status, elapsed);
+    }
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if QUIET_ROUTES.contains(&route.as_str()) {
+            tracing::debug!(target: "easel::http", %method, %route, status, ms, "request");
+        } else {
+            tracing::info!(target: "easel::http", %method, %route, status, ms, "request");
+        }
+    });
+    Ok(res)
+}
+
+/// A request body stream that fails with `Overflow` past the limit, so a chunked body
+/// cannot get around a Content-Length check.
+struct Limited {
+    inner: Payload,
+    left: u64,
+}
+
+impl futures_core::Stream for Limited {
+    type Item = Result<Bytes, PayloadError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let len = chunk.len() as u64;
+                if len > self.left {
+                    self.left = 0;
+                    Poll::Ready(Some(Err(PayloadError::Overflow)))
+                } else {
+                    self.left -= len;
+                    Poll::Ready(Some(Ok(chunk)))
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP ground floor: it wires capability routes into one actix app, maps errors
+//! to the one JSON shape, and wraps every request in [`middleware::observe`].
+
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+use actix_web::{App, HttpServer, middleware::Compress, web};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+/// What the middleware needs on every request.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The body limit, changed live on config reload.
+    pub max_body_bytes: AtomicU64,
+    /// Whether the listener speaks TLS (adds HSTS).
+    pub tls: bool,
+}
+
+/// The largest body any extractor buffers; the live limit in the middleware is lower.
+const EXTRACTOR_CEILING: usize = 1 << 30;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Easel", description = "Self-hosted AI image gateway: alt text, an OpenAI-compatible gateway, skills, an asset library and an enforced privacy policy."),
+    tags((name = "system", description = "Health, readiness, metrics and this document"))
+)]
+struct BaseDoc;
+
+/// How to listen.
+pub struct Listen {
+    pub listener: TcpListener,
+    pub tls: Option<rustls::ServerConfig>,
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Starts the server on an already bound listener. `configure` registers the app data
+/// and the routes of every capability; the OpenAPI document is collected from them.
+pub fn start<F>(
+    listen: Listen,
+    shared: web::Data<Shared>,
+    configure: F,
+) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn(&mut ServiceConfig) + Clone + Send + 'static,
+{
+    let server = HttpServer::new(move || {
+        let (app, api) = App::new()
+            .app_data(shared.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(EXTRACTOR_CEILING)
+                    .error_handler(error::json_error),
+            )
+            .app_data(web::PayloadConfig::default().limit(EXTRACTOR_CEILING))
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .wrap(Compress::default())
+            .wrap(actix_web::middleware::from_fn(middleware::observe))
+            .into_utoipa_app()
+            .openapi(BaseDoc::openapi())
+            .configure(configure.clone())
+            .split_for_parts();
+        app.app_data(web::Data::new(api))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(listen.shutdown_timeout.as_secs().max(1));
+    let server = if listen.workers > 0 {
+        server.workers(listen.workers)
+    } else {
+        server
+    };
+    let server = match listen.tls {
+        Some(tls) => server.listen_rustls_0_23(listen.listener, tls)?,
+        None => server.listen(listen.listener)?,
+    };
+    Ok(server.run())
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}; see /openapi.json for the API",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads a PEM certificate chain and private key into a rustls config (TLS 1.2 and 1.3).
+pub fn tls_config(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read TLS private key {}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))
+}

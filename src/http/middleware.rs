@@ -10,7 +10,9 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpMessage, ResponseError};
+use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -78,14 +80,24 @@ pub async fn observe<B: MessageBody + 'static>(
             .map_into_right_body()
     } else {
         let inner = req.take_payload();
-        req.set_payload(Payload::from(Box::pin(Limited { inner, left: limit })
+        let overflowed = Rc::new(Cell::new(false));
+        let limited = Limited {
+            inner,
+            left: limit,
+            overflowed: overflowed.clone(),
+        };
+        req.set_payload(Payload::from(Box::pin(limited)
             as Pin<
                 Box<dyn futures_core::Stream<Item = Result<Bytes, PayloadError>>>,
             >));
-        next.call(req)
-            .instrument(span.clone())
-            .await?
-            .map_into_left_body()
+        let res = next.call(req).instrument(span.clone()).await?;
+        if overflowed.get() {
+            // Whatever extractor read the body, the answer is the same JSON 413.
+            res.into_response(ApiError::too_large(limit).error_response())
+                .map_into_right_body()
+        } else {
+            res.map_into_left_body()
+        }
     };
 
     let headers = res.headers_mut();
@@ -140,6 +152,7 @@ pub async fn observe<B: MessageBody + 'static>(
 struct Limited {
     inner: Payload,
     left: u64,
+    overflowed: Rc<Cell<bool>>,
 }
 
 impl futures_core::Stream for Limited {
@@ -150,6 +163,7 @@ impl futures_core::Stream for Limited {
                 let len = chunk.len() as u64;
                 if len > self.left {
                     self.left = 0;
+                    self.overflowed.set(true);
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 } else {
                     self.left -= len;

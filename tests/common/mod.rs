@@ -1,0 +1,193 @@
+//! Helpers shared by the integration tests: an in-process server on port 0 with a
+//! temporary data dir, and the real binary as a child process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The compiled `easel` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_easel")
+}
+
+/// A config file for tests: port 0, paths inside `dir`, plus `extra` TOML.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("easel.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[storage]\ndata_dir = \"data\"\n\n[crypto]\nmaster_key_file = \"master.key\"\n\n[log]\nlevel = \"info\"\n{extra}"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// An in-process server.
+pub struct TestServer {
+    pub running: Option<easel::app::Running>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with the test config plus `extra` TOML.
+    pub async fn start(extra: &str) -> TestServer {
+        Self::start_with(extra, &[]).await
+    }
+
+    /// Starts a server with `EASEL_*` overrides too.
+    pub async fn start_with(extra: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_config(dir.path(), extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let loaded = easel::config::load_from(Some(&file), env).expect("config");
+        let log = easel::app::logging::init(&loaded.config.log);
+        let running = easel::app::start(&loaded, log)
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", running.addr);
+        TestServer {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
+    /// A URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server cleanly.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The real binary running `serve`, with its stderr collected.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Runs `easel --config FILE serve` with extra environment and waits until it is ready.
+    pub fn serve(config: &Path, env: &[(&str, &str)]) -> Process {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.env_remove("EASEL_MASTER_KEY")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn easel serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("is ready") {
+                    if let Some(addr) = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                    {
+                        let _ = tx.send(addr.to_string());
+                    }
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not become ready; log:\n{}",
+                    log.lock().expect("log").join("\n")
+                );
+            }
+        };
+        Process { child, addr, log }
+    }
+
+    /// A URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary with arguments; returns (status code, stdout, stderr).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("EASEL_MASTER_KEY")
+        .env_remove("EASEL_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run easel");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -15,7 +15,10 @@ fn check(dir: &Path, text: &str) -> (i32, String, String) {
 #[test]
 fn broken_toml_names_the_file_and_line_and_exits_with_2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, _, err) = check(dir.path(), "[server]\nworkers = 2\nlisten = \"127.0.0.1:8080\n");
+    let (code, _, err) = check(
+        dir.path(),
+        "[server]\nworkers = 2\nlisten = \"127.0.0.1:8080\n",
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.toml"), "{err}");
     assert!(err.contains("line 3"), "{err}");
@@ -25,7 +28,10 @@ fn broken_toml_names_the_file_and_line_and_exits_with_2() {
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, _, err) = check(dir.path(), "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 9\n");
+    let (code, _, err) = check(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 9\n",
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown field `listen_port`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
@@ -45,19 +51,37 @@ fn an_invalid_value_says_what_would_be_valid() {
 
     let (code, _, err) = check(dir.path(), "[alt_text]\nmodel = \"gpt-9\"\n");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("alt_text.model") && err.contains("gpt-9"), "{err}");
+    assert!(
+        err.contains("alt_text.model") && err.contains("gpt-9"),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_environment_overrides_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("easel.toml");
-    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:7000\"\n[retention]\nusage = \"30d\"\n").expect("write");
-    let env = vec![("EASEL_SERVER__LISTEN".to_string(), "127.0.0.1:7100".to_string())];
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:7000\"\n[retention]\nusage = \"30d\"\n",
+    )
+    .expect("write");
+    let env = vec![(
+        "EASEL_SERVER__LISTEN".to_string(),
+        "127.0.0.1:7100".to_string(),
+    )];
     let loaded = config::load_from(Some(&file), env).expect("loads");
     assert_eq!(loaded.config.server.listen.port(), 7100);
-    assert_eq!(loaded.config.retention.usage, Rule::For(Span::days(30)), "file value kept where env is silent");
-    assert_eq!(loaded.config.storage.data_dir, dir.path().join("easel-data"), "relative paths follow the file");
+    assert_eq!(
+        loaded.config.retention.usage,
+        Rule::For(Span::days(30)),
+        "file value kept where env is silent"
+    );
+    assert_eq!(
+        loaded.config.storage.data_dir,
+        dir.path().join("easel-data"),
+        "relative paths follow the file"
+    );
 
     // The same through the binary, where a bad override exits with 2 and names the variable.
     let (code, out, _) = run(
@@ -65,8 +89,14 @@ fn the_environment_overrides_the_file() {
         &[("EASEL_SERVER__MAX_BODY_BYTES", "4096")],
     );
     assert_eq!(code, 0);
-    assert!(out.contains("max_body_bytes = 4096") && out.contains("EASEL_SERVER__MAX_BODY_BYTES"), "{out}");
-    let (code, _, err) = run(&["--config", file.to_str().expect("utf8"), "config", "check"], &[("EASEL_SERVER__LISTEN", "nowhere")]);
+    assert!(
+        out.contains("max_body_bytes = 4096") && out.contains("EASEL_SERVER__MAX_BODY_BYTES"),
+        "{out}"
+    );
+    let (code, _, err) = run(
+        &["--config", file.to_str().expect("utf8"), "config", "check"],
+        &[("EASEL_SERVER__LISTEN", "nowhere")],
+    );
     assert_eq!(code, 2);
     assert!(err.contains("EASEL_SERVER__LISTEN"), "{err}");
 }
@@ -86,7 +116,10 @@ fn with_no_file_the_built_in_defaults_apply() {
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("built-in defaults") && text.contains("listen = \"127.0.0.1:8080\""), "{text}");
+    assert!(
+        text.contains("built-in defaults") && text.contains("listen = \"127.0.0.1:8080\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -98,7 +131,10 @@ fn the_example_config_loads_and_documents_every_key() {
     // Every key of the schema appears in the example, set or commented out.
     let mut missing = Vec::new();
     let mut full = Config::default();
-    full.server.tls = Some(config::TlsConfig { cert_file: "c".into(), key_file: "k".into() });
+    full.server.tls = Some(config::TlsConfig {
+        cert_file: "c".into(),
+        key_file: "k".into(),
+    });
     full.backup.dir = Some("b".into());
     full.server.public_url = Some("u".into());
     let tree = toml::Table::try_from(&full).expect("to toml");
@@ -107,12 +143,16 @@ fn the_example_config_loads_and_documents_every_key() {
             match v {
                 toml::Value::Table(sub) => {
                     let header = format!("{prefix}{k}");
-                    if !text.contains(&format!("[{header}]")) && !text.contains(&format!("[{header}.")) {
+                    if !text.contains(&format!("[{header}]"))
+                        && !text.contains(&format!("[{header}."))
+                    {
                         missing.push(format!("[{header}]"));
                     }
                     walk(sub, &format!("{header}."), text, missing);
                 }
-                _ if !text.contains(&format!("{k} =")) && !text.contains(&format!("[[{prefix}{k}]]")) => {
+                _ if !text.contains(&format!("{k} ="))
+                    && !text.contains(&format!("[[{prefix}{k}]]")) =>
+                {
                     missing.push(format!("{prefix}{k}"))
                 }
                 _ => {}
@@ -120,14 +160,40 @@ fn the_example_config_loads_and_documents_every_key() {
         }
     }
     walk(&tree, "", &text, &mut missing);
-    for key in ["kind", "api_key_env", "api_key_file", "base_url", "timeout", "privacy_options", "capabilities", "routes", "input_per_mtok", "per_image"] {
+    for key in [
+        "kind",
+        "api_key_env",
+        "api_key_file",
+        "base_url",
+        "timeout",
+        "privacy_options",
+        "capabilities",
+        "routes",
+        "input_per_mtok",
+        "per_image",
+    ] {
         if !text.contains(&format!("{key} =")) {
             missing.push(key.to_string());
         }
     }
     assert!(missing.is_empty(), "undocumented keys: {missing:?}");
-    for class in ["account", "credentials", "provider_keys", "usage", "access_log", "alt_text", "billing", "skills", "assets", "analytics", "audit"] {
-        assert!(text.contains(&format!("\n{class} = ")), "retention class {class} missing");
+    for class in [
+        "account",
+        "credentials",
+        "provider_keys",
+        "usage",
+        "access_log",
+        "alt_text",
+        "billing",
+        "skills",
+        "assets",
+        "analytics",
+        "audit",
+    ] {
+        assert!(
+            text.contains(&format!("\n{class} = ")),
+            "retention class {class} missing"
+        );
     }
 }
 

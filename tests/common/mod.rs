@@ -98,14 +98,13 @@ impl Process {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("is ready") {
-                    if let Some(addr) = line
+                if line.contains("is ready")
+                    && let Some(addr) = line
                         .split("addr=")
                         .nth(1)
                         .and_then(|s| s.split_whitespace().next())
-                    {
-                        let _ = tx.send(addr.to_string());
-                    }
+                {
+                    let _ = tx.send(addr.to_string());
                 }
                 sink.lock().expect("log lock").push(line);
             }

@@ -1,0 +1,304 @@
+//! The web UI in headless Chromium, driven through chromedriver (WebDriver) against the
+//! real server. A screenshot of every page is saved under target/browser-screenshots/.
+//! Run with: cargo test --features browser-tests --test browser
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Driver {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let exe =
+            std::env::var("EASEL_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = free_port();
+        let child = Command::new(&exe)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {exe} ({e}); install chromium-driver"));
+        let d = Driver {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await
+                && r.json::<Value>()
+                    .await
+                    .is_ok_and(|v| v["value"]["ready"] == true)
+            {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res: Value = req
+            .send()
+            .await
+            .expect("webdriver call")
+            .json()
+            .await
+            .expect("webdriver json");
+        assert!(res["value"]["error"].is_null(), "webdriver {path}: {res}");
+        res["value"].clone()
+    }
+
+    async fn session(&self) -> Session<'_> {
+        let browser =
+            std::env::var("EASEL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,800",
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": browser, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}
+        }}});
+        let v = self
+            .call(reqwest::Method::POST, "/session", Some(caps))
+            .await;
+        Session {
+            d: self,
+            id: v["sessionId"].as_str().expect("session id").to_string(),
+        }
+    }
+}
+
+struct Session<'a> {
+    d: &'a Driver,
+    id: String,
+}
+
+impl Session<'_> {
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.d
+            .call(
+                reqwest::Method::POST,
+                &format!("/session/{}{path}", self.id),
+                Some(body),
+            )
+            .await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({"url": url})).await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// Waits until the app marks `main` ready for `section`.
+    async fn wait_ready(&self, section: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .js("return document.querySelector('main').getAttribute('data-ready')")
+            .await
+            != json!(section)
+        {
+            assert!(Instant::now() < deadline, "{section} did not render");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self
+            .post("/element", json!({"using": "css selector", "value": css}))
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .expect("element id")
+            .to_string();
+        self.post(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let png = self
+            .d
+            .call(
+                reqwest::Method::GET,
+                &format!("/session/{}/screenshot", self.id),
+                None,
+            )
+            .await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("png"))
+            .expect("base64");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(format!("{name}.png")), bytes).expect("write png");
+    }
+
+    /// Browser console entries at warning level or above.
+    async fn console_problems(&self) -> Vec<String> {
+        let logs = self.post("/se/log", json!({"type": "browser"})).await;
+        logs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| matches!(e["level"].as_str(), Some("SEVERE" | "WARNING")))
+            .map(|e| e["message"].to_string())
+            .collect()
+    }
+
+    async fn end(self) {
+        self.d
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/session/{}", self.id),
+                None,
+            )
+            .await;
+    }
+}
+
+#[actix_web::test]
+async fn the_shell_loads_every_section_without_console_errors_or_csp_violations() {
+    let server = TestServer::start("").await;
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+
+    s.goto(&server.url("/")).await;
+    s.wait_ready("status").await;
+    let ready = s
+        .js("return document.getElementById('ready').textContent")
+        .await;
+    assert_eq!(ready, json!("ready"));
+    let version = s
+        .js("return document.getElementById('version').textContent")
+        .await;
+    assert_eq!(version, json!(format!("v{}", env!("CARGO_PKG_VERSION"))));
+    s.screenshot("status").await;
+
+    for section in [
+        "alt-text",
+        "skills",
+        "library",
+        "usage",
+        "keys",
+        "providers",
+        "privacy",
+        "admin",
+    ] {
+        s.click(&format!("#nav a[data-section='{section}']")).await;
+        s.wait_ready(section).await;
+        let current = s
+            .js("return document.querySelector('#nav a[aria-current=page]').dataset.section")
+            .await;
+        assert_eq!(current, json!(section));
+        let heading = s
+            .js("return document.querySelector('main h1').textContent")
+            .await;
+        assert!(
+            heading.as_str().is_some_and(|h| !h.is_empty()),
+            "{section} has a heading"
+        );
+        s.screenshot(section).await;
+    }
+    s.click("#nav a[data-section='status']").await;
+    s.wait_ready("status").await;
+
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("easel_csp_violations_total 0"),
+        "the browser reported CSP violations"
+    );
+    s.end().await;
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn a_csp_violation_is_caught_by_the_harness() {
+    // The harness must be able to fail: a page with an inline script breaks the CSP,
+    // and both the console check and the report endpoint see it.
+    let server = TestServer::start("").await;
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.goto(&server.url("/")).await;
+    s.wait_ready("status").await;
+    s.js("const x = document.createElement('script'); x.textContent = 'window.bad = 1'; document.body.append(x); return 1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.contains("easel_csp_violations_total 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the violation was not reported: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        s.js("return window.bad === undefined").await,
+        json!(true),
+        "the inline script was blocked"
+    );
+    let problems = s.console_problems().await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("Content Security Policy")),
+        "{problems:#?}"
+    );
+    s.end().await;
+    server.stop().await;
+}

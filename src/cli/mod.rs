@@ -351,7 +351,7 @@ async fn write_burst(
             let _ = o.flush();
         }
     });
-    store::burst::burst(&store, writers, count, payload, ack).await?;
+    store::burst::burst(&store, writers, count, payload, None, ack).await?;
     store.close().await;
     Ok(())
 }

@@ -25,6 +25,7 @@ async fn a_backup_taken_during_writes_restores_to_a_consistent_equal_copy() {
                 16,
                 6000,
                 128,
+                None,
                 Arc::new(move |_| {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }),

@@ -181,4 +181,12 @@ async fn with_the_server_running_commands_go_through_the_admin_socket() {
     let ready = reqwest::get(again.url("/readyz")).await.expect("readyz");
     assert_eq!(ready.status(), 200);
     assert!(again.stop().success());
+
+    // The hidden load tool never writes into a data dir that belongs to a server.
+    let (code, _, err) = run(
+        &["--config", s(&cfg), "debug", "write-burst", "--count", "1"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("scratch data dir"), "{err}");
 }

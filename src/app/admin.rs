@@ -10,8 +10,6 @@ use crate::store::Store;
 pub struct Admin {
     pub store: Store,
     pub keyring: Option<Keyring>,
-    /// Whether this runs inside `easel serve`.
-    pub online: bool,
 }
 
 impl Admin {
@@ -36,6 +34,7 @@ impl Admin {
                 }
                 Err(e) => Reply::fail(format!("backup failed: {e}")),
             },
+            // Only a running server receives this: the CLI restores a stopped one itself.
             Request::Restore { .. } => Reply::fail(
                 "restore refused: the server is running and holds the database; stop it, then run `easel restore FILE` again",
             ),

@@ -67,10 +67,15 @@ pub async fn unlock(config: &Config, store: &Store, may_create: bool) -> anyhow:
     let (key, source): (MasterKey, KeySource) = match found {
         Some(found) => found,
         None => {
-            if !may_create || Keyring::database_is_sealed(store).await? {
+            let sealed = Keyring::database_is_sealed(store).await?;
+            if !may_create || sealed {
+                let hint = if sealed {
+                    "this data dir was sealed with a master key: put that key back (or restore it from your backup)"
+                } else {
+                    "run `easel serve` once (it creates the key) or `easel init`"
+                };
                 bail!(
-                    "no master key found: looked in {}, $CREDENTIALS_DIRECTORY/master.key and {}. \
-                     This data dir was sealed with a master key; put that key back (or restore it from your backup)",
+                    "no master key found: looked in {}, $CREDENTIALS_DIRECTORY/master.key and {}; {hint}",
                     crypto::MASTER_KEY_ENV,
                     key_file.display()
                 );
@@ -155,7 +160,6 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     let admin = Admin {
         store: store.clone(),
         keyring: Some(keyring),
-        online: true,
     };
     let handler: control::Handler = Arc::new(move |req| {
         let admin = admin.clone();

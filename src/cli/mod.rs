@@ -203,7 +203,6 @@ async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result
     let admin = Admin {
         store: store.clone(),
         keyring,
-        online: false,
     };
     let reply = admin.execute(req).await;
     store.close().await;
@@ -344,6 +343,10 @@ async fn write_burst(
     payload: usize,
 ) -> anyhow::Result<()> {
     let store: Store = app::open_store(&loaded.config).await?;
+    if crate::crypto::Keyring::database_is_sealed(&store).await? {
+        store.close().await;
+        bail!("write-burst only writes into a scratch data dir, and this one belongs to a server");
+    }
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let ack: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |n| {
         if let Ok(mut o) = out.lock() {

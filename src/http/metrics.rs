@@ -1,7 +1,7 @@
 //! Prometheus metrics, kept in memory and written as text at `/metrics`.
 
 use crate::store::WriterStats;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +19,16 @@ struct Histogram {
     sum: f64,
 }
 
+/// Counters of one route: requests by method and status, and its latency.
+#[derive(Default)]
+struct RouteStats {
+    requests: Vec<(String, u16, u64)>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 struct Http {
-    requests: BTreeMap<(String, String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
+    routes: HashMap<String, RouteStats>,
 }
 
 /// Process-wide counters.
@@ -44,11 +50,20 @@ impl Metrics {
         let Ok(mut http) = self.http.lock() else {
             return;
         };
-        *http
+        // Allocate only the first time a route, method or status is seen.
+        let stats = match http.routes.get_mut(route) {
+            Some(s) => s,
+            None => http.routes.entry(route.to_string()).or_default(),
+        };
+        match stats
             .requests
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
-        let h = http.latency.entry(route.to_string()).or_default();
+            .iter_mut()
+            .find(|(m, s, _)| m == method && *s == status)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => stats.requests.push((method.to_string(), status, 1)),
+        }
+        let h = &mut stats.latency;
         h.count += 1;
         h.sum += secs;
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
@@ -76,22 +91,28 @@ impl Metrics {
         );
         let _ = writeln!(out, "easel_uptime_seconds {:.3}", uptime.as_secs_f64());
         if let Ok(http) = self.http.lock() {
+            let routes: BTreeMap<&String, &RouteStats> = http.routes.iter().collect();
             let _ = writeln!(
                 out,
                 "# HELP easel_http_requests_total HTTP requests by method, route and status.\n# TYPE easel_http_requests_total counter"
             );
-            for ((method, route, status), n) in &http.requests {
-                let _ = writeln!(
-                    out,
-                    "easel_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(route)
-                );
+            for (route, stats) in &routes {
+                let mut rows: Vec<&(String, u16, u64)> = stats.requests.iter().collect();
+                rows.sort();
+                for (method, status, n) in rows {
+                    let _ = writeln!(
+                        out,
+                        "easel_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                        escape(route)
+                    );
+                }
             }
             let _ = writeln!(
                 out,
                 "# HELP easel_http_request_duration_seconds Request latency by route.\n# TYPE easel_http_request_duration_seconds histogram"
             );
-            for (route, h) in &http.latency {
+            for (route, stats) in &routes {
+                let h = &stats.latency;
                 let route = escape(route);
                 for (le, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
                     let _ = writeln!(

@@ -76,7 +76,7 @@ async fn index(req: HttpRequest) -> HttpResponse {
         .content_type("text/html; charset=utf-8")
         .insert_header((header::ETAG, page.etag.clone()))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(page.body.clone())
+        .body(page.body.as_str())
 }
 
 async fn asset(
@@ -104,5 +104,9 @@ async fn asset(
         .content_type(found.metadata.mimetype())
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, cache))
-        .body(found.data.into_owned()))
+        .body(match found.data {
+            // Embedded files are static: no copy per request.
+            std::borrow::Cow::Borrowed(bytes) => web::Bytes::from_static(bytes),
+            std::borrow::Cow::Owned(bytes) => web::Bytes::from(bytes),
+        }))
 }

@@ -160,36 +160,36 @@ impl Metrics {
             writer.batch_sum.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "easel_store_commit_batch_size_count {commits}");
-        counter(
-            &mut out,
-            "easel_store_writes_total",
-            "Writes acknowledged after a durable commit.",
-            writer.writes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "easel_store_rejected_writes_total",
-            "Writes whose operation failed and were rolled back.",
-            writer.rejected.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "easel_csp_violations_total",
-            "Content-Security-Policy violations reported by browsers.",
-            self.csp_violations.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "easel_config_reloads_total",
-            "Config reloads applied.",
-            self.reloads_ok.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "easel_config_reload_failures_total",
-            "Config reloads refused because the new file was invalid.",
-            self.reloads_failed.load(Ordering::Relaxed),
-        );
+        let counters = [
+            (
+                "easel_store_writes_total",
+                "Writes acknowledged after a durable commit.",
+                writer.writes.load(Ordering::Relaxed),
+            ),
+            (
+                "easel_store_rejected_writes_total",
+                "Writes whose operation failed and were rolled back.",
+                writer.rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "easel_csp_violations_total",
+                "Content-Security-Policy violations reported by browsers.",
+                self.csp_violations.load(Ordering::Relaxed),
+            ),
+            (
+                "easel_config_reloads_total",
+                "Config reloads applied.",
+                self.reloads_ok.load(Ordering::Relaxed),
+            ),
+            (
+                "easel_config_reload_failures_total",
+                "Config reloads refused because the new file was invalid.",
+                self.reloads_failed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            counter(&mut out, name, help, value);
+        }
         out
     }
 }

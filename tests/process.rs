@@ -120,7 +120,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_the_new_is_broken() 
 
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
-    for round in 0..6u64 {
+    for round in 0..12u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = write_config(dir.path(), "");
         let mut child = Command::new(bin())
@@ -139,7 +139,7 @@ fn every_acknowledged_write_survives_sigkill() {
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
-        let kill_after = 300 + round * 700;
+        let kill_after = 200 + round * 400;
         let mut acked = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("line");
@@ -254,4 +254,31 @@ fn secrets_never_appear_in_logs_or_output() {
         check_out.contains("OPENAI_API_KEY is set (********)"),
         "{check_out}"
     );
+}
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "");
+    let server = Process::serve(&cfg, &[("EASEL_LOG__FORMAT", "json")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async { reqwest::get(server.url("/api/status")).await.expect("get") });
+    assert!(server.wait_for_log("/api/status", Duration::from_secs(5)));
+    let log = server.log_text();
+    assert!(server.stop().success());
+    let mut lines = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
+    assert!(log.contains(r#""route":"/api/status""#), "{log}");
 }

@@ -99,12 +99,9 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("is ready")
-                    && let Some(addr) = line
-                        .split("addr=")
-                        .nth(1)
-                        .and_then(|s| s.split_whitespace().next())
+                    && let Some(addr) = ready_addr(&line)
                 {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send(addr);
                 }
                 sink.lock().expect("log lock").push(line);
             }
@@ -156,6 +153,18 @@ impl Process {
         self.signal(libc::SIGTERM);
         wait_exit(&mut self.child, Duration::from_secs(20))
     }
+}
+
+/// The listen address in the "is ready" log line, pretty (`addr=...`) or JSON (`"addr":"..."`).
+fn ready_addr(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+        return rest.split('"').next().map(str::to_string);
+    }
+    line.split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
 }
 
 /// Waits for a child to exit, killing it after `timeout`.

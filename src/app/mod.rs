@@ -97,8 +97,6 @@ pub async fn unlock(config: &Config, store: &Store, may_create: bool) -> anyhow:
 pub struct Running {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
-    /// The data dir.
-    pub data_dir: PathBuf,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     control: tokio::task::JoinHandle<()>,
@@ -179,7 +177,6 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     );
     Ok(Running {
         addr,
-        data_dir: config.storage.data_dir.clone(),
         handle,
         server,
         control,

@@ -135,21 +135,14 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// Maps the JSON extractor's errors onto the API shape.
+/// A body over the limit never gets here as its own case: the middleware notices the
+/// overflow on the stream and answers 413 itself, whatever extractor read the body.
 pub fn json_error(
     err: actix_web::error::JsonPayloadError,
-    req: &actix_web::HttpRequest,
+    _req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    use actix_web::HttpMessage;
-    use actix_web::error::{JsonPayloadError as J, PayloadError};
-    let live_limit = req
-        .extensions()
-        .get::<super::middleware::BodyLimit>()
-        .map(|l| l.0);
+    use actix_web::error::JsonPayloadError as J;
     let api = match &err {
-        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
-            ApiError::too_large(live_limit.unwrap_or(*limit as u64))
-        }
-        J::Payload(PayloadError::Overflow) => ApiError::too_large(live_limit.unwrap_or(0)),
         J::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -18,14 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tracing::Instrument;
 
-/// The body limit in force for a request, for error messages.
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit(pub u64);
-
-/// The id of a request, echoed in `X-Request-Id` and in its log lines.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
 /// The Content-Security-Policy of every response: nothing inline, nothing from elsewhere.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
 font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
@@ -64,11 +56,9 @@ pub async fn observe<B: MessageBody + 'static>(
         .as_ref()
         .map_or(u64::MAX, |s| s.max_body_bytes.load(Ordering::Relaxed));
     let tls = shared.as_ref().is_some_and(|s| s.tls);
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id);
 
-    req.extensions_mut().insert(BodyLimit(limit));
-    req.extensions_mut().insert(RequestId(id.clone()));
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -134,7 +124,7 @@ pub async fn observe<B: MessageBody + 'static>(
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     if let Some(s) = &shared {
-        s.metrics.observe(&method, &route, status, elapsed);
+        s.metrics.observe(method.as_str(), &route, status, elapsed);
     }
     let ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {

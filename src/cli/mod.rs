@@ -266,21 +266,13 @@ fn check(file: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn master_key_status(c: &config::Config) -> String {
-    if std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_some() {
-        return format!("from {} (********)", crate::crypto::MASTER_KEY_ENV);
-    }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let p = Path::new(&dir).join("master.key");
-        if p.exists() {
-            return format!("systemd credential {}", p.display());
-        }
-    }
-    let f = &c.crypto.master_key_file;
-    match crate::crypto::read_key_file(f) {
-        Ok(k) => format!("key file {} (key id {})", f.display(), k.id_hex()),
-        Err(_) if !f.exists() => format!(
+    // The same lookup `serve` does, so the answer cannot drift from what will happen.
+    let file = &c.crypto.master_key_file;
+    match crate::crypto::load_master_key(file, |k| std::env::var(k).ok()) {
+        Ok(Some((key, source))) => format!("{source} (key id {})", key.id_hex()),
+        Ok(None) => format!(
             "{} does not exist yet; `easel serve` creates it on first start",
-            f.display()
+            file.display()
         ),
         Err(e) => format!("PROBLEM: {e}"),
     }

@@ -35,13 +35,21 @@ function formatUptime(s) {
   return d ? `${d} d ${h} h` : h ? `${h} h ${m} min` : `${m} min ${s % 60} s`;
 }
 
+// /api/status makes a durable write to prove readiness: ask once per view, and let
+// the header's version reuse the answer.
+let statusRequest = null;
+function fetchStatus(fresh) {
+  if (fresh || !statusRequest) statusRequest = getJSON("/api/status");
+  return statusRequest;
+}
+
 async function renderStatus(main) {
   main.append(el("h1", {}, "Status"));
   const card = el("section", { class: "card", "aria-labelledby": "status-h" }, el("h2", { id: "status-h", class: "muted" }, "This server"));
   const dl = el("dl", { class: "facts", id: "status-facts" });
   card.append(dl);
   main.append(card);
-  const [status, health] = await Promise.all([getJSON("/api/status"), getJSON("/healthz")]);
+  const [status, health] = await Promise.all([fetchStatus(true), getJSON("/healthz")]);
   if (!status.ok || !status.body) {
     fact(dl, "Server", el("span", { class: "pill bad" }, `unreachable (${status.status})`));
     return;
@@ -85,9 +93,9 @@ async function route() {
 }
 
 async function showVersion() {
-  const r = await getJSON("/api/status");
+  const r = await fetchStatus(false);
   if (r.ok && r.body) document.getElementById("version").textContent = `v${r.body.version}`;
 }
 
 window.addEventListener("hashchange", route);
-document.addEventListener("DOMContentLoaded", () => { route(); showVersion(); });
+document.addEventListener("DOMContentLoaded", () => { route().then(showVersion); });

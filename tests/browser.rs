@@ -132,17 +132,29 @@ impl Session<'_> {
             .await
     }
 
-    /// Waits until the app marks `main` ready for `section`.
-    async fn wait_ready(&self, section: &str) {
+    /// Waits until `script` returns `expected`.
+    async fn wait_for(&self, script: &str, expected: Value) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self
-            .js("return document.querySelector('main').getAttribute('data-ready')")
-            .await
-            != json!(section)
-        {
-            assert!(Instant::now() < deadline, "{section} did not render");
+        loop {
+            let got = self.js(script).await;
+            if got == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{script} gave {got}, not {expected}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the app marks `main` ready for `section`.
+    async fn wait_ready(&self, section: &str) {
+        self.wait_for(
+            "return document.querySelector('main').getAttribute('data-ready')",
+            json!(section),
+        )
+        .await;
     }
 
     async fn click(&self, css: &str) {
@@ -198,6 +210,19 @@ impl Session<'_> {
     }
 }
 
+/// The value of one series on the server's /metrics page (0 when absent).
+async fn metric(server: &TestServer, series: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[actix_web::test]
 async fn the_shell_loads_every_section_without_console_errors_or_csp_violations() {
     let server = TestServer::start("").await;
@@ -210,10 +235,20 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
         .js("return document.getElementById('ready').textContent")
         .await;
     assert_eq!(ready, json!("ready"));
-    let version = s
-        .js("return document.getElementById('version').textContent")
-        .await;
-    assert_eq!(version, json!(format!("v{}", env!("CARGO_PKG_VERSION"))));
+    s.wait_for(
+        "return document.getElementById('version').textContent",
+        json!(format!("v{}", env!("CARGO_PKG_VERSION"))),
+    )
+    .await;
+    // The page and its header share one /api/status call (each one is a durable write).
+    assert_eq!(
+        metric(
+            &server,
+            r#"easel_http_requests_total{method="GET",route="/api/status",status="200"}"#
+        )
+        .await,
+        1
+    );
     s.screenshot("status").await;
 
     for section in [
@@ -246,14 +281,9 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
 
     let problems = s.console_problems().await;
     assert!(problems.is_empty(), "console problems: {problems:#?}");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("easel_csp_violations_total 0"),
+    assert_eq!(
+        metric(&server, "easel_csp_violations_total").await,
+        0,
         "the browser reported CSP violations"
     );
     s.end().await;
@@ -272,19 +302,10 @@ async fn a_csp_violation_is_caught_by_the_harness() {
     s.js("const x = document.createElement('script'); x.textContent = 'window.bad = 1'; document.body.append(x); return 1").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = reqwest::get(server.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metrics.contains("easel_csp_violations_total 1") {
+        if metric(&server, "easel_csp_violations_total").await == 1 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the violation was not reported: {metrics}"
-        );
+        assert!(Instant::now() < deadline, "the violation was not reported");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(

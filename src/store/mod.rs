@@ -545,6 +545,18 @@ mod tests {
     async fn a_failing_write_leaves_nothing_and_does_not_sink_its_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
+        // Hold the writer busy so the next 50 writes queue up and land in one batch.
+        let gate = {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.write(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok::<_, StoreError>(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let mut tasks = Vec::new();
         for i in 0..50u32 {
             let s = store.clone();
@@ -566,6 +578,16 @@ mod tests {
             }
         }
         assert_eq!(failed, 5);
+        gate.await.expect("joins").expect("gate write");
+        let stats = store.writer_stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            stats.commits.load(Relaxed),
+            2,
+            "the gate, then one batch of the 45 good writes"
+        );
+        assert_eq!(stats.writes.load(Relaxed), 46);
+        assert_eq!(stats.rejected.load(Relaxed), 5);
         let (count, missing) = store
             .read(|r| Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &"k13".to_string())?)))
             .await

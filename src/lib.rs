@@ -4,12 +4,16 @@
 //! socket in [`control`]). Capabilities sit on top, each in its own folder; [`app`] wires
 //! them together at start-up.
 
+pub mod accounts;
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod http;
+pub mod keys;
 pub mod store;
 pub mod system;
 pub mod web;

@@ -1,8 +1,12 @@
 //! Admin commands, executed the same way whether they arrive through the admin socket
 //! of a running server or from the CLI on a stopped one.
 
+use super::Services;
+use crate::accounts::{Actor, NewAccount};
+use crate::auth::Role;
 use crate::control::{Reply, Request};
 use crate::crypto::Keyring;
+use crate::keys::NewKey;
 use crate::store::Store;
 
 /// Runs admin commands against one open store.
@@ -10,6 +14,8 @@ use crate::store::Store;
 pub struct Admin {
     pub store: Store,
     pub keyring: Option<Keyring>,
+    /// Accounts and keys; present when the master key is loaded.
+    pub services: Option<Services>,
 }
 
 impl Admin {
@@ -51,6 +57,78 @@ impl Admin {
                     Err(e) => Reply::fail(format!("rotation failed: {e}")),
                 },
             },
+            Request::UserCreate {
+                email,
+                name,
+                admin,
+                password,
+            } => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or("").into());
+                let role = if admin { Role::Admin } else { Role::Member };
+                let new = NewAccount {
+                    email,
+                    name,
+                    company: None,
+                    password,
+                    role,
+                    adult: false,
+                    must_change_password: false,
+                };
+                match s.accounts.create(new, Actor::Cli).await {
+                    Ok(a) => Reply::ok(format!(
+                        "created {} account {} (id {})",
+                        if admin { "admin" } else { "member" },
+                        a.email,
+                        a.id
+                    )),
+                    Err(e) => Reply::fail(format!("cannot create the account: {e}")),
+                }
+            }
+            Request::UserResetPassword { email, password } => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                let result = match s.accounts.find_by_email(&email).await {
+                    Ok(a) => s.accounts.reset_password(&a.id, password, Actor::Cli).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(a) => Reply::ok(format!(
+                        "password of {} reset; every session ended, and a new password is due at next sign-in",
+                        a.email
+                    )),
+                    Err(e) => Reply::fail(format!("cannot reset the password: {e}")),
+                }
+            }
+            Request::KeyCreate {
+                email,
+                name,
+                expires_days,
+            } => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                let account = match s.accounts.find_by_email(&email).await {
+                    Ok(a) => a,
+                    Err(e) => return Reply::fail(format!("cannot create the key: {e}")),
+                };
+                if expires_days == Some(0) {
+                    return Reply::fail("--expires-days must be at least 1");
+                }
+                let new = NewKey {
+                    name,
+                    expires_ms: expires_days
+                        .map(|d| crate::store::now_ms() + u64::from(d) * 86_400_000),
+                    ..NewKey::default()
+                };
+                match s.keys.create(&account.id, account.role, new, None).await {
+                    Ok((_, secret)) => Reply::ok(secret.expose().clone()),
+                    Err(e) => Reply::fail(format!("cannot create the key: {e}")),
+                }
+            }
         }
     }
 }

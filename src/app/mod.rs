@@ -5,10 +5,13 @@
 pub mod admin;
 pub mod logging;
 
+use crate::accounts::Accounts;
+use crate::auth::{Directory, SessionTimes};
 use crate::config::{self, Config, Live, Loaded};
 use crate::control;
 use crate::crypto::{self, KeySource, Keyring, MasterKey};
 use crate::http::{self, Metrics, Shared};
+use crate::keys::Keys;
 use crate::store::{Migration, Store, StoreError, StoreOptions, WriteTx};
 use actix_web::web;
 use anyhow::{Context, bail};
@@ -21,15 +24,60 @@ use std::time::Instant;
 pub use admin::Admin;
 pub use logging::LogHandle;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn base_v1(tx: &WriteTx<'_>) -> Result<(), StoreError> {
+    tx.set_meta("created_at", &crate::store::now_ms())
 }
 
-fn base_v1(tx: &WriteTx<'_>) -> Result<(), StoreError> {
-    tx.set_meta("created_at", &now_ms())
+/// How often last-use times of sessions and keys are saved, and ended sessions removed.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The services built at start-up and shared by the HTTP routes and admin commands.
+#[derive(Clone)]
+pub struct Services {
+    pub directory: Arc<Directory>,
+    pub accounts: Accounts,
+    pub keys: Keys,
+}
+
+fn session_times(config: &Config) -> SessionTimes {
+    SessionTimes {
+        idle_ms: config.auth.session_idle.get().as_millis() as u64,
+        max_ms: config.auth.session_max.get().as_millis() as u64,
+    }
+}
+
+impl Services {
+    /// Builds the services over an open store (nothing is loaded yet).
+    pub fn new(store: &Store, keyring: &Keyring, live: Arc<Live>) -> Self {
+        let directory = Arc::new(Directory::new(session_times(&live.get())));
+        Services {
+            accounts: Accounts::new(store.clone(), keyring.clone(), directory.clone(), live),
+            keys: Keys::new(store.clone(), directory.clone()),
+            directory,
+        }
+    }
+
+    /// Fills the credential directory from storage.
+    pub async fn load(&self) -> anyhow::Result<()> {
+        self.accounts
+            .load()
+            .await
+            .context("cannot load accounts and sessions")?;
+        self.keys.load().await.context("cannot load API keys")?;
+        let accounts = self.accounts.clone();
+        tokio::spawn(async move { accounts.warm_up().await });
+        Ok(())
+    }
+
+    /// Saves last-use times and removes ended sessions.
+    pub async fn flush(&self) {
+        if let Err(e) = self.accounts.flush().await {
+            tracing::warn!(error = %e, "cannot save session activity");
+        }
+        if let Err(e) = self.keys.flush().await {
+            tracing::warn!(error = %e, "cannot save API key activity");
+        }
+    }
 }
 
 /// Every schema migration of the program, in order. Capabilities add theirs here.
@@ -105,6 +153,8 @@ pub struct Running {
     live: Arc<Live>,
     shared: web::Data<Shared>,
     log: LogHandle,
+    services: Services,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server accepts connections.
@@ -127,17 +177,28 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         tls: tls.is_some(),
     });
     let live = Arc::new(Live::new(loaded));
+    let services = Services::new(&store, &keyring, live.clone());
+    services.load().await?;
     let routes = {
         let store = web::Data::new(store.clone());
         let keyring = web::Data::new(keyring.clone());
         let live = web::Data::from(live.clone());
         let started = web::Data::new(crate::system::Started(started));
+        let directory = web::Data::from(services.directory.clone());
+        let accounts = web::Data::new(services.accounts.clone());
+        let keys = web::Data::new(services.keys.clone());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
                 .app_data(live.clone())
                 .app_data(started.clone())
+                .app_data(directory.clone())
+                .app_data(accounts.clone())
+                .app_data(keys.clone())
                 .configure(crate::system::routes)
+                .configure(crate::accounts::routes)
+                .configure(crate::keys::routes)
+                .configure(crate::audit::routes)
                 .configure(crate::web::routes);
         }
     };
@@ -158,6 +219,7 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     let admin = Admin {
         store: store.clone(),
         keyring: Some(keyring),
+        services: Some(services.clone()),
     };
     let handler: control::Handler = Arc::new(move |req| {
         let admin = admin.clone();
@@ -165,6 +227,18 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     });
     let control = control::serve(&socket, handler)
         .with_context(|| format!("cannot open the admin socket {}", socket.display()))?;
+
+    let flusher = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                services.flush().await;
+            }
+        })
+    };
 
     tracing::info!(
         %addr,
@@ -185,6 +259,8 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         live,
         shared,
         log,
+        services,
+        flusher,
     })
 }
 
@@ -223,6 +299,7 @@ impl Running {
         self.shared
             .max_body_bytes
             .store(new.server.max_body_bytes, Ordering::Relaxed);
+        self.services.directory.set_times(session_times(&new));
         self.live.set(new);
         self.shared
             .metrics
@@ -239,6 +316,8 @@ impl Running {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.control.abort();
+        self.flusher.abort();
+        self.services.flush().await;
         let _ = std::fs::remove_file(&self.socket);
         self.store.close().await;
         tracing::info!("stopped; the database is closed");

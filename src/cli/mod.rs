@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// The config template written by `easel init`: the documented example, with its
 /// sample providers and models left commented out.
@@ -56,6 +57,12 @@ enum Command {
     /// Manage the master key.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Tools for tests and benchmarks.
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -74,6 +81,46 @@ enum ConfigCmd {
 enum KeysCmd {
     /// Re-seal every data key under a new master key and replace the key file.
     RotateMaster,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account (the first admin is made this way).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Display name (default: the part of the email before @).
+        #[arg(long)]
+        name: Option<String>,
+        /// Make the account an admin.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Set a new password; its owner must change it at next sign-in.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create an API key for an account and print it, alone, on standard output.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// Days until the key expires (default: never).
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +209,44 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let loaded = config::load(cli.config.as_deref())?;
             runtime()?.block_on(admin_command(&loaded, Request::RotateMaster, true))
         }
+        Command::User(UserCmd::Create {
+            email,
+            name,
+            admin,
+            password_stdin: _,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let password = read_password()?;
+            let req = Request::UserCreate {
+                email,
+                name,
+                admin,
+                password,
+            };
+            runtime()?.block_on(admin_command(&loaded, req, true))
+        }
+        Command::User(UserCmd::ResetPassword {
+            email,
+            password_stdin: _,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let password = read_password()?;
+            let req = Request::UserResetPassword { email, password };
+            runtime()?.block_on(admin_command(&loaded, req, true))
+        }
+        Command::Key(KeyCmd::Create {
+            email,
+            name,
+            expires_days,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let req = Request::KeyCreate {
+                email,
+                name,
+                expires_days,
+            };
+            runtime()?.block_on(admin_command(&loaded, req, true))
+        }
         Command::Debug(DebugCmd::WriteBurst {
             writers,
             count,
@@ -175,8 +260,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn print_reply(reply: Reply, via: &str) -> Result<(), Failure> {
-    if reply.ok {
+/// Reads a password from the first line of standard input.
+fn read_password() -> Result<crate::crypto::Secret<String>, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = crate::crypto::Secret::new(line.trim_end_matches(['\r', '\n']).to_string());
+    line.zeroize();
+    if password.expose().is_empty() {
+        return Err(anyhow::anyhow!(
+            "no password on standard input; try: printf '%s\\n' \"$PASSWORD\" | easel user create ... --password-stdin"
+        )
+        .into());
+    }
+    Ok(password)
+}
+
+fn print_reply(reply: Reply, via: &str, bare: bool) -> Result<(), Failure> {
+    if reply.ok && bare {
+        // Only the answer on stdout, so `KEY=$(easel key create ...)` works.
+        println!("{}", reply.message);
+        eprintln!("({via})");
+        Ok(())
+    } else if reply.ok {
         println!("{} ({via})", reply.message);
         Ok(())
     } else {
@@ -187,12 +294,13 @@ fn print_reply(reply: Reply, via: &str) -> Result<(), Failure> {
 /// Sends `req` to the running server, or runs it on the database directly.
 async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result<(), Failure> {
     let config = &loaded.config;
+    let bare = matches!(req, Request::KeyCreate { .. });
     let socket = control::socket_path(&config.storage.data_dir);
     if let Some(reply) = control::call(&socket, &req)
         .await
         .with_context(|| format!("cannot talk to the admin socket {}", socket.display()))?
     {
-        return print_reply(reply, "via the running server's admin socket");
+        return print_reply(reply, "via the running server's admin socket", bare);
     }
     let store = app::open_store(config).await?;
     let keyring = if needs_key {
@@ -200,13 +308,21 @@ async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result
     } else {
         None
     };
+    let services = keyring
+        .as_ref()
+        .map(|k| app::Services::new(&store, k, Arc::new(config::Live::new(loaded))));
     let admin = Admin {
         store: store.clone(),
         keyring,
+        services,
     };
     let reply = admin.execute(req).await;
     store.close().await;
-    print_reply(reply, "server not running: opened the database directly")
+    print_reply(
+        reply,
+        "server not running: opened the database directly",
+        bare,
+    )
 }
 
 async fn restore(loaded: &Loaded, backup: &Path) -> Result<(), Failure> {
@@ -219,7 +335,7 @@ async fn restore(loaded: &Loaded, backup: &Path) -> Result<(), Failure> {
         .await
         .context("cannot talk to the admin socket")?
     {
-        return print_reply(reply, "via the running server's admin socket");
+        return print_reply(reply, "via the running server's admin socket", false);
     }
     let dir = config.storage.data_dir.clone();
     let from = backup.to_path_buf();

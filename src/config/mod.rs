@@ -61,6 +61,7 @@ pub struct Config {
     pub backup: BackupConfig,
     pub privacy: PrivacyConfig,
     pub signup: SignupConfig,
+    pub auth: AuthConfig,
 }
 
 /// `[server]`: the HTTP listener.
@@ -435,6 +436,47 @@ pub enum SignupMode {
     Closed,
 }
 
+/// `[auth]`: web sessions, sign-in throttling and password hashing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A session unused this long ends.
+    pub session_idle: Span,
+    /// A session ends this long after sign-in, used or not.
+    pub session_max: Span,
+    /// Failed sign-ins for one email before it is locked for `lock_for`.
+    pub lock_after: u32,
+    /// Failed sign-ins from one client address before it is locked for `lock_for`.
+    pub ip_lock_after: u32,
+    /// How long a lock lasts.
+    pub lock_for: Span,
+    /// Header holding the client address when Easel sits behind a proxy
+    /// (e.g. "X-Forwarded-For"; its last entry is used). Empty: the TCP peer address.
+    pub client_ip_header: String,
+    /// Argon2id memory per hash, in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_idle: Span::days(1),
+            session_max: Span::days(30),
+            lock_after: 10,
+            ip_lock_after: 50,
+            lock_for: Span::secs(15 * 60),
+            client_ip_header: String::new(),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
 /// A loaded config and where it came from.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -603,6 +645,28 @@ impl Config {
                     "`{}` is not a log filter; try `info` or `easel=debug`",
                     self.log.level
                 ),
+            ));
+        }
+        let a = &self.auth;
+        if a.session_idle.get().is_zero() || a.session_max < a.session_idle {
+            return Err(invalid(
+                "auth.session_idle".into(),
+                "must be above 0 and not longer than auth.session_max".into(),
+            ));
+        }
+        if a.lock_after < 3 || a.ip_lock_after < a.lock_after {
+            return Err(invalid(
+                "auth.lock_after".into(),
+                "must be at least 3, and auth.ip_lock_after at least as large".into(),
+            ));
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism.max(1)
+            || a.argon2_iterations == 0
+            || a.argon2_parallelism == 0
+        {
+            return Err(invalid(
+                "auth.argon2_memory_kib".into(),
+                "argon2 needs at least 1 pass, 1 lane and 8 KiB per lane (OWASP: 19456 KiB, 2 passes, 1 lane)".into(),
             ));
         }
         for (name, p) in &self.providers {

@@ -2,6 +2,7 @@
 //! in the data dir (mode 0600, owner-only, peer uid checked). One JSON line in, one
 //! JSON line out.
 
+use crate::crypto::Secret;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,26 @@ pub enum Request {
     Restore { path: PathBuf },
     /// Re-seal every data key under a new master key.
     RotateMaster,
+    /// Create an account.
+    UserCreate {
+        email: String,
+        name: Option<String>,
+        admin: bool,
+        #[serde(with = "crate::crypto::exposed")]
+        password: Secret<String>,
+    },
+    /// Set a new password that its owner must change at next sign-in.
+    UserResetPassword {
+        email: String,
+        #[serde(with = "crate::crypto::exposed")]
+        password: Secret<String>,
+    },
+    /// Create an API key; the reply's message is the key and nothing else.
+    KeyCreate {
+        email: String,
+        name: String,
+        expires_days: Option<u32>,
+    },
 }
 
 /// The answer to a command.
@@ -121,6 +142,9 @@ fn command_name(req: &Request) -> &'static str {
         Request::Backup { .. } => "backup",
         Request::Restore { .. } => "restore",
         Request::RotateMaster => "rotate-master",
+        Request::UserCreate { .. } => "user-create",
+        Request::UserResetPassword { .. } => "user-reset-password",
+        Request::KeyCreate { .. } => "key-create",
     }
 }
 

@@ -12,8 +12,8 @@ mod secret;
 
 pub use keyring::{Keyring, RotationReport};
 pub use master::{KeySource, MASTER_KEY_ENV, create_key_file, load_master_key, read_key_file};
-pub use password::{hash_password, verify_password};
-pub use secret::Secret;
+pub use password::{PasswordParams, hash_password, verify_password};
+pub use secret::{Secret, exposed};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -201,6 +201,33 @@ impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DataKey(id {})", self.0.id_hex())
     }
+}
+
+/// SHA-256 of some bytes (credential secrets are stored only as this).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Compares two byte strings in time that depends only on their length.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// `N` random bytes as lower-case hex (ids, tokens, secrets).
+pub fn random_hex<const N: usize>() -> Result<String, CryptoError> {
+    Ok(hex(&random_bytes::<N>()?))
+}
+
+/// Bytes from hex (either case); `None` if it is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Lower-case hex of some bytes.

@@ -43,6 +43,31 @@ impl From<String> for Secret<String> {
     }
 }
 
+/// Reads a secret from a request body; there is deliberately no `Serialize`, so a
+/// secret cannot end up in a response by accident.
+impl<'de> serde::Deserialize<'de> for Secret<String> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// `#[serde(with = "exposed")]` for the one place a secret must be written out: the
+/// admin socket, which carries a password from the CLI to the running server.
+pub mod exposed {
+    use super::Secret;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the secret's value.
+    pub fn serialize<S: Serializer>(s: &Secret<String>, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.expose())
+    }
+
+    /// Reads a secret.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Secret<String>, D::Error> {
+        Secret::<String>::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,14 @@ pub struct Shared {
     pub tls: bool,
 }
 
+/// A stored millisecond timestamp as RFC 3339 UTC text, as the API shows times.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// The largest body any extractor buffers; the live limit in the middleware is lower.
 const EXTRACTOR_CEILING: usize = 1 << 30;
 

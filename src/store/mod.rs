@@ -222,6 +222,13 @@ pub trait Reader {
         limit: usize,
     ) -> Result<Rows, StoreError>;
     #[doc(hidden)]
+    fn raw_range_rev(
+        &self,
+        table: &str,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError>;
+    #[doc(hidden)]
     fn raw_len(&self, table: &str) -> Result<u64, StoreError>;
 
     /// One record by key.
@@ -247,16 +254,33 @@ pub trait Reader {
             b.push(0); // the smallest key greater than `k`
             b
         });
-        self.raw_range(t.name, start.as_deref(), None, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                    table: t.name.to_string(),
-                    message: "undecodable key".into(),
-                })?;
-                Ok((key, codec::decode(t.name, &v)?))
-            })
-            .collect()
+        let rows = self.raw_range(t.name, start.as_deref(), None, limit)?;
+        decode_rows(t, rows)
+    }
+
+    /// Up to `limit` records whose keys start with `prefix`, in key order.
+    fn scan_prefix<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let end = prefix_end(prefix);
+        let rows = self.raw_range(t.name, Some(prefix), end.as_deref(), limit)?;
+        decode_rows(t, rows)
+    }
+
+    /// Up to `limit` records with keys strictly before `before` (or from the end),
+    /// newest key first.
+    fn scan_rev<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        before: Option<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let end = before.map(Key::encode);
+        let rows = self.raw_range_rev(t.name, end.as_deref(), limit)?;
+        decode_rows(t, rows)
     }
 
     /// Number of records in a table.
@@ -270,6 +294,48 @@ pub trait Reader {
             .map(|b| codec::decode(META, &b))
             .transpose()
     }
+}
+
+fn decode_rows<K: Key, V: DeserializeOwned>(
+    t: &Table<K, V>,
+    rows: Rows,
+) -> Result<Vec<(K, V)>, StoreError> {
+    rows.into_iter()
+        .map(|(k, v)| {
+            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                table: t.name.to_string(),
+                message: "undecodable key".into(),
+            })?;
+            Ok((key, codec::decode(t.name, &v)?))
+        })
+        .collect()
+}
+
+/// The smallest key after every key that starts with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn range_rev_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Rows, StoreError> {
+    use std::ops::Bound;
+    let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::new();
+    for row in t.range::<&[u8]>((Bound::Unbounded, hi))?.rev().take(limit) {
+        let (k, v) = row?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
@@ -339,6 +405,15 @@ impl Reader for WriteTx<'_> {
         let t = self.txn.open_table(raw(table))?;
         range_of(&t, start, end, limit)
     }
+    fn raw_range_rev(
+        &self,
+        table: &str,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let t = self.txn.open_table(raw(table))?;
+        range_rev_of(&t, end, limit)
+    }
     fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
         Ok(self.txn.open_table(raw(table))?.len()?)
     }
@@ -377,6 +452,17 @@ impl Reader for ReadTx {
             return Ok(Vec::new());
         };
         range_of(&t, start, end, limit)
+    }
+    fn raw_range_rev(
+        &self,
+        table: &str,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(Vec::new());
+        };
+        range_rev_of(&t, end, limit)
     }
     fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
         let Some(t) = self.table(table)? else {
@@ -525,6 +611,14 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch: the timestamp of every stored record.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The schema version the given migrations bring a database to.
 pub fn latest_version(migrations: &[Migration]) -> u32 {
     migrations.iter().map(|m| m.version).max().unwrap_or(0)
@@ -635,6 +729,35 @@ mod tests {
             .await
             .expect("reads");
         assert_eq!(page, vec![("k2".to_string(), 2), ("k3".to_string(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn prefix_and_reverse_scans_stay_inside_their_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| {
+                for k in ["a/1", "a/2", "a~", "b/1", "b/2"] {
+                    tx.insert(&ITEMS, &k.to_string(), &1)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .expect("writes");
+        let (a, rev) = store
+            .read(|r| {
+                Ok::<_, StoreError>((
+                    r.scan_prefix(&ITEMS, b"a/", 10)?,
+                    r.scan_rev(&ITEMS, Some(&"b/2".to_string()), 2)?,
+                ))
+            })
+            .await
+            .expect("reads");
+        let keys = |v: Vec<(String, u32)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(a), ["a/1", "a/2"]);
+        assert_eq!(keys(rev), ["b/1", "a~"]);
+        assert_eq!(prefix_end(&[1, 255, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255]), None);
     }
 
     #[test]

@@ -47,15 +47,13 @@ fn index_page() -> &'static Page {
             rest = &after[end + 2..];
         }
         body.push_str(rest);
-        let etag = format!("\"{}\"", crate::crypto::hex(&sha2_of(body.as_bytes())[..8]));
+        let etag = format!(
+            "\"{}\"",
+            crate::crypto::hex(&crate::crypto::sha256(body.as_bytes())[..8])
+        );
         body.shrink_to_fit();
         Page { body, etag }
     })
-}
-
-fn sha2_of(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
 }
 
 fn not_modified(req: &HttpRequest, etag: &str) -> bool {

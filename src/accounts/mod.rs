@@ -1,0 +1,15 @@
+//! Accounts (data class `account`) and web sessions and invites (class `credentials`):
+//! sign-up in the modes `[signup]` allows, sign-in with throttling, the person's own
+//! profile, password and sessions, and what admins do to users.
+
+mod error;
+mod model;
+pub mod passwords;
+mod routes;
+mod service;
+mod throttle;
+
+pub use error::AccountError;
+pub use model::{Account, Invite, StoredSession};
+pub use routes::routes;
+pub use service::{Accounts, Actor, AdminChange, NewAccount, NewSession, Signup, normalize_email};

@@ -1,0 +1,277 @@
+//! Creating, listing and revoking API keys, and keeping the credential directory in
+//! step with storage.
+
+use crate::audit;
+use crate::auth::{Directory, KEY_PREFIX, KeyFacts, Role, Scope, ScopeSet};
+use crate::crypto::{self, Secret};
+use crate::http::ApiError;
+use crate::store::{Reader, Store, StoreError, Table, now_ms};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+const KEYS: Table<String, ApiKey> = Table::new("api_keys");
+const PAGE: usize = 1000;
+/// Most keys one account may hold.
+pub const MAX_KEYS_PER_ACCOUNT: usize = 100;
+
+/// An API key as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub account: String,
+    pub name: String,
+    pub secret_hash: [u8; 32],
+    pub scopes: Vec<Scope>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub credit_budget: Option<u64>,
+    pub rpm: Option<u32>,
+    pub last_used_ms: Option<u64>,
+}
+
+impl ApiKey {
+    fn facts(&self) -> KeyFacts {
+        KeyFacts {
+            id: self.id.clone(),
+            account: self.account.clone(),
+            secret_hash: self.secret_hash,
+            scopes: ScopeSet::from_scopes(self.scopes.iter().copied()),
+            expires_ms: self.expires_ms,
+            rpm: self.rpm,
+            credit_budget: self.credit_budget,
+            last_used_ms: self.last_used_ms,
+        }
+    }
+}
+
+/// A key to create.
+#[derive(Default)]
+pub struct NewKey {
+    pub name: String,
+    pub expires_ms: Option<u64>,
+    /// `None`: every scope but `admin_read`.
+    pub scopes: Option<Vec<Scope>>,
+    pub credit_budget: Option<u64>,
+    pub rpm: Option<u32>,
+}
+
+/// What can go wrong with keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("only admins can create keys with the admin_read scope")]
+    AdminScope,
+    #[error("this account already has {MAX_KEYS_PER_ACCOUNT} keys; revoke some first")]
+    TooMany,
+    #[error("API key not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let msg = e.to_string();
+        match e {
+            KeyError::Invalid(_) => ApiError::bad_request("invalid_field", msg),
+            KeyError::AdminScope => ApiError::forbidden("admin_only", msg),
+            KeyError::TooMany => ApiError::conflict("too_many_keys", msg),
+            KeyError::NotFound => ApiError::not_found(msg),
+            KeyError::Store(e) => e.into(),
+            KeyError::Crypto(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// The keys service; cheap to clone.
+#[derive(Clone)]
+pub struct Keys {
+    store: Store,
+    directory: Arc<Directory>,
+}
+
+fn all_keys(r: &impl Reader) -> Result<Vec<ApiKey>, StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.scan(&KEYS, after.as_ref(), PAGE)?;
+        let done = page.len() < PAGE;
+        after = page.last().map(|(k, _)| k.clone());
+        out.extend(page.into_iter().map(|(_, v)| v));
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+impl Keys {
+    /// The service over one store; call [`Keys::load`] before serving.
+    pub fn new(store: Store, directory: Arc<Directory>) -> Self {
+        Keys { store, directory }
+    }
+
+    /// Puts every stored key into the directory.
+    pub async fn load(&self) -> Result<usize, KeyError> {
+        let keys = self.store.read(|r| all_keys(r)).await?;
+        for k in &keys {
+            self.directory.put_key(k.facts());
+        }
+        Ok(keys.len())
+    }
+
+    /// Saves last-use times that changed (run every minute and at shutdown), so no
+    /// request pays for a write.
+    pub async fn flush(&self) -> Result<(), KeyError> {
+        let dirty = self.directory.dirty_keys();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .write(move |tx| {
+                for (id, used) in &dirty {
+                    if let Some(mut k) = tx.get(&KEYS, id)? {
+                        k.last_used_ms = Some(*used);
+                        tx.insert(&KEYS, id, &k)?;
+                    }
+                }
+                Ok::<_, KeyError>(())
+            })
+            .await
+    }
+
+    /// Creates a key for `account`; returns it with the full key text, shown once.
+    pub async fn create(
+        &self,
+        account: &str,
+        role: Role,
+        new: NewKey,
+        actor: Option<&str>,
+    ) -> Result<(ApiKey, Secret<String>), KeyError> {
+        let name = new.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(KeyError::Invalid(
+                "name must be 1 to 100 characters of plain text".into(),
+            ));
+        }
+        let now = now_ms();
+        if new.expires_ms.is_some_and(|t| t <= now) {
+            return Err(KeyError::Invalid("the expiry must be in the future".into()));
+        }
+        if new.rpm == Some(0) {
+            return Err(KeyError::Invalid(
+                "rpm must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        let scopes = match new.scopes {
+            Some(s) if s.is_empty() => {
+                return Err(KeyError::Invalid(
+                    "scopes must name at least one scope (leave it out for the default)".into(),
+                ));
+            }
+            Some(s) => ScopeSet::from_scopes(s).to_vec(),
+            None => ScopeSet::default_for_keys().to_vec(),
+        };
+        if scopes.contains(&Scope::AdminRead) && role != Role::Admin {
+            return Err(KeyError::AdminScope);
+        }
+        let id = crypto::random_hex::<8>()?;
+        let secret = crypto::random_hex::<32>()?;
+        let key = ApiKey {
+            id: id.clone(),
+            account: account.to_string(),
+            name,
+            secret_hash: crypto::sha256(secret.as_bytes()),
+            scopes,
+            created_ms: now,
+            expires_ms: new.expires_ms,
+            credit_budget: new.credit_budget,
+            rpm: new.rpm,
+            last_used_ms: None,
+        };
+        let stored = key.clone();
+        let actor = actor.map(str::to_string);
+        self.store
+            .write(move |tx| {
+                let owned = all_keys(tx)?
+                    .iter()
+                    .filter(|k| k.account == stored.account)
+                    .count();
+                if owned >= MAX_KEYS_PER_ACCOUNT {
+                    return Err(KeyError::TooMany);
+                }
+                if tx.get(&KEYS, &stored.id)?.is_some() {
+                    return Err(KeyError::Invalid("key id collision; try again".into()));
+                }
+                tx.insert(&KEYS, &stored.id, &stored)?;
+                let scopes: Vec<&str> = stored.scopes.iter().map(|s| s.name()).collect();
+                let detail = format!("API key created with scopes {}", scopes.join(", "));
+                audit::record(
+                    tx,
+                    now,
+                    actor.as_deref().or(Some(&stored.account)),
+                    "key_created",
+                    Some(&stored.id),
+                    &detail,
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.directory.put_key(key.facts());
+        let token = format!("{KEY_PREFIX}{id}_{secret}");
+        Ok((key, Secret::new(token)))
+    }
+
+    /// The keys of an account, newest first, with last-use times as of now.
+    pub async fn list(&self, account: &str) -> Result<Vec<ApiKey>, KeyError> {
+        let owner = account.to_string();
+        let mut keys: Vec<ApiKey> = self
+            .store
+            .read(move |r| {
+                Ok::<_, KeyError>(
+                    all_keys(r)?
+                        .into_iter()
+                        .filter(|k| k.account == owner)
+                        .collect(),
+                )
+            })
+            .await?;
+        for k in &mut keys {
+            if let Some(t) = self.directory.key_last_used(&k.id) {
+                k.last_used_ms = Some(t);
+            }
+        }
+        keys.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        Ok(keys)
+    }
+
+    /// Revokes a key of `account`: it stops working at once and is deleted. Another
+    /// account's key is "not found".
+    pub async fn revoke(&self, account: &str, id: &str) -> Result<(), KeyError> {
+        let owner = account.to_string();
+        let key_id = id.to_string();
+        let now = now_ms();
+        self.store
+            .write(move |tx| {
+                match tx.get(&KEYS, &key_id)? {
+                    Some(k) if k.account == owner => {}
+                    _ => return Err(KeyError::NotFound),
+                }
+                tx.remove(&KEYS, &key_id)?;
+                audit::record(
+                    tx,
+                    now,
+                    Some(&owner),
+                    "key_revoked",
+                    Some(&key_id),
+                    "API key revoked",
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.directory.remove_keys(&[id.to_string()]);
+        Ok(())
+    }
+}

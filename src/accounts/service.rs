@@ -5,7 +5,7 @@
 use super::error::AccountError;
 use super::model::{Account, Invite, StoredSession};
 use super::passwords;
-use super::throttle::{Throttle, Verdict};
+use super::throttle::{Limits, Throttle, Verdict};
 use crate::audit;
 use crate::auth::{ClientInfo, Directory, Role, SessionEntry, Status, csrf_token_for};
 use crate::config::{Live, SignupMode};
@@ -577,12 +577,20 @@ impl Accounts {
             Some(a) if verified => a,
             found => {
                 let lock_for = cfg.auth.lock_for.get().as_millis() as u64;
-                let email_locked = i
-                    .throttle
-                    .fail(&email_key, now, cfg.auth.lock_after, lock_for);
-                let ip_locked = i
-                    .throttle
-                    .fail(&ip_key, now, cfg.auth.ip_lock_after, lock_for);
+                // An address shared by many people (an office, a proxy) gets more room
+                // before delays start than a single email does.
+                let email_limits = Limits {
+                    free: 3,
+                    lock_after: cfg.auth.lock_after,
+                    lock_for_ms: lock_for,
+                };
+                let ip_limits = Limits {
+                    free: cfg.auth.ip_lock_after / 2,
+                    lock_after: cfg.auth.ip_lock_after,
+                    lock_for_ms: lock_for,
+                };
+                let email_locked = i.throttle.fail(&email_key, now, email_limits);
+                let ip_locked = i.throttle.fail(&ip_key, now, ip_limits);
                 let target = found.map(|a| a.id);
                 let minutes = lock_for / 60_000;
                 let (lock_after, ip_lock_after) = (cfg.auth.lock_after, cfg.auth.ip_lock_after);
@@ -1009,7 +1017,7 @@ impl Accounts {
             .into_iter()
             .map(|(_, v)| v)
             .collect();
-        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        all.sort_by_key(|x| std::cmp::Reverse(x.created_ms));
         Ok(all)
     }
 

@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Failures allowed before delays start.
-const FREE_FAILURES: u32 = 3;
 const MAX_DELAY_MS: u64 = 60_000;
 
 #[derive(Default, Clone, Copy)]
@@ -19,6 +17,16 @@ struct Entry {
     last_failure_ms: u64,
     next_try_ms: u64,
     locked_until_ms: u64,
+}
+
+/// When delays start and locks begin, for one kind of key.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Failures before delays start.
+    pub free: u32,
+    /// Failures that start a lock.
+    pub lock_after: u32,
+    pub lock_for_ms: u64,
 }
 
 /// What an attempt may do now.
@@ -60,9 +68,14 @@ impl Throttle {
         }
     }
 
-    /// Counts a failure; says whether it started a lock. Failures older than
-    /// `lock_for_ms` are forgotten.
-    pub fn fail(&self, key: &str, now_ms: u64, lock_after: u32, lock_for_ms: u64) -> bool {
+    /// Counts a failure; says whether it started a lock. After `free` failures each
+    /// try waits longer; failures older than `lock_for_ms` are forgotten.
+    pub fn fail(&self, key: &str, now_ms: u64, limits: Limits) -> bool {
+        let Limits {
+            free,
+            lock_after,
+            lock_for_ms,
+        } = limits;
         let mut map = self.entries();
         if map.len() > 100_000 {
             map.retain(|_, e| {
@@ -83,8 +96,8 @@ impl Throttle {
             };
             return true;
         }
-        if e.failures >= FREE_FAILURES {
-            let step = (e.failures - FREE_FAILURES).min(16);
+        if e.failures >= free {
+            let step = (e.failures - free).min(16);
             e.next_try_ms = now_ms + (1000u64 << step).min(MAX_DELAY_MS);
         }
         false
@@ -103,20 +116,25 @@ mod tests {
     #[test]
     fn delays_grow_then_a_lock_starts_and_ends() {
         let t = Throttle::default();
+        let l = Limits {
+            free: 3,
+            lock_after: 6,
+            lock_for_ms: 900_000,
+        };
         let mut now = 0;
         for _ in 0..2 {
-            assert!(!t.fail("k", now, 6, 900_000));
+            assert!(!t.fail("k", now, l));
         }
         assert_eq!(t.check("k", now), Verdict::Go);
-        assert!(!t.fail("k", now, 6, 900_000));
+        assert!(!t.fail("k", now, l));
         assert_eq!(t.check("k", now), Verdict::Wait(1));
         now += 1000;
-        assert!(!t.fail("k", now, 6, 900_000));
+        assert!(!t.fail("k", now, l));
         assert_eq!(t.check("k", now), Verdict::Wait(2), "the delay doubled");
         now += 2000;
-        assert!(!t.fail("k", now, 6, 900_000));
+        assert!(!t.fail("k", now, l));
         now += 4000;
-        assert!(t.fail("k", now, 6, 900_000), "the sixth failure locks");
+        assert!(t.fail("k", now, l), "the sixth failure locks");
         assert_eq!(t.check("k", now), Verdict::Locked(900));
         assert_eq!(t.check("k", now + 900_000), Verdict::Go);
         assert_eq!(t.check("other", now), Verdict::Go);

@@ -265,6 +265,11 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The accounts and keys services (tests and embedders create the first admin here).
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
     /// Re-reads the config file. Live settings apply at once; settings that need a
     /// restart are logged and keep their running value; an invalid file is refused.
     pub fn reload(&self) -> bool {

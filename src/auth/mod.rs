@@ -308,7 +308,7 @@ impl Directory {
             .filter(|s| s.account == account)
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        out.sort_by_key(|x| std::cmp::Reverse(x.created_ms));
         out
     }
 

@@ -115,7 +115,7 @@ impl Keys {
 
     /// Puts every stored key into the directory.
     pub async fn load(&self) -> Result<usize, KeyError> {
-        let keys = self.store.read(|r| all_keys(r)).await?;
+        let keys = self.store.read(all_keys).await?;
         for k in &keys {
             self.directory.put_key(k.facts());
         }
@@ -243,7 +243,7 @@ impl Keys {
                 k.last_used_ms = Some(t);
             }
         }
-        keys.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        keys.sort_by_key(|x| std::cmp::Reverse(x.created_ms));
         Ok(keys)
     }
 

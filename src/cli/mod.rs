@@ -304,7 +304,10 @@ async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result
     }
     let store = app::open_store(config).await?;
     let keyring = if needs_key {
-        Some(app::unlock(config, &store, false).await?)
+        // Creating the first account may also create the master key, as a first
+        // `easel serve` would; every other command needs the existing one.
+        let may_create = matches!(req, Request::UserCreate { .. });
+        Some(app::unlock(config, &store, may_create).await?)
     } else {
         None
     };

@@ -158,16 +158,37 @@ impl Session<'_> {
     }
 
     async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.post(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    /// Signs in through the sign-in page.
+    async fn sign_in(&self, server: &TestServer, email: &str, password: &str) {
+        self.goto(&server.url("/#/signin")).await;
+        self.wait_ready("signin").await;
+        self.type_into("#signin-form [name=email]", email).await;
+        self.type_into("#signin-form [name=password]", password)
+            .await;
+        self.click("#signin-form button[type=submit]").await;
+    }
+
+    async fn element(&self, css: &str) -> String {
         let el = self
             .post("/element", json!({"using": "css selector", "value": css}))
             .await;
-        let id = el
-            .as_object()
+        el.as_object()
             .and_then(|o| o.values().next())
             .and_then(|v| v.as_str())
             .expect("element id")
-            .to_string();
-        self.post(&format!("/element/{id}/click"), json!({})).await;
+            .to_string()
+    }
+
+    /// Types into a field as a person would (WebDriver key events).
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.post(&format!("/element/{id}/clear"), json!({})).await;
+        self.post(&format!("/element/{id}/value"), json!({"text": text}))
+            .await;
     }
 
     async fn screenshot(&self, name: &str) {
@@ -223,9 +244,37 @@ async fn metric(server: &TestServer, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
+const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
+const PASSWORD: &str = "correct horse battery";
+
+async fn make_admin(server: &TestServer, email: &str) {
+    use easel::accounts::{Actor, NewAccount};
+    server
+        .running
+        .as_ref()
+        .expect("running")
+        .services()
+        .accounts
+        .create(
+            NewAccount {
+                email: email.into(),
+                name: "Admin".into(),
+                company: None,
+                password: easel::crypto::Secret::new(PASSWORD.into()),
+                role: easel::auth::Role::Admin,
+                adult: true,
+                must_change_password: false,
+            },
+            Actor::Cli,
+        )
+        .await
+        .expect("admin");
+}
+
 #[actix_web::test]
 async fn the_shell_loads_every_section_without_console_errors_or_csp_violations() {
-    let server = TestServer::start("").await;
+    let server = TestServer::start(FAST).await;
+    make_admin(&server, "admin@example.com").await;
     let driver = Driver::start().await;
     let s = driver.session().await;
 
@@ -251,6 +300,13 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
     );
     s.screenshot("status").await;
 
+    // Signed out, every other section leads to the sign-in page.
+    s.click("#nav a[data-section='keys']").await;
+    s.wait_ready("signin").await;
+    s.screenshot("signin").await;
+    s.sign_in(&server, "admin@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+
     for section in [
         "alt-text",
         "skills",
@@ -259,6 +315,7 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
         "keys",
         "providers",
         "privacy",
+        "account",
         "admin",
     ] {
         s.click(&format!("#nav a[data-section='{section}']")).await;
@@ -286,6 +343,105 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
         0,
         "the browser reported CSP violations"
     );
+    s.end().await;
+    server.stop().await;
+}
+
+async fn status_with_key(server: &TestServer, key: &str) -> u16 {
+    reqwest::Client::new()
+        .get(server.url("/api/account"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("get")
+        .status()
+        .as_u16()
+}
+
+#[actix_web::test]
+async fn a_person_signs_in_creates_a_key_sees_it_once_and_revokes_it() {
+    let server = TestServer::start(FAST).await;
+    make_admin(&server, "admin@example.com").await;
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+
+    s.sign_in(&server, "admin@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.wait_for(
+        "return document.getElementById('who').textContent",
+        json!("Admin"),
+    )
+    .await;
+    // The session is one HttpOnly cookie: the page can read nothing that grants access.
+    let storage = s
+        .js("return [document.cookie, localStorage.length, sessionStorage.length]")
+        .await;
+    assert_eq!(storage, json!(["", 0, 0]));
+
+    s.type_into("#key-form [name=name]", "shop backend").await;
+    s.click("#key-form button[type=submit]").await;
+    s.wait_for(
+        "return !document.getElementById('new-key').hidden",
+        json!(true),
+    )
+    .await;
+    let secret = s
+        .js("return document.getElementById('secret').value")
+        .await
+        .as_str()
+        .expect("secret")
+        .to_string();
+    assert!(secret.starts_with("easel_sk_"), "{secret}");
+    s.click("#copy-secret").await;
+    s.wait_for(
+        "return document.getElementById('copy-secret').textContent",
+        json!("Copied"),
+    )
+    .await;
+    s.screenshot("key-created").await;
+    assert_eq!(
+        status_with_key(&server, &secret).await,
+        200,
+        "the shown key works"
+    );
+
+    // After a reload the key is listed, and its secret is nowhere on the page.
+    s.post("/refresh", json!({})).await;
+    s.wait_ready("keys").await;
+    s.wait_for(
+        "return document.querySelectorAll('#keys-body tr[data-key]').length",
+        json!(1),
+    )
+    .await;
+    let on_page = s
+        .js(&format!(
+            "return document.documentElement.outerHTML.includes('{}')",
+            &secret[26..]
+        ))
+        .await;
+    assert_eq!(on_page, json!(false));
+
+    // Revoking takes a confirming second click; the key stops working at once.
+    s.click("#keys-body button[data-revoke]").await;
+    s.wait_for(
+        "return document.querySelector('#keys-body button[data-revoke]').textContent",
+        json!("Confirm revoke"),
+    )
+    .await;
+    s.click("#keys-body button[data-revoke]").await;
+    s.wait_for(
+        "return document.querySelectorAll('#keys-body tr[data-key]').length",
+        json!(0),
+    )
+    .await;
+    assert_eq!(status_with_key(&server, &secret).await, 401);
+    s.screenshot("key-revoked").await;
+
+    s.click("#signout").await;
+    s.wait_ready("signin").await;
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    assert_eq!(metric(&server, "easel_csp_violations_total").await, 0);
     s.end().await;
     server.stop().await;
 }

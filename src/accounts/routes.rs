@@ -20,6 +20,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 /// Registers this capability's routes.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(auth_options)
+        .service(current_session)
         .service(sign_up)
         .service(login)
         .service(logout)
@@ -152,6 +153,40 @@ async fn auth_options(
         signup: signup.into(),
         setup_needed: !accounts.any_account(),
     })
+}
+
+/// Whether this browser is signed in (always 200, so a page can ask quietly).
+#[derive(Serialize, ToSchema)]
+pub struct SessionState {
+    pub signed_in: bool,
+    pub account: Option<AccountView>,
+    pub csrf_token: Option<String>,
+}
+
+/// The browser's session, if any: what the web UI asks when it loads.
+#[utoipa::path(tag = "accounts", responses((status = 200, body = SessionState)))]
+#[get("/api/auth/session")]
+async fn current_session(
+    session: Option<AnySession>,
+    accounts: web::Data<Accounts>,
+) -> Result<web::Json<SessionState>, ApiError> {
+    let Some(AnySession(caller)) = session else {
+        return Ok(web::Json(SessionState {
+            signed_in: false,
+            account: None,
+            csrf_token: None,
+        }));
+    };
+    let account = accounts.get(&caller.account).await?;
+    let csrf_token = match caller.via {
+        Via::Session { csrf_token, .. } => Some(csrf_token),
+        Via::Key { .. } => None,
+    };
+    Ok(web::Json(SessionState {
+        signed_in: true,
+        account: Some(account.into()),
+        csrf_token,
+    }))
 }
 
 /// A sign-up form.

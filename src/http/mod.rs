@@ -40,9 +40,41 @@ const EXTRACTOR_CEILING: usize = 1 << 30;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Easel", description = "Self-hosted AI image gateway: alt text, an OpenAI-compatible gateway, skills, an asset library and an enforced privacy policy."),
-    tags((name = "system", description = "Health, readiness, metrics and this document"))
+    tags(
+        (name = "system", description = "Health, readiness, metrics and this document"),
+        (name = "accounts", description = "Sign-up, sign-in, the caller's own account and sessions"),
+        (name = "keys", description = "API keys: create (shown once), list, revoke"),
+        (name = "admin", description = "Users, invites and the audit log (admins)")
+    ),
+    modifiers(&BearerAuth)
 )]
 struct BaseDoc;
+
+/// Declares the two ways to authenticate: an API key as a bearer token, or the
+/// browser's session cookie.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("easel_sk_<id>_<secret>")
+                    .build(),
+            ),
+        );
+        c.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("easel_session"))),
+        );
+    }
+}
 
 /// How to listen.
 pub struct Listen {

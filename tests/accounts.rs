@@ -1016,3 +1016,25 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
     );
     s.stop().await;
 }
+
+#[actix_web::test]
+async fn a_session_ends_after_the_idle_time_but_use_keeps_it_alive() {
+    let s = TestServer::start(&format!(
+        "{FAST}session_idle = \"2s\"\nsession_max = \"1h\"\n"
+    ))
+    .await;
+    make_account(&s, "idle@example.com", Role::Member).await;
+    let b = Browser::login(&s, "idle@example.com", PASSWORD).await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let r = b.send(&s, Method::GET, "/api/account", None).await;
+        assert_eq!(r.status, StatusCode::OK, "used within the idle time");
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let r = b.send(&s, Method::GET, "/api/account", None).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (StatusCode::UNAUTHORIZED, "session_ended")
+    );
+    s.stop().await;
+}

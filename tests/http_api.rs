@@ -293,6 +293,14 @@ async fn the_openapi_document_is_3_1_and_lists_the_routes() {
         "/openapi.json",
         "/api/status",
         "/api/csp-report",
+        "/api/auth/login",
+        "/api/account",
+        "/api/account/sessions",
+        "/api/keys",
+        "/api/keys/{id}",
+        "/api/admin/users",
+        "/api/admin/invites",
+        "/api/admin/audit",
     ] {
         assert!(
             doc["paths"][path].is_object(),
@@ -300,6 +308,10 @@ async fn the_openapi_document_is_3_1_and_lists_the_routes() {
             doc["paths"]
         );
     }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer",
+        "the key scheme is declared"
+    );
     let status = get_json(s.url("/api/status")).await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["ready"], true);

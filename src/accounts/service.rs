@@ -519,14 +519,6 @@ impl Accounts {
         Ok((account, session))
     }
 
-    /// Makes the stand-in hash that unknown emails are checked against, so even the
-    /// first failed sign-in after start takes as long as any other.
-    pub async fn warm_up(&self) {
-        if let Err(e) = self.dummy_hash().await {
-            tracing::warn!(error = %e, "cannot prepare the sign-in stand-in hash");
-        }
-    }
-
     async fn dummy_hash(&self) -> Result<String, AccountError> {
         let i = &self.inner;
         let hash = i
@@ -560,6 +552,10 @@ impl Accounts {
                 Verdict::Locked(s) => return Err(AccountError::Locked(s)),
             }
         }
+        // The stand-in hash for unknown emails is made by the first sign-in of any
+        // kind, so that first attempt costs the same whether the email exists or not
+        // (and start-up does not pay for it).
+        let stand_in = self.dummy_hash().await?;
         let lookup = email.clone();
         let account = i
             .store
@@ -570,7 +566,7 @@ impl Accounts {
             .await?;
         let phc = match &account {
             Some(a) => a.password_hash.clone(),
-            None => self.dummy_hash().await?,
+            None => stand_in,
         };
         let verified = i.verify(&password, phc).await?;
         let account = match account {

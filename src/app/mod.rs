@@ -64,8 +64,6 @@ impl Services {
             .await
             .context("cannot load accounts and sessions")?;
         self.keys.load().await.context("cannot load API keys")?;
-        let accounts = self.accounts.clone();
-        tokio::spawn(async move { accounts.warm_up().await });
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use crate::audit;
 use crate::auth::{ClientInfo, Directory, Role, SessionEntry, Status, csrf_token_for};
 use crate::config::{Live, SignupMode};
 use crate::crypto::{self, Keyring, PasswordParams, Secret};
-use crate::store::{Reader, Store, Table, now_ms};
+use crate::store::{Reader, Store, Table, WriteTx, now_ms};
 use std::sync::Arc;
 
 const ACCOUNTS: Table<String, Account> = Table::new("accounts");
@@ -19,7 +19,6 @@ const SESSIONS: Table<Vec<u8>, StoredSession> = Table::new("sessions");
 const INVITES: Table<Vec<u8>, Invite> = Table::new("invites");
 
 const MAX_NAME: usize = 100;
-const PAGE: usize = 1000;
 
 /// An account to create.
 pub struct NewAccount {
@@ -147,22 +146,21 @@ fn new_id() -> Result<String, AccountError> {
     Ok(crypto::random_hex::<8>()?)
 }
 
-/// Every stored session of an account, with its key.
-fn stored_sessions_of(
-    r: &impl Reader,
+/// Removes the stored sessions of an account (all, or the one with public id `only`)
+/// inside a write; returns their token hashes for the directory.
+fn end_sessions(
+    tx: &WriteTx<'_>,
     account: &str,
-) -> Result<Vec<(Vec<u8>, StoredSession)>, AccountError> {
-    let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = r.scan(&SESSIONS, after.as_ref(), PAGE)?;
-        let done = page.len() < PAGE;
-        after = page.last().map(|(k, _)| k.clone());
-        out.extend(page.into_iter().filter(|(_, s)| s.account == account));
-        if done {
-            return Ok(out);
+    only: Option<&str>,
+) -> Result<Vec<[u8; 32]>, AccountError> {
+    let mut ended = Vec::new();
+    for (key, s) in tx.scan_all(&SESSIONS)? {
+        if s.account == account && only.is_none_or(|id| id == s.id) {
+            tx.remove(&SESSIONS, &key)?;
+            ended.extend(to_hash(&key));
         }
     }
+    Ok(ended)
 }
 
 fn to_hash(k: &[u8]) -> Option<[u8; 32]> {
@@ -262,32 +260,12 @@ impl Accounts {
         let (accounts, sessions) = i
             .store
             .read(|r| {
-                let mut accounts = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let page = r.scan(&ACCOUNTS, after.as_ref(), PAGE)?;
-                    let done = page.len() < PAGE;
-                    after = page.last().map(|(k, _)| k.clone());
-                    accounts.extend(page.into_iter().map(|(_, a)| a));
-                    if done {
-                        break;
-                    }
-                }
-                let mut sessions = Vec::new();
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let page = r.scan(&SESSIONS, after.as_ref(), PAGE)?;
-                    let done = page.len() < PAGE;
-                    after = page.last().map(|(k, _)| k.clone());
-                    sessions.extend(page);
-                    if done {
-                        break;
-                    }
-                }
+                let accounts = r.scan_all(&ACCOUNTS)?;
+                let sessions = r.scan_all(&SESSIONS)?;
                 Ok::<_, AccountError>((accounts, sessions))
             })
             .await?;
-        for a in &accounts {
+        for (_, a) in &accounts {
             i.directory.put_account(&a.id, a.state());
         }
         for (k, s) in sessions {
@@ -359,12 +337,7 @@ impl Accounts {
     pub async fn list(&self) -> Result<Vec<Account>, AccountError> {
         self.inner
             .store
-            .read(|r| {
-                Ok(r.scan(&ACCOUNTS, None, 10_000)?
-                    .into_iter()
-                    .map(|(_, a)| a)
-                    .collect())
-            })
+            .read(|r| Ok(r.scan_all(&ACCOUNTS)?.into_iter().map(|(_, a)| a).collect()))
             .await
     }
 
@@ -652,13 +625,7 @@ impl Accounts {
         let removed = i
             .store
             .write(move |tx| {
-                let mut removed = Vec::new();
-                for (key, s) in stored_sessions_of(tx, &owner)? {
-                    if only.as_ref().is_none_or(|id| *id == s.id) {
-                        tx.remove(&SESSIONS, &key)?;
-                        removed.extend(to_hash(&key));
-                    }
-                }
+                let removed = end_sessions(tx, &owner, only.as_deref())?;
                 if only.is_some() && removed.is_empty() {
                     return Err(AccountError::NotFound("session"));
                 }
@@ -825,11 +792,7 @@ impl Accounts {
                     a.adult_attested_ms = Some(now);
                 }
                 tx.insert(&ACCOUNTS, &id, &a)?;
-                let mut removed = Vec::new();
-                for (k, _) in stored_sessions_of(tx, &id)? {
-                    tx.remove(&SESSIONS, &k)?;
-                    removed.extend(to_hash(&k));
-                }
+                let removed = end_sessions(tx, &id, None)?;
                 tx.insert(&SESSIONS, &key, &stored)?;
                 audit::record(
                     tx,
@@ -871,11 +834,7 @@ impl Accounts {
                 a.must_change_password = true;
                 a.password_changed_ms = now;
                 tx.insert(&ACCOUNTS, &id, &a)?;
-                let mut removed = Vec::new();
-                for (k, _) in stored_sessions_of(tx, &id)? {
-                    tx.remove(&SESSIONS, &k)?;
-                    removed.extend(to_hash(&k));
-                }
+                let removed = end_sessions(tx, &id, None)?;
                 let detail = format!(
                     "password reset {}; a change is due at next sign-in",
                     actor.via()
@@ -946,10 +905,7 @@ impl Accounts {
                         "status changed by an admin",
                     )?;
                     if a.status == Status::Disabled {
-                        for (k, _) in stored_sessions_of(tx, &id)? {
-                            tx.remove(&SESSIONS, &k)?;
-                            removed.extend(to_hash(&k));
-                        }
+                        removed = end_sessions(tx, &id, None)?;
                     }
                 }
                 Ok::<_, AccountError>((a, removed))
@@ -1008,7 +964,7 @@ impl Accounts {
         let mut all: Vec<Invite> = self
             .inner
             .store
-            .read(|r| Ok::<_, AccountError>(r.scan(&INVITES, None, 10_000)?))
+            .read(|r| Ok::<_, AccountError>(r.scan_all(&INVITES)?))
             .await?
             .into_iter()
             .map(|(_, v)| v)
@@ -1026,7 +982,7 @@ impl Accounts {
             .store
             .write(move |tx| {
                 let found = tx
-                    .scan(&INVITES, None, 10_000)?
+                    .scan_all(&INVITES)?
                     .into_iter()
                     .find(|(_, inv)| inv.id == id)
                     .ok_or(AccountError::NotFound("invite"))?;

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 const KEYS: Table<String, ApiKey> = Table::new("api_keys");
-const PAGE: usize = 1000;
 /// Most keys one account may hold.
 pub const MAX_KEYS_PER_ACCOUNT: usize = 100;
 
@@ -94,17 +93,7 @@ pub struct Keys {
 }
 
 fn all_keys(r: &impl Reader) -> Result<Vec<ApiKey>, StoreError> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = r.scan(&KEYS, after.as_ref(), PAGE)?;
-        let done = page.len() < PAGE;
-        after = page.last().map(|(k, _)| k.clone());
-        out.extend(page.into_iter().map(|(_, v)| v));
-        if done {
-            return Ok(out);
-        }
-    }
+    Ok(r.scan_all(&KEYS)?.into_iter().map(|(_, v)| v).collect())
 }
 
 impl Keys {

@@ -258,6 +258,14 @@ pub trait Reader {
         decode_rows(t, rows)
     }
 
+    /// Every record of a table, in key order (for tables small enough to hold in memory).
+    fn scan_all<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        self.scan(t, None, usize::MAX)
+    }
+
     /// Up to `limit` records whose keys start with `prefix`, in key order.
     fn scan_prefix<K: Key, V: DeserializeOwned>(
         &self,

@@ -523,10 +523,12 @@ async fn api_keys_authenticate_and_bad_keys_are_refused_with_clear_reasons() {
     );
 
     // Malformed, mistyped and unknown keys.
+    let last = if key.ends_with('0') { '1' } else { '0' };
+    let mistyped = format!("{}{last}", &key[..key.len() - 1]);
     for bad in [
         "nope",
         "easel_sk_",
-        &format!("{}0", &key[..key.len() - 1]),
+        &mistyped,
         "easel_sk_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000",
     ] {
         let a = with_key(&s, Method::GET, "/api/account", bad).await;
@@ -981,7 +983,10 @@ async fn failed_sign_ins_slow_down_then_lock_and_never_tell_which_emails_exist()
 async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
     // Production hashing settings, so the hash dominates the time of a sign-in.
     let s = TestServer::start("\n[auth]\nlock_after = 100\nip_lock_after = 1000\n").await;
-    make_account(&s, "known@example.com", Role::Member).await;
+    const ROUNDS: usize = 5;
+    for i in 0..ROUNDS {
+        make_account(&s, &format!("known{i}@example.com"), Role::Member).await;
+    }
     let time_of = |email: String| {
         let s = &s;
         async move {
@@ -1001,18 +1006,19 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
         }
     };
     time_of("warm@example.com".into()).await;
+    // Interleaved, one try per email (so no throttling delay), compared by their
+    // fastest run: the floor is the work done, and other tests' load only adds to it.
     let mut unknown = Vec::new();
     let mut known = Vec::new();
-    for i in 0..3 {
+    for i in 0..ROUNDS {
         unknown.push(time_of(format!("ghost{i}@example.com")).await);
-        known.push(time_of("known@example.com".into()).await);
+        known.push(time_of(format!("known{i}@example.com")).await);
     }
-    unknown.sort();
-    known.sort();
-    let (u, k) = (unknown[1].as_secs_f64(), known[1].as_secs_f64());
+    let fastest = |v: &[Duration]| v.iter().min().copied().unwrap_or_default().as_secs_f64();
+    let (u, k) = (fastest(&unknown), fastest(&known));
     assert!(
         u > k * 0.5 && k > u * 0.5,
-        "median unknown {u:.4}s vs wrong password {k:.4}s"
+        "fastest unknown email {u:.4}s vs fastest wrong password {k:.4}s"
     );
     s.stop().await;
 }
@@ -1020,17 +1026,17 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
 #[actix_web::test]
 async fn a_session_ends_after_the_idle_time_but_use_keeps_it_alive() {
     let s = TestServer::start(&format!(
-        "{FAST}session_idle = \"2s\"\nsession_max = \"1h\"\n"
+        "{FAST}session_idle = \"3s\"\nsession_max = \"1h\"\n"
     ))
     .await;
     make_account(&s, "idle@example.com", Role::Member).await;
     let b = Browser::login(&s, "idle@example.com", PASSWORD).await;
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let r = b.send(&s, Method::GET, "/api/account", None).await;
         assert_eq!(r.status, StatusCode::OK, "used within the idle time");
     }
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     let r = b.send(&s, Method::GET, "/api/account", None).await;
     assert_eq!(
         (r.status, code(&r)),

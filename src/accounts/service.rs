@@ -174,6 +174,13 @@ struct Opening {
     stored: StoredSession,
 }
 
+impl Opening {
+    /// The storage key of the session.
+    fn key(&self) -> Vec<u8> {
+        self.hash.to_vec()
+    }
+}
+
 impl Inner {
     fn params(&self) -> PasswordParams {
         let a = &self.live.get().auth;
@@ -225,6 +232,33 @@ impl Inner {
             max_age_s: (s.expires_ms - s.created_ms) / 1000,
             token: o.token,
         }
+    }
+
+    /// One change to a stored account in one write. `change` edits the account and may
+    /// write more in the same transaction (audit entries, ended sessions, whose token
+    /// hashes it returns); the directory follows once the write is durable.
+    async fn update<F>(&self, id: &str, mut change: F) -> Result<Account, AccountError>
+    where
+        F: FnMut(&WriteTx<'_>, &mut Account, u64) -> Result<Vec<[u8; 32]>, AccountError>
+            + Send
+            + 'static,
+    {
+        let id = id.to_string();
+        let now = now_ms();
+        let (account, ended) = self
+            .store
+            .write(move |tx| {
+                let mut a = tx
+                    .get(&ACCOUNTS, &id)?
+                    .ok_or(AccountError::NotFound("account"))?;
+                let ended = change(tx, &mut a, now)?;
+                tx.insert(&ACCOUNTS, &id, &a)?;
+                Ok::<_, AccountError>((a, ended))
+            })
+            .await?;
+        self.directory.remove_sessions(&ended);
+        self.directory.put_account(&account.id, account.state());
+        Ok(account)
     }
 
     async fn get(&self, id: &str) -> Result<Account, AccountError> {
@@ -383,7 +417,7 @@ impl Accounts {
         };
         let stored_session = opening
             .as_ref()
-            .map(|o| (o.hash.to_vec(), o.stored.clone()));
+            .map(|o| (o.key(), o.stored.clone()));
         let keyring = i.keyring.clone();
         let created = i
             .store
@@ -591,7 +625,7 @@ impl Accounts {
         }
         i.throttle.succeed(&email_key);
         let opening = i.opening(&account.id, now)?;
-        let (key, stored) = (opening.hash.to_vec(), opening.stored.clone());
+        let (key, stored) = (opening.key(), opening.stored.clone());
         let id = account.id.clone();
         i.store
             .write(move |tx| {
@@ -680,30 +714,23 @@ impl Accounts {
             Some(c) => Some(clean_name(&c, "company", false)?),
             None => None,
         };
-        let id = id.to_string();
-        let now = now_ms();
         self.inner
-            .store
-            .write(move |tx| {
-                let mut a = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
+            .update(id, move |tx, a, now| {
                 if let Some(n) = &name {
                     a.name = n.clone();
                 }
                 if let Some(c) = &company {
                     a.company = c.clone();
                 }
-                tx.insert(&ACCOUNTS, &id, &a)?;
                 audit::record(
                     tx,
                     now,
-                    Some(&id),
+                    Some(&a.id),
                     "profile_updated",
-                    Some(&id),
+                    Some(&a.id),
                     "name or company corrected",
                 )?;
-                Ok(a)
+                Ok(Vec::new())
             })
             .await
     }
@@ -721,34 +748,27 @@ impl Accounts {
         if !i.verify(&password, current.password_hash.clone()).await? {
             return Err(AccountError::WrongPassword);
         }
-        let id = id.to_string();
-        let now = now_ms();
-        i.store
-            .write(move |tx| {
-                let mut a = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
-                if a.email == email {
-                    return Ok(a);
-                }
-                if tx.get(&EMAILS, &email)?.is_some() {
-                    return Err(AccountError::EmailTaken);
-                }
-                tx.remove(&EMAILS, &a.email)?;
-                tx.insert(&EMAILS, &email, &id)?;
-                a.email = email.clone();
-                tx.insert(&ACCOUNTS, &id, &a)?;
-                audit::record(
-                    tx,
-                    now,
-                    Some(&id),
-                    "email_changed",
-                    Some(&id),
-                    "sign-in email changed",
-                )?;
-                Ok(a)
-            })
-            .await
+        i.update(id, move |tx, a, now| {
+            if a.email == email {
+                return Ok(Vec::new());
+            }
+            if tx.get(&EMAILS, &email)?.is_some() {
+                return Err(AccountError::EmailTaken);
+            }
+            tx.remove(&EMAILS, &a.email)?;
+            tx.insert(&EMAILS, &email, &a.id)?;
+            a.email = email.clone();
+            audit::record(
+                tx,
+                now,
+                Some(&a.id),
+                "email_changed",
+                Some(&a.id),
+                "sign-in email changed",
+            )?;
+            Ok(Vec::new())
+        })
+        .await
     }
 
     /// Changes the password: every session ends, and the caller gets a fresh one.
@@ -775,38 +795,28 @@ impl Accounts {
             ));
         }
         let hash = i.hash(&new).await?;
-        let now = now_ms();
-        let opening = i.opening(id, now)?;
-        let (key, stored) = (opening.hash.to_vec(), opening.stored.clone());
-        let id = id.to_string();
-        let (updated, removed) = i
-            .store
-            .write(move |tx| {
-                let mut a = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
-                a.password_hash = hash.clone();
-                a.must_change_password = false;
-                a.password_changed_ms = now;
-                if a.adult_attested_ms.is_none() {
-                    a.adult_attested_ms = Some(now);
-                }
-                tx.insert(&ACCOUNTS, &id, &a)?;
-                let removed = end_sessions(tx, &id, None)?;
-                tx.insert(&SESSIONS, &key, &stored)?;
-                audit::record(
-                    tx,
-                    now,
-                    Some(&id),
-                    "password_changed",
-                    Some(&id),
-                    "password changed; every session ended",
-                )?;
-                Ok::<_, AccountError>((a, removed))
-            })
-            .await?;
-        i.directory.remove_sessions(&removed);
-        i.directory.put_account(&updated.id, updated.state());
+        let opening = i.opening(id, now_ms())?;
+        let (key, stored) = (opening.key(), opening.stored.clone());
+        i.update(id, move |tx, a, now| {
+            a.password_hash = hash.clone();
+            a.must_change_password = false;
+            a.password_changed_ms = now;
+            if a.adult_attested_ms.is_none() {
+                a.adult_attested_ms = Some(now);
+            }
+            let ended = end_sessions(tx, &a.id, None)?;
+            tx.insert(&SESSIONS, &key, &stored)?;
+            audit::record(
+                tx,
+                now,
+                Some(&a.id),
+                "password_changed",
+                Some(&a.id),
+                "password changed; every session ended",
+            )?;
+            Ok(ended)
+        })
+        .await?;
         Ok(i.opened(opening))
     }
 
@@ -822,33 +832,22 @@ impl Accounts {
         let account = i.get(id).await?;
         check_password(&password, &account.email)?;
         let hash = i.hash(&password).await?;
-        let now = now_ms();
-        let id = id.to_string();
-        let (updated, removed) = i
-            .store
-            .write(move |tx| {
-                let mut a = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
-                a.password_hash = hash.clone();
-                a.must_change_password = true;
-                a.password_changed_ms = now;
-                tx.insert(&ACCOUNTS, &id, &a)?;
-                let removed = end_sessions(tx, &id, None)?;
-                let detail = format!(
-                    "password reset {}; a change is due at next sign-in",
-                    actor.via()
-                );
-                audit::record(tx, now, actor.id(), "password_reset", Some(&id), &detail)?;
-                Ok::<_, AccountError>((a, removed))
-            })
-            .await?;
-        i.directory.remove_sessions(&removed);
-        i.directory.put_account(&updated.id, updated.state());
-        Ok(updated)
+        i.update(id, move |tx, a, now| {
+            a.password_hash = hash.clone();
+            a.must_change_password = true;
+            a.password_changed_ms = now;
+            let detail = format!(
+                "password reset {}; a change is due at next sign-in",
+                actor.via()
+            );
+            audit::record(tx, now, actor.id(), "password_reset", Some(&a.id), &detail)?;
+            end_sessions(tx, &a.id, None)
+        })
+        .await
     }
 
-    /// Changes a user's role or status (admins). Easel always keeps one active admin.
+    /// Changes a user's role or status (admins). Easel always keeps one active admin;
+    /// disabling ends the user's sessions.
     pub async fn admin_change(
         &self,
         id: &str,
@@ -856,64 +855,52 @@ impl Accounts {
         actor: Actor,
     ) -> Result<Account, AccountError> {
         let i = &self.inner;
-        if let Some(s) = change.status
-            && s == Status::PendingDeletion
-        {
+        if change.status == Some(Status::PendingDeletion) {
             return Err(AccountError::Invalid(
                 "status can be set to active or disabled; deletion is requested by the person"
                     .into(),
             ));
         }
         let admins = i.directory.active_admins();
-        let id = id.to_string();
-        let now = now_ms();
-        let (updated, removed) = i
-            .store
-            .write(move |tx| {
-                let mut a = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
-                let before = a.clone();
-                if let Some(r) = change.role {
-                    a.role = r;
-                }
-                if let Some(s) = change.status {
-                    a.status = s;
-                }
-                let was_admin = before.role == Role::Admin && before.status == Status::Active;
-                let still_admin = a.role == Role::Admin && a.status == Status::Active;
-                if was_admin && !still_admin && admins.iter().all(|x| *x == id) {
-                    return Err(AccountError::LastAdmin);
-                }
-                tx.insert(&ACCOUNTS, &id, &a)?;
-                if before.role != a.role {
-                    let detail = format!("role {:?} -> {:?}", before.role, a.role).to_lowercase();
-                    audit::record(tx, now, actor.id(), "role_changed", Some(&id), &detail)?;
-                }
-                let mut removed = Vec::new();
-                if before.status != a.status {
-                    let action = match a.status {
-                        Status::Disabled => "account_disabled",
-                        _ => "account_enabled",
-                    };
-                    audit::record(
-                        tx,
-                        now,
-                        actor.id(),
-                        action,
-                        Some(&id),
-                        "status changed by an admin",
-                    )?;
-                    if a.status == Status::Disabled {
-                        removed = end_sessions(tx, &id, None)?;
-                    }
-                }
-                Ok::<_, AccountError>((a, removed))
-            })
-            .await?;
-        i.directory.remove_sessions(&removed);
-        i.directory.put_account(&updated.id, updated.state());
-        Ok(updated)
+        i.update(id, move |tx, a, now| {
+            let before = a.clone();
+            if let Some(r) = change.role {
+                a.role = r;
+            }
+            if let Some(s) = change.status {
+                a.status = s;
+            }
+            let was_admin = before.role == Role::Admin && before.status == Status::Active;
+            let still_admin = a.role == Role::Admin && a.status == Status::Active;
+            if was_admin && !still_admin && admins.iter().all(|x| *x == a.id) {
+                return Err(AccountError::LastAdmin);
+            }
+            if before.role != a.role {
+                let detail = format!("role {:?} -> {:?}", before.role, a.role).to_lowercase();
+                audit::record(tx, now, actor.id(), "role_changed", Some(&a.id), &detail)?;
+            }
+            if before.status == a.status {
+                return Ok(Vec::new());
+            }
+            let action = match a.status {
+                Status::Disabled => "account_disabled",
+                _ => "account_enabled",
+            };
+            audit::record(
+                tx,
+                now,
+                actor.id(),
+                action,
+                Some(&a.id),
+                "status changed by an admin",
+            )?;
+            if a.status == Status::Disabled {
+                end_sessions(tx, &a.id, None)
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .await
     }
 
     /// Makes a single-use invite link token; only its hash is stored.

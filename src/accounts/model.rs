@@ -36,7 +36,7 @@ impl Account {
     }
 }
 
-/// A web session as stored (keyed by the SHA-256 of its token).
+/// A web session as stored (keyed by account id and the SHA-256 of its token).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StoredSession {
     pub id: String,

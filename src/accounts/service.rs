@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 const ACCOUNTS: Table<String, Account> = Table::new("accounts");
 const EMAILS: Table<String, String> = Table::new("account_emails");
+/// Keyed by `account id / SHA-256 of the token` (see [`session_key`]).
 const SESSIONS: Table<Vec<u8>, StoredSession> = Table::new("sessions");
 const INVITES: Table<Vec<u8>, Invite> = Table::new("invites");
 
@@ -146,6 +147,25 @@ fn new_id() -> Result<String, AccountError> {
     Ok(crypto::random_hex::<8>()?)
 }
 
+/// Sessions are stored under `account id / token hash`, so an account's sessions are
+/// one prefix scan.
+fn session_prefix(account: &str) -> Vec<u8> {
+    let mut k = account.as_bytes().to_vec();
+    k.push(b'/');
+    k
+}
+
+fn session_key(account: &str, token_hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = session_prefix(account);
+    k.extend_from_slice(token_hash);
+    k
+}
+
+/// The token hash at the end of a session key.
+fn token_hash_of(key: &[u8]) -> Option<[u8; 32]> {
+    key.get(key.len().checked_sub(32)?..)?.try_into().ok()
+}
+
 /// Removes the stored sessions of an account (all, or the one with public id `only`)
 /// inside a write; returns their token hashes for the directory.
 fn end_sessions(
@@ -154,17 +174,13 @@ fn end_sessions(
     only: Option<&str>,
 ) -> Result<Vec<[u8; 32]>, AccountError> {
     let mut ended = Vec::new();
-    for (key, s) in tx.scan_all(&SESSIONS)? {
-        if s.account == account && only.is_none_or(|id| id == s.id) {
+    for (key, s) in tx.scan_prefix(&SESSIONS, &session_prefix(account), usize::MAX)? {
+        if only.is_none_or(|id| id == s.id) {
             tx.remove(&SESSIONS, &key)?;
-            ended.extend(to_hash(&key));
+            ended.extend(token_hash_of(&key));
         }
     }
     Ok(ended)
-}
-
-fn to_hash(k: &[u8]) -> Option<[u8; 32]> {
-    k.try_into().ok()
 }
 
 /// A fresh session token, ready to store.
@@ -177,7 +193,7 @@ struct Opening {
 impl Opening {
     /// The storage key of the session.
     fn key(&self) -> Vec<u8> {
-        self.hash.to_vec()
+        session_key(&self.stored.account, &self.hash)
     }
 }
 
@@ -303,7 +319,7 @@ impl Accounts {
             i.directory.put_account(&a.id, a.state());
         }
         for (k, s) in sessions {
-            if let Some(hash) = to_hash(&k) {
+            if let Some(hash) = token_hash_of(&k) {
                 i.directory.put_session(SessionEntry::new(
                     s.id,
                     hash,
@@ -330,19 +346,20 @@ impl Accounts {
         let gone = ended.clone();
         i.store
             .write(move |tx| {
-                for (hash, seen) in &dirty {
-                    let key = hash.to_vec();
+                for (account, hash, seen) in &dirty {
+                    let key = session_key(account, hash);
                     if let Some(mut s) = tx.get(&SESSIONS, &key)? {
                         s.last_seen_ms = *seen;
                         tx.insert(&SESSIONS, &key, &s)?;
                     }
                 }
-                for hash in &gone {
-                    tx.remove(&SESSIONS, &hash.to_vec())?;
+                for (account, hash) in &gone {
+                    tx.remove(&SESSIONS, &session_key(account, hash))?;
                 }
                 Ok::<_, AccountError>(())
             })
             .await?;
+        let ended: Vec<[u8; 32]> = ended.into_iter().map(|(_, h)| h).collect();
         i.directory.remove_sessions(&ended);
         Ok(())
     }
@@ -415,9 +432,7 @@ impl Accounts {
             Some(_) => Some(i.opening(&account.id, now)?),
             None => None,
         };
-        let stored_session = opening
-            .as_ref()
-            .map(|o| (o.key(), o.stored.clone()));
+        let stored_session = opening.as_ref().map(|o| (o.key(), o.stored.clone()));
         let keyring = i.keyring.clone();
         let created = i
             .store
@@ -683,7 +698,7 @@ impl Accounts {
         let now = now_ms();
         i.store
             .write(move |tx| {
-                tx.remove(&SESSIONS, &token_hash.to_vec())?;
+                tx.remove(&SESSIONS, &session_key(&owner, &token_hash))?;
                 audit::record(
                     tx,
                     now,

@@ -312,13 +312,14 @@ impl Directory {
         out
     }
 
-    /// Sessions that ended by time (idle or absolute), for removal from storage.
-    pub fn ended_sessions(&self, now_ms: u64) -> Vec<[u8; 32]> {
+    /// Sessions that ended by time (idle or absolute), as (account, token hash), for
+    /// removal from storage.
+    pub fn ended_sessions(&self, now_ms: u64) -> Vec<(String, [u8; 32])> {
         let times = *read(&self.times);
         read(&self.sessions)
             .values()
             .filter(|s| !Self::session_alive(s, times, now_ms))
-            .map(|s| s.token_hash)
+            .map(|s| (s.account.clone(), s.token_hash))
             .collect()
     }
 
@@ -427,14 +428,15 @@ impl Directory {
         Ok((entry, state))
     }
 
-    /// Sessions whose last use changed since it was last saved, as (hash, last seen);
-    /// they count as saved from now on.
-    pub fn dirty_sessions(&self) -> Vec<([u8; 32], u64)> {
+    /// Sessions whose last use changed since it was last saved, as (account, token
+    /// hash, last seen); they count as saved from now on.
+    pub fn dirty_sessions(&self) -> Vec<(String, [u8; 32], u64)> {
         read(&self.sessions)
             .values()
             .filter_map(|s| {
                 let seen = s.last_seen_ms();
-                (s.saved_seen.swap(seen, Ordering::Relaxed) != seen).then_some((s.token_hash, seen))
+                (s.saved_seen.swap(seen, Ordering::Relaxed) != seen)
+                    .then(|| (s.account.clone(), s.token_hash, seen))
             })
             .collect()
     }

@@ -441,13 +441,14 @@ impl Directory {
             .collect()
     }
 
-    /// Keys whose last use changed since it was last saved, as (id, last used).
-    pub fn dirty_keys(&self) -> Vec<(String, u64)> {
+    /// Keys whose last use changed since it was last saved, as (account, id, last used).
+    pub fn dirty_keys(&self) -> Vec<(String, String, u64)> {
         read(&self.keys)
             .values()
             .filter_map(|k| {
                 let used = k.last_used.load(Ordering::Relaxed);
-                (k.saved_used.swap(used, Ordering::Relaxed) != used).then(|| (k.id.clone(), used))
+                (k.saved_used.swap(used, Ordering::Relaxed) != used)
+                    .then(|| (k.account.clone(), k.id.clone(), used))
             })
             .collect()
     }
@@ -514,7 +515,7 @@ mod tests {
         );
         assert_eq!(
             d.dirty_keys(),
-            vec![("0123456789abcdef".to_string(), 1_000)]
+            vec![("a".to_string(), "0123456789abcdef".to_string(), 1_000)]
         );
         assert!(d.dirty_keys().is_empty(), "saved once, then clean");
     }

@@ -9,6 +9,8 @@ use crate::store::{Reader, Store, StoreError, Table, now_ms};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// Keyed by `account id / public id` (see [`storage_key`]): an account's keys are one
+/// prefix scan, and another account's key is simply not there.
 const KEYS: Table<String, ApiKey> = Table::new("api_keys");
 /// Most keys one account may hold.
 pub const MAX_KEYS_PER_ACCOUNT: usize = 100;
@@ -96,6 +98,19 @@ fn all_keys(r: &impl Reader) -> Result<Vec<ApiKey>, StoreError> {
     Ok(r.scan_all(&KEYS)?.into_iter().map(|(_, v)| v).collect())
 }
 
+fn account_prefix(account: &str) -> String {
+    format!("{account}/")
+}
+
+fn storage_key(account: &str, id: &str) -> String {
+    format!("{account}/{id}")
+}
+
+fn keys_of(r: &impl Reader, account: &str) -> Result<Vec<ApiKey>, StoreError> {
+    let rows = r.scan_prefix(&KEYS, account_prefix(account).as_bytes(), usize::MAX)?;
+    Ok(rows.into_iter().map(|(_, v)| v).collect())
+}
+
 impl Keys {
     /// The service over one store; call [`Keys::load`] before serving.
     pub fn new(store: Store, directory: Arc<Directory>) -> Self {
@@ -120,10 +135,11 @@ impl Keys {
         }
         self.store
             .write(move |tx| {
-                for (id, used) in &dirty {
-                    if let Some(mut k) = tx.get(&KEYS, id)? {
+                for (account, id, used) in &dirty {
+                    let key = storage_key(account, id);
+                    if let Some(mut k) = tx.get(&KEYS, &key)? {
                         k.last_used_ms = Some(*used);
-                        tx.insert(&KEYS, id, &k)?;
+                        tx.insert(&KEYS, &key, &k)?;
                     }
                 }
                 Ok::<_, KeyError>(())
@@ -184,17 +200,14 @@ impl Keys {
         let actor = actor.map(str::to_string);
         self.store
             .write(move |tx| {
-                let owned = all_keys(tx)?
-                    .iter()
-                    .filter(|k| k.account == stored.account)
-                    .count();
-                if owned >= MAX_KEYS_PER_ACCOUNT {
+                let owned = keys_of(tx, &stored.account)?;
+                if owned.len() >= MAX_KEYS_PER_ACCOUNT {
                     return Err(KeyError::TooMany);
                 }
-                if tx.get(&KEYS, &stored.id)?.is_some() {
+                if owned.iter().any(|k| k.id == stored.id) {
                     return Err(KeyError::Invalid("key id collision; try again".into()));
                 }
-                tx.insert(&KEYS, &stored.id, &stored)?;
+                tx.insert(&KEYS, &storage_key(&stored.account, &stored.id), &stored)?;
                 let scopes: Vec<&str> = stored.scopes.iter().map(|s| s.name()).collect();
                 let detail = format!("API key created with scopes {}", scopes.join(", "));
                 audit::record(
@@ -216,17 +229,7 @@ impl Keys {
     /// The keys of an account, newest first, with last-use times as of now.
     pub async fn list(&self, account: &str) -> Result<Vec<ApiKey>, KeyError> {
         let owner = account.to_string();
-        let mut keys: Vec<ApiKey> = self
-            .store
-            .read(move |r| {
-                Ok::<_, KeyError>(
-                    all_keys(r)?
-                        .into_iter()
-                        .filter(|k| k.account == owner)
-                        .collect(),
-                )
-            })
-            .await?;
+        let mut keys: Vec<ApiKey> = self.store.read(move |r| keys_of(r, &owner)).await?;
         for k in &mut keys {
             if let Some(t) = self.directory.key_last_used(&k.id) {
                 k.last_used_ms = Some(t);
@@ -244,11 +247,9 @@ impl Keys {
         let now = now_ms();
         self.store
             .write(move |tx| {
-                match tx.get(&KEYS, &key_id)? {
-                    Some(k) if k.account == owner => {}
-                    _ => return Err(KeyError::NotFound),
+                if !tx.remove(&KEYS, &storage_key(&owner, &key_id))? {
+                    return Err(KeyError::NotFound);
                 }
-                tx.remove(&KEYS, &key_id)?;
                 audit::record(
                     tx,
                     now,

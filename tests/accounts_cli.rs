@@ -293,4 +293,25 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
         configured,
         "no other kind of hash"
     );
+
+    // After a restart the session still holds, and last use (kept in memory while
+    // running) was saved at shutdown.
+    let server = Process::serve(&config, &[]);
+    let text = client
+        .get(server.url("/api/keys"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    let keys: Value = serde_json::from_str(&text).expect("a key list, so the session held");
+    let keys = keys.as_array().expect("list").clone();
+    assert_eq!(keys.len(), 2, "{text}");
+    assert!(
+        keys.iter().all(|k| k["last_used_at"].is_string()),
+        "last use survived the restart: {text}"
+    );
+    assert!(server.stop().success());
 }

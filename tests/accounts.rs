@@ -3,9 +3,7 @@
 mod common;
 
 use common::TestServer;
-use easel::accounts::{Actor, NewAccount};
 use easel::auth::Role;
-use easel::crypto::Secret;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -108,14 +106,10 @@ impl Browser {
     }
 
     async fn login(s: &TestServer, email: &str, password: &str) -> Browser {
-        let a = call(
+        let a = anonymous_post(
             s,
-            Method::POST,
             "/api/auth/login",
-            None,
-            None,
-            None,
-            Some(json!({"email": email, "password": password})),
+            json!({"email": email, "password": password}),
         )
         .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -125,26 +119,15 @@ impl Browser {
     }
 }
 
-async fn make_account(s: &TestServer, email: &str, role: Role) -> String {
-    let running = s.running.as_ref().expect("running");
-    running
-        .services()
-        .accounts
-        .create(
-            NewAccount {
-                email: email.into(),
-                name: email.split('@').next().unwrap_or("x").into(),
-                company: None,
-                password: Secret::new(PASSWORD.into()),
-                role,
-                adult: true,
-                must_change_password: false,
-            },
-            Actor::Cli,
-        )
+/// A POST from a browser that is not signed in.
+async fn anonymous_post(s: &TestServer, path: &str, body: Value) -> Answer {
+    Browser::default()
+        .send(s, Method::POST, path, Some(body))
         .await
-        .expect("account created")
-        .id
+}
+
+async fn make_account(s: &TestServer, email: &str, role: Role) -> String {
+    s.make_account(email, role, PASSWORD).await
 }
 
 async fn new_key(b: &Browser, s: &TestServer, body: Value) -> (String, String) {
@@ -168,16 +151,7 @@ fn code(a: &Answer) -> &str {
 async fn a_person_signs_up_and_manages_their_account_over_real_http() {
     let s = TestServer::start(&open_signup()).await;
     let form = json!({"email": "  Ada@Example.COM ", "name": "Ada", "password": PASSWORD});
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(form.clone()),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", form.clone()).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         code(&a),
@@ -188,16 +162,7 @@ async fn a_person_signs_up_and_manages_their_account_over_real_http() {
     let mut weak = form.clone();
     weak["adult"] = json!(true);
     weak["password"] = json!("Password2026!");
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(weak),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", weak).await;
     assert_eq!(
         (a.status, code(&a)),
         (StatusCode::BAD_REQUEST, "weak_password")
@@ -205,16 +170,7 @@ async fn a_person_signs_up_and_manages_their_account_over_real_http() {
 
     let mut ok = form.clone();
     ok["adult"] = json!(true);
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(ok.clone()),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", ok.clone()).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     assert_eq!(a.body["account"]["email"], "ada@example.com", "normalised");
     assert!(a.body["account"]["adult_attested_at"].is_string());
@@ -227,16 +183,7 @@ async fn a_person_signs_up_and_manages_their_account_over_real_http() {
     let mut ada = Browser::default();
     ada.adopt(&a);
 
-    let again = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(ok),
-    )
-    .await;
+    let again = anonymous_post(&s, "/api/auth/signup", ok).await;
     assert_eq!(
         (again.status, code(&again)),
         (StatusCode::CONFLICT, "email_taken")
@@ -351,30 +298,14 @@ async fn a_person_signs_up_and_manages_their_account_over_real_http() {
 async fn sign_up_follows_the_configured_mode_and_invites_work_once() {
     let closed = TestServer::start(FAST).await;
     let form = json!({"email": "b@example.com", "name": "B", "password": PASSWORD, "adult": true});
-    let a = call(
-        &closed,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(form.clone()),
-    )
-    .await;
+    let a = anonymous_post(&closed, "/api/auth/signup", form.clone()).await;
     assert_eq!(
         (a.status, code(&a)),
         (StatusCode::FORBIDDEN, "signup_closed")
     );
-    let opts = call(
-        &closed,
-        Method::GET,
-        "/api/auth/options",
-        None,
-        None,
-        None,
-        None,
-    )
-    .await;
+    let opts = Browser::default()
+        .send(&closed, Method::GET, "/api/auth/options", None)
+        .await;
     assert_eq!(opts.body, json!({"signup": "closed", "setup_needed": true}));
     closed.stop().await;
 
@@ -384,16 +315,7 @@ async fn sign_up_follows_the_configured_mode_and_invites_work_once() {
     .await;
     make_account(&s, "root@example.com", Role::Admin).await;
     let admin = Browser::login(&s, "root@example.com", PASSWORD).await;
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(form.clone()),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", form.clone()).await;
     assert_eq!(
         (a.status, code(&a)),
         (StatusCode::FORBIDDEN, "invite_required")
@@ -425,29 +347,11 @@ async fn sign_up_follows_the_configured_mode_and_invites_work_once() {
 
     let mut with = form.clone();
     with["invite"] = json!(token);
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(with.clone()),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", with.clone()).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     assert_eq!(a.body["account"]["role"], "admin", "the invite's role");
     with["email"] = json!("c@example.com");
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(with),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", with).await;
     assert_eq!(
         (a.status, code(&a)),
         (StatusCode::BAD_REQUEST, "invite_invalid"),
@@ -465,16 +369,7 @@ async fn sign_up_follows_the_configured_mode_and_invites_work_once() {
     let mut wrong = form.clone();
     wrong["email"] = json!("e@example.com");
     wrong["invite"] = pinned.body["token"].clone();
-    let a = call(
-        &s,
-        Method::POST,
-        "/api/auth/signup",
-        None,
-        None,
-        None,
-        Some(wrong),
-    )
-    .await;
+    let a = anonymous_post(&s, "/api/auth/signup", wrong).await;
     assert_eq!(
         (a.status, code(&a)),
         (StatusCode::BAD_REQUEST, "invite_email_mismatch")
@@ -826,14 +721,10 @@ async fn admins_manage_users_and_a_reset_forces_a_new_password() {
             .status,
         StatusCode::UNAUTHORIZED
     );
-    let r = call(
+    let r = anonymous_post(
         &s,
-        Method::POST,
         "/api/auth/login",
-        None,
-        None,
-        None,
-        Some(json!({"email": "new@example.com", "password": "reset by admin 2"})),
+        json!({"email": "new@example.com", "password": "reset by admin 2"}),
     )
     .await;
     assert_eq!(
@@ -890,14 +781,10 @@ async fn failed_sign_ins_slow_down_then_lock_and_never_tell_which_emails_exist()
     let attempt = |email: &'static str, password: &'static str| {
         let s = &s;
         async move {
-            call(
+            anonymous_post(
                 s,
-                Method::POST,
                 "/api/auth/login",
-                None,
-                None,
-                None,
-                Some(json!({"email": email, "password": password})),
+                json!({"email": email, "password": password}),
             )
             .await
         }
@@ -991,14 +878,10 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password() {
         let s = &s;
         async move {
             let started = Instant::now();
-            let r = call(
+            let r = anonymous_post(
                 s,
-                Method::POST,
                 "/api/auth/login",
-                None,
-                None,
-                None,
-                Some(json!({"email": email, "password": "wrong horse battery"})),
+                json!({"email": email, "password": "wrong horse battery"}),
             )
             .await;
             assert_eq!(r.status, StatusCode::UNAUTHORIZED);

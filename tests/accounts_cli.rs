@@ -10,6 +10,13 @@ use std::path::Path;
 const ARGON2: &str =
     "\n[auth]\nargon2_memory_kib = 8192\nargon2_iterations = 1\nargon2_parallelism = 1\n";
 
+/// Runs `easel --config CFG ARGS...` with `stdin`.
+fn cli(cfg: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut all = vec!["--config", cfg];
+    all.extend_from_slice(args);
+    run_with_stdin(&all, stdin)
+}
+
 fn secret_part(key: &str) -> String {
     key.rsplit('_').next().expect("secret").to_string()
 }
@@ -52,10 +59,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     let admin_pw = "first admin passphrase";
 
     // Stopped: the CLI opens the database itself (and makes the master key).
-    let (code, out, err) = run_with_stdin(
+    let (code, out, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "user",
             "create",
             "--email",
@@ -72,10 +78,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     );
     assert!(out.contains("opened the database directly"), "{out}");
 
-    let (code, _, err) = run_with_stdin(
+    let (code, _, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "user",
             "create",
             "--email",
@@ -86,10 +91,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     );
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
-    let (code, _, err) = run_with_stdin(
+    let (code, _, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "user",
             "create",
             "--email",
@@ -101,10 +105,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     assert_eq!(code, 1);
     assert!(err.contains("attackers try"), "{err}");
 
-    let (code, stopped_key, err) = run_with_stdin(
+    let (code, stopped_key, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "key",
             "create",
             "--email",
@@ -133,10 +136,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     assert_eq!(me["account"]["role"], "admin");
 
     let member_pw = "member passphrase one";
-    let (code, out, err) = run_with_stdin(
+    let (code, out, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "user",
             "create",
             "--email",
@@ -152,10 +154,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
         out.contains("via the running server's admin socket"),
         "{out}"
     );
-    let (code, running_key, err) = run_with_stdin(
+    let (code, running_key, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "key",
             "create",
             "--email",
@@ -175,10 +176,9 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     assert_eq!(me["account"]["name"], "Mia");
 
     let reset_pw = "reset by the admin cli";
-    let (code, out, err) = run_with_stdin(
+    let (code, out, err) = cli(
+        cfg,
         &[
-            "--config",
-            cfg,
             "user",
             "reset-password",
             "--email",

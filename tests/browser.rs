@@ -233,42 +233,16 @@ impl Session<'_> {
 
 /// The value of one series on the server's /metrics page (0 when absent).
 async fn metric(server: &TestServer, series: &str) -> u64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    server.metric(series).await.unwrap_or(0)
 }
 
 const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
 const PASSWORD: &str = "correct horse battery";
 
 async fn make_admin(server: &TestServer, email: &str) {
-    use easel::accounts::{Actor, NewAccount};
     server
-        .running
-        .as_ref()
-        .expect("running")
-        .services()
-        .accounts
-        .create(
-            NewAccount {
-                email: email.into(),
-                name: "Admin".into(),
-                company: None,
-                password: easel::crypto::Secret::new(PASSWORD.into()),
-                role: easel::auth::Role::Admin,
-                adult: true,
-                must_change_password: false,
-            },
-            Actor::Cli,
-        )
-        .await
-        .expect("admin");
+        .make_account(email, easel::auth::Role::Admin, PASSWORD)
+        .await;
 }
 
 #[actix_web::test]
@@ -369,7 +343,7 @@ async fn a_person_signs_in_creates_a_key_sees_it_once_and_revokes_it() {
     s.wait_ready("keys").await;
     s.wait_for(
         "return document.getElementById('who').textContent",
-        json!("Admin"),
+        json!("admin"),
     )
     .await;
     // The session is one HttpOnly cookie: the page can read nothing that grants access.

@@ -17,17 +17,9 @@ async fn get_json(url: String) -> serde_json::Value {
 
 /// The value of one series on the /metrics page.
 async fn metric(s: &TestServer, series: &str) -> u64 {
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
+    s.metric(series)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .unwrap_or_else(|| panic!("no {series} on /metrics"))
 }
 
 async fn json_error(res: reqwest::Response) -> (StatusCode, serde_json::Value) {

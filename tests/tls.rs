@@ -129,25 +129,13 @@ async fn the_session_cookie_is_secure_under_tls() {
         &env,
     )
     .await;
-    let running = s.running.as_ref().expect("running");
-    running
-        .services()
-        .accounts
-        .create(
-            easel::accounts::NewAccount {
-                email: "ada@example.com".into(),
-                name: "Ada".into(),
-                company: None,
-                password: easel::crypto::Secret::new("correct horse battery".into()),
-                role: easel::auth::Role::Member,
-                adult: true,
-                must_change_password: false,
-            },
-            easel::accounts::Actor::Cli,
-        )
-        .await
-        .expect("account");
-    let addr = running.addr;
+    s.make_account(
+        "ada@example.com",
+        easel::auth::Role::Member,
+        "correct horse battery",
+    )
+    .await;
+    let addr = s.running.as_ref().expect("running").addr;
     let body = r#"{"email":"ada@example.com","password":"correct horse battery"}"#;
     let request = format!(
         "POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

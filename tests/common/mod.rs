@@ -62,6 +62,46 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The value of one series on the /metrics page, if it is there.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Creates an active account that has confirmed being 18+; returns its id.
+    pub async fn make_account(
+        &self,
+        email: &str,
+        role: easel::auth::Role,
+        password: &str,
+    ) -> String {
+        let running = self.running.as_ref().expect("running");
+        running
+            .services()
+            .accounts
+            .create(
+                easel::accounts::NewAccount {
+                    email: email.into(),
+                    name: email.split('@').next().unwrap_or("x").into(),
+                    company: None,
+                    password: easel::crypto::Secret::new(password.into()),
+                    role,
+                    adult: true,
+                    must_change_password: false,
+                },
+                easel::accounts::Actor::Cli,
+            )
+            .await
+            .expect("account created")
+            .id
+    }
+
     /// Stops the server cleanly.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

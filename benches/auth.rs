@@ -42,16 +42,18 @@ fn directory() -> (Arc<Directory>, Vec<String>) {
     for i in 0..KEYS as u64 {
         let id = format!("{i:016x}");
         let secret = hex(&easel::crypto::sha256(&i.to_le_bytes()));
-        d.put_key(KeyFacts {
-            id: id.clone(),
-            account: "acct".into(),
-            secret_hash: easel::crypto::sha256(secret.as_bytes()),
-            scopes: ScopeSet::default_for_keys(),
-            expires_ms: Some(u64::MAX),
-            rpm: None,
-            credit_budget: None,
-            last_used_ms: None,
-        });
+        d.put_key(
+            KeyFacts {
+                id: id.clone(),
+                account: "acct".into(),
+                secret_hash: easel::crypto::sha256(secret.as_bytes()),
+                scopes: ScopeSet::default_for_keys(),
+                expires_ms: Some(u64::MAX),
+                rpm: None,
+                credit_budget: None,
+            },
+            None,
+        );
         tokens.push(format!("easel_sk_{id}_{secret}"));
     }
     (Arc::new(d), tokens)

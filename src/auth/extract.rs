@@ -168,11 +168,11 @@ fn from_key(req: &HttpRequest) -> Result<Option<Caller>, ApiError> {
         .authenticate_key(token, now_ms())
         .map_err(auth_error)?;
     Ok(Some(caller(
-        &entry.account,
+        &entry.key.account,
         state,
         Via::Key {
-            id: entry.id.clone(),
-            scopes: entry.scopes,
+            id: entry.key.id.clone(),
+            scopes: entry.key.scopes,
         },
     )))
 }

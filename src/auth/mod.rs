@@ -156,9 +156,10 @@ impl SessionEntry {
     }
 }
 
-/// A live API key. Only the SHA-256 of its secret is known.
-#[derive(Debug)]
-pub struct KeyEntry {
+/// An API key as stored, for [`Directory::put_key`]. Only the SHA-256 of its secret
+/// is known.
+#[derive(Debug, Clone)]
+pub struct KeyFacts {
     /// Public id, the part of the key shown in lists.
     pub id: String,
     pub account: String,
@@ -169,21 +170,15 @@ pub struct KeyEntry {
     pub rpm: Option<u32>,
     /// Credits this key may spend in all, if limited (the ledger enforces it).
     pub credit_budget: Option<u64>,
+}
+
+/// A live API key: what is stored, plus its per-minute window and last use.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub key: KeyFacts,
     window: Mutex<(u64, u32)>,
     last_used: AtomicU64,
     saved_used: AtomicU64,
-}
-
-/// A key as stored, for [`Directory::put_key`].
-pub struct KeyFacts {
-    pub id: String,
-    pub account: String,
-    pub secret_hash: [u8; 32],
-    pub scopes: ScopeSet,
-    pub expires_ms: Option<u64>,
-    pub rpm: Option<u32>,
-    pub credit_budget: Option<u64>,
-    pub last_used_ms: Option<u64>,
 }
 
 /// Why a credential was refused.
@@ -354,22 +349,17 @@ impl Directory {
         Ok((entry, state))
     }
 
-    /// Adds or replaces a key.
-    pub fn put_key(&self, k: KeyFacts) {
-        let used = k.last_used_ms.unwrap_or(0);
+    /// Adds or replaces a key, last used at `last_used_ms` as stored.
+    pub fn put_key(&self, key: KeyFacts, last_used_ms: Option<u64>) {
+        let used = last_used_ms.unwrap_or(0);
+        let id = key.id.clone();
         let entry = KeyEntry {
-            id: k.id,
-            account: k.account,
-            secret_hash: k.secret_hash,
-            scopes: k.scopes,
-            expires_ms: k.expires_ms,
-            rpm: k.rpm,
-            credit_budget: k.credit_budget,
+            key,
             window: Mutex::new((0, 0)),
             last_used: AtomicU64::new(used),
             saved_used: AtomicU64::new(used),
         };
-        write(&self.keys).insert(entry.id.clone(), Arc::new(entry));
+        write(&self.keys).insert(id, Arc::new(entry));
     }
 
     /// Removes keys by public id.
@@ -398,18 +388,18 @@ impl Directory {
         let (id, secret) = split_key(token)?;
         let entry = read(&self.keys).get(id).cloned().ok_or(AuthError::BadKey)?;
         let hash = crypto::sha256(secret.as_bytes());
-        if !crypto::ct_eq(&hash, &entry.secret_hash) {
+        if !crypto::ct_eq(&hash, &entry.key.secret_hash) {
             return Err(AuthError::BadKey);
         }
         // Only someone holding the secret learns that it expired.
-        if entry.expires_ms.is_some_and(|t| now_ms >= t) {
+        if entry.key.expires_ms.is_some_and(|t| now_ms >= t) {
             return Err(AuthError::ExpiredKey);
         }
-        let state = self.account(&entry.account).ok_or(AuthError::BadKey)?;
+        let state = self.account(&entry.key.account).ok_or(AuthError::BadKey)?;
         if state.status != Status::Active {
             return Err(AuthError::Disabled);
         }
-        if let Some(limit) = entry.rpm {
+        if let Some(limit) = entry.key.rpm {
             let minute = now_ms / 60_000;
             let mut w = entry.window.lock().unwrap_or_else(|e| e.into_inner());
             if w.0 != minute {
@@ -448,7 +438,7 @@ impl Directory {
             .filter_map(|k| {
                 let used = k.last_used.load(Ordering::Relaxed);
                 (k.saved_used.swap(used, Ordering::Relaxed) != used)
-                    .then(|| (k.account.clone(), k.id.clone(), used))
+                    .then(|| (k.key.account.clone(), k.key.id.clone(), used))
             })
             .collect()
     }
@@ -456,7 +446,7 @@ impl Directory {
     /// Forgets every session and key of an account (disabled or erased).
     pub fn drop_credentials_of(&self, account: &str) {
         write(&self.sessions).retain(|_, s| s.account != account);
-        write(&self.keys).retain(|_, k| k.account != account);
+        write(&self.keys).retain(|_, k| k.key.account != account);
     }
 }
 
@@ -482,16 +472,18 @@ mod tests {
 
     fn key(d: &Directory, rpm: Option<u32>, expires_ms: Option<u64>) -> String {
         let secret = "ab".repeat(32);
-        d.put_key(KeyFacts {
-            id: "0123456789abcdef".into(),
-            account: "a".into(),
-            secret_hash: crypto::sha256(secret.as_bytes()),
-            scopes: ScopeSet::default_for_keys(),
-            expires_ms,
-            rpm,
-            credit_budget: None,
-            last_used_ms: None,
-        });
+        d.put_key(
+            KeyFacts {
+                id: "0123456789abcdef".into(),
+                account: "a".into(),
+                secret_hash: crypto::sha256(secret.as_bytes()),
+                scopes: ScopeSet::default_for_keys(),
+                expires_ms,
+                rpm,
+                credit_budget: None,
+            },
+            None,
+        );
         format!("easel_sk_0123456789abcdef_{secret}")
     }
 

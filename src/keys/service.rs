@@ -40,7 +40,6 @@ impl ApiKey {
             expires_ms: self.expires_ms,
             rpm: self.rpm,
             credit_budget: self.credit_budget,
-            last_used_ms: self.last_used_ms,
         }
     }
 }
@@ -121,7 +120,7 @@ impl Keys {
     pub async fn load(&self) -> Result<usize, KeyError> {
         let keys = self.store.read(all_keys).await?;
         for k in &keys {
-            self.directory.put_key(k.facts());
+            self.directory.put_key(k.facts(), k.last_used_ms);
         }
         Ok(keys.len())
     }
@@ -221,7 +220,7 @@ impl Keys {
                 Ok(())
             })
             .await?;
-        self.directory.put_key(key.facts());
+        self.directory.put_key(key.facts(), None);
         let token = format!("{KEY_PREFIX}{id}_{secret}");
         Ok((key, Secret::new(token)))
     }

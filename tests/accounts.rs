@@ -594,6 +594,7 @@ async fn members_reach_only_their_own_objects_and_no_admin_endpoint() {
             None,
         ),
         (Method::GET, "/api/admin/audit".into(), None),
+        (Method::GET, "/api/admin/access-log".into(), None),
     ];
     for (m, path, body) in admin_calls {
         let r = a.send(&s, m.clone(), &path, body.clone()).await;
@@ -863,6 +864,27 @@ async fn failed_sign_ins_slow_down_then_lock_and_never_tell_which_emails_exist()
     assert_eq!(locks.len(), 1, "{}", audit.body);
     assert_eq!(locks[0]["target"], admin_id.as_str());
     assert!(!audit.body.to_string().contains("127.0.0.1"));
+    // The client address is in the access log instead.
+    let access = with_key(&s, Method::GET, "/api/admin/access-log", reader.expose()).await;
+    let failed: Vec<&Value> = access
+        .body
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["event"] == "sign_in_failed")
+        .collect();
+    assert_eq!(
+        failed.len(),
+        8,
+        "one per refused password, none for throttled tries: {}",
+        access.body
+    );
+    assert!(failed.iter().all(|e| e["ip"] == "127.0.0.1"));
+    assert!(failed.iter().any(|e| e["account"] == admin_id.as_str()));
+    assert!(
+        failed.iter().any(|e| e["account"].is_null()),
+        "unknown emails too"
+    );
     s.stop().await;
 }
 

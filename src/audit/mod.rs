@@ -101,7 +101,7 @@ pub fn list_access(r: &impl Reader, limit: usize) -> Result<Vec<AccessEntry>, St
 
 /// Registers this capability's routes.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(audit_log);
+    cfg.service(audit_log).service(access_log);
 }
 
 /// Paging through the audit log.
@@ -163,4 +163,39 @@ async fn audit_log(
         })
         .collect();
     Ok(web::Json(AuditPage { entries, next }))
+}
+
+/// An access-log entry as shown to admins.
+#[derive(Serialize, ToSchema)]
+pub struct AccessView {
+    pub at: String,
+    pub ip: String,
+    pub user_agent: String,
+    /// `sign_in`, `sign_in_failed`, `sign_up` or `address_locked`.
+    pub event: String,
+    pub account: Option<String>,
+}
+
+/// Recent sign-in attempts with client address and user agent, newest first (admins;
+/// keys need `admin_read`). Kept as long as `[retention] access_log` says.
+#[utoipa::path(tag = "admin", params(Page), responses((status = 200, body = Vec<AccessView>)))]
+#[get("/api/admin/access-log")]
+async fn access_log(
+    _admin: AdminRead,
+    store: web::Data<Store>,
+    page: web::Query<Page>,
+) -> Result<web::Json<Vec<AccessView>>, ApiError> {
+    let limit = page.limit.unwrap_or(100).clamp(1, 500);
+    let rows = store.read(move |r| list_access(r, limit)).await?;
+    Ok(web::Json(
+        rows.into_iter()
+            .map(|e| AccessView {
+                at: rfc3339(e.at_ms),
+                ip: e.ip,
+                user_agent: e.user_agent,
+                event: e.event,
+                account: e.account,
+            })
+            .collect(),
+    ))
 }

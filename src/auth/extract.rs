@@ -41,12 +41,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether this caller owns a record. Another account's record is answered as
-    /// "not found", so ids of other people's objects cannot be probed.
-    pub fn owns(&self, owner: &str) -> bool {
-        self.account == owner
-    }
-
     /// The session's id when signed in through the browser.
     pub fn session_id(&self) -> Option<&str> {
         match &self.via {

@@ -442,12 +442,6 @@ impl Directory {
             })
             .collect()
     }
-
-    /// Forgets every session and key of an account (disabled or erased).
-    pub fn drop_credentials_of(&self, account: &str) {
-        write(&self.sessions).retain(|_, s| s.account != account);
-        write(&self.keys).retain(|_, k| k.key.account != account);
-    }
 }
 
 #[cfg(test)]

@@ -129,6 +129,41 @@ impl Admin {
                     Err(e) => Reply::fail(format!("cannot create the key: {e}")),
                 }
             }
+            Request::CreditsGrant {
+                email,
+                amount,
+                note,
+            } => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                let account = match s.accounts.find_by_email(&email).await {
+                    Ok(a) => a,
+                    Err(e) => return Reply::fail(format!("cannot grant credits: {e}")),
+                };
+                let micro = match crate::ledger::from_credits(amount) {
+                    Ok(m) if m > 0 => m,
+                    Ok(_) => return Reply::fail("--amount must be more than zero"),
+                    Err(e) => return Reply::fail(format!("cannot grant credits: {e}")),
+                };
+                let posting = crate::ledger::Posting {
+                    note: note.unwrap_or_else(|| "granted with the easel CLI".into()),
+                    ..Default::default()
+                };
+                match s
+                    .ledger
+                    .post(&account.id, crate::ledger::EntryKind::Grant, micro, posting)
+                    .await
+                {
+                    Ok(e) => Reply::ok(format!(
+                        "granted {} credits to {}; the balance is now {}",
+                        crate::ledger::to_credits(e.amount),
+                        account.email,
+                        crate::ledger::to_credits(e.balance_after)
+                    )),
+                    Err(e) => Reply::fail(format!("cannot grant credits: {e}")),
+                }
+            }
         }
     }
 }

@@ -10,9 +10,13 @@ use crate::auth::{Directory, SessionTimes};
 use crate::config::{self, Config, Live, Loaded};
 use crate::control;
 use crate::crypto::{self, KeySource, Keyring, MasterKey};
+use crate::gateway::Gateway;
 use crate::http::{self, Metrics, Shared};
 use crate::keys::Keys;
+use crate::ledger::Ledger;
+use crate::providers::Providers;
 use crate::store::{Migration, Store, StoreError, StoreOptions, WriteTx};
+use crate::usage::Usage;
 use actix_web::web;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
@@ -37,6 +41,10 @@ pub struct Services {
     pub directory: Arc<Directory>,
     pub accounts: Accounts,
     pub keys: Keys,
+    pub ledger: Ledger,
+    pub providers: Providers,
+    pub usage: Usage,
+    pub gateway: Gateway,
 }
 
 fn session_times(config: &Config) -> SessionTimes {
@@ -50,9 +58,20 @@ impl Services {
     /// Builds the services over an open store (nothing is loaded yet).
     pub fn new(store: &Store, keyring: &Keyring, live: Arc<Live>) -> Self {
         let directory = Arc::new(Directory::new(session_times(&live.get())));
+        let ledger = Ledger::new(store.clone());
+        let providers = Providers::new(store.clone(), keyring.clone(), live.clone());
         Services {
-            accounts: Accounts::new(store.clone(), keyring.clone(), directory.clone(), live),
+            accounts: Accounts::new(
+                store.clone(),
+                keyring.clone(),
+                directory.clone(),
+                live.clone(),
+            ),
             keys: Keys::new(store.clone(), directory.clone()),
+            gateway: Gateway::new(providers.clone(), ledger.clone(), live),
+            usage: Usage::new(store.clone()),
+            ledger,
+            providers,
             directory,
         }
     }
@@ -64,6 +83,14 @@ impl Services {
             .await
             .context("cannot load accounts and sessions")?;
         self.keys.load().await.context("cannot load API keys")?;
+        self.ledger
+            .load()
+            .await
+            .context("cannot load credit balances")?;
+        self.providers
+            .load()
+            .await
+            .context("cannot load provider connections")?;
         Ok(())
     }
 
@@ -185,6 +212,10 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         let directory = web::Data::from(services.directory.clone());
         let accounts = web::Data::new(services.accounts.clone());
         let keys = web::Data::new(services.keys.clone());
+        let ledger = web::Data::new(services.ledger.clone());
+        let providers = web::Data::new(services.providers.clone());
+        let usage = web::Data::new(services.usage.clone());
+        let gateway = web::Data::new(services.gateway.clone());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
@@ -193,10 +224,18 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .app_data(directory.clone())
                 .app_data(accounts.clone())
                 .app_data(keys.clone())
+                .app_data(ledger.clone())
+                .app_data(providers.clone())
+                .app_data(usage.clone())
+                .app_data(gateway.clone())
                 .configure(crate::system::routes)
                 .configure(crate::accounts::routes)
                 .configure(crate::keys::routes)
                 .configure(crate::audit::routes)
+                .configure(crate::ledger::routes)
+                .configure(crate::usage::routes)
+                .configure(crate::providers::routes)
+                .configure(crate::gateway::routes)
                 .configure(crate::web::routes);
         }
     };
@@ -304,6 +343,13 @@ impl Running {
             .store(new.server.max_body_bytes, Ordering::Relaxed);
         self.services.directory.set_times(session_times(&new));
         self.live.set(new);
+        // Provider keys come from the environment and files: read them again.
+        let providers = self.services.providers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = providers.load().await {
+                tracing::error!(error = %e, "cannot reload provider connections");
+            }
+        });
         self.shared
             .metrics
             .reloads_ok
@@ -320,6 +366,11 @@ impl Running {
         let _ = self.server.await;
         self.control.abort();
         self.flusher.abort();
+        // Charges of requests already answered go in before the database closes.
+        self.services
+            .gateway
+            .drain(std::time::Duration::from_secs(10))
+            .await;
         self.services.flush().await;
         let _ = std::fs::remove_file(&self.socket);
         self.store.close().await;

@@ -27,8 +27,12 @@ pub enum Via {
         token_hash: [u8; 32],
         csrf_token: String,
     },
-    /// An API key (bearer token).
-    Key { id: String, scopes: ScopeSet },
+    /// An API key (bearer token), with its credit budget in whole credits.
+    Key {
+        id: String,
+        scopes: ScopeSet,
+        budget: Option<u64>,
+    },
 }
 
 /// An authenticated caller: an active account, by session or API key.
@@ -41,6 +45,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The API key's public id and credit budget when called with a key.
+    pub fn key(&self) -> Option<(&str, Option<u64>)> {
+        match &self.via {
+            Via::Key { id, budget, .. } => Some((id, *budget)),
+            Via::Session { .. } => None,
+        }
+    }
+
     /// The session's id when signed in through the browser.
     pub fn session_id(&self) -> Option<&str> {
         match &self.via {
@@ -167,6 +179,7 @@ fn from_key(req: &HttpRequest) -> Result<Option<Caller>, ApiError> {
         Via::Key {
             id: entry.key.id.clone(),
             scopes: entry.key.scopes,
+            budget: entry.key.credit_budget,
         },
     )))
 }

@@ -63,6 +63,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Manage credits.
+    #[command(subcommand)]
+    Credits(CreditsCmd),
     /// Tools for tests and benchmarks.
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -120,6 +123,21 @@ enum KeyCmd {
         /// Days until the key expires (default: never).
         #[arg(long)]
         expires_days: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCmd {
+    /// Add credits to an account's balance (a ledger entry of kind `grant`).
+    Grant {
+        #[arg(long)]
+        email: String,
+        /// Credits to add; fractions are allowed.
+        #[arg(long)]
+        amount: f64,
+        /// Why, for the ledger and the audit log.
+        #[arg(long)]
+        note: Option<String>,
     },
 }
 
@@ -244,6 +262,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 email,
                 name,
                 expires_days,
+            };
+            runtime()?.block_on(admin_command(&loaded, req, true))
+        }
+        Command::Credits(CreditsCmd::Grant {
+            email,
+            amount,
+            note,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let req = Request::CreditsGrant {
+                email,
+                amount,
+                note,
             };
             runtime()?.block_on(admin_command(&loaded, req, true))
         }

@@ -54,6 +54,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub credits: CreditsConfig,
+    pub gateway: GatewayConfig,
     pub alt_text: AltTextConfig,
     pub local_model: LocalModelConfig,
     pub retention: RetentionConfig,
@@ -189,6 +190,22 @@ pub struct ProviderConfig {
     /// data retention) with every request.
     #[serde(default = "yes")]
     pub privacy_options: bool,
+    /// Extra tries of the same route after a 429, 5xx, timeout or connection error,
+    /// before the next route.
+    #[serde(default = "one")]
+    pub retries: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Whether `name` can name a provider connection: 1 to 40 of `a-z 0-9 - _`.
+pub fn is_connection_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn default_provider_timeout() -> Span {
@@ -200,7 +217,7 @@ fn yes() -> bool {
 }
 
 /// Wire protocol of a provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     Openai,
@@ -219,10 +236,16 @@ pub struct ModelConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub price: PriceConfig,
+    /// Overrides `[credits] per_usd` for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_per_usd: Option<f64>,
+    /// Output cap reserved for when a request sets none (default `[gateway] max_output_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
 }
 
 /// What a model can do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     Chat,
@@ -261,6 +284,44 @@ impl Default for CreditsConfig {
         CreditsConfig {
             per_usd: 1000.0,
             byok_fee: 0.0,
+        }
+    }
+}
+
+/// `[gateway]`: how `/v1` requests are routed, retried and metered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Output tokens reserved for a request that sets no `max_tokens`; also the cap
+    /// sent to providers that need one.
+    pub max_output_tokens: u32,
+    /// Input tokens reserved per image in a chat request.
+    pub image_input_tokens: u32,
+    /// First pause before a retry, in milliseconds; it doubles, with jitter.
+    pub retry_backoff_ms: u64,
+    /// Failures in a row that make a provider be skipped for `breaker_cooldown`.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Span,
+    /// How long a generated image answered as `url` can be fetched.
+    pub image_url_ttl: Span,
+    /// Memory held for such images, in MiB; the oldest go first.
+    pub image_cache_mib: u64,
+    /// Hosts that personal connections may reach although they resolve to private
+    /// addresses (for example a team's own Ollama).
+    pub private_hosts: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_output_tokens: 4096,
+            image_input_tokens: 1500,
+            retry_backoff_ms: 200,
+            breaker_failures: 5,
+            breaker_cooldown: Span::secs(30),
+            image_url_ttl: Span::secs(600),
+            image_cache_mib: 64,
+            private_hosts: Vec::new(),
         }
     }
 }
@@ -671,6 +732,12 @@ impl Config {
         }
         for (name, p) in &self.providers {
             let key = |k: &str| format!("providers.{name}.{k}");
+            if !is_connection_name(name) {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "a provider name uses lowercase letters, digits, - and _ (at most 40)".into(),
+                ));
+            }
             if p.api_key_env.is_some() && p.api_key_file.is_some() {
                 return Err(invalid(
                     key("api_key_env"),
@@ -706,16 +773,24 @@ impl Config {
                     format!("model `{}` needs at least one route", m.id),
                 ));
             }
+            // A route may name a connection that an admin or a person adds in the UI
+            // later, so only the name's shape is checked here.
             for (j, r) in m.routes.iter().enumerate() {
-                if !self.providers.contains_key(&r.provider) {
+                if !is_connection_name(&r.provider) {
                     return Err(invalid(
                         format!("models[{i}].routes[{j}].provider"),
                         format!(
-                            "no provider named `{}`; add a [providers.{}] section",
-                            r.provider, r.provider
+                            "`{}` is not a provider name: use lowercase letters, digits, - and _ (a [providers.NAME] section, or a connection added in the UI)",
+                            r.provider
                         ),
                     ));
                 }
+            }
+            if m.credits_per_usd.is_some_and(|c| c <= 0.0) {
+                return Err(invalid(
+                    format!("models[{i}].credits_per_usd"),
+                    "must be above 0".into(),
+                ));
             }
         }
         if self.alt_text.model != "local"
@@ -851,15 +926,18 @@ mod tests {
     }
 
     #[test]
-    fn a_route_to_an_unknown_provider_is_refused() {
+    fn a_route_must_name_a_provider_by_a_valid_name() {
         let text = r#"
 [[models]]
 id = "m"
 capabilities = ["chat"]
-routes = [{ provider = "nope", model = "x" }]
+routes = [{ provider = "No Such!", model = "x" }]
 "#;
         let config = parse_str(text).expect("parses");
         let err = config.validate("f.toml").unwrap_err().to_string();
         assert!(err.contains("models[0].routes[0].provider"), "{err}");
+        // A well-formed name is accepted: an admin may add that connection in the UI.
+        let later = parse_str(&text.replace("No Such!", "added-later")).expect("parses");
+        later.validate("f.toml").expect("valid");
     }
 }

@@ -47,6 +47,12 @@ pub enum Request {
         name: String,
         expires_days: Option<u32>,
     },
+    /// Grant credits to an account.
+    CreditsGrant {
+        email: String,
+        amount: f64,
+        note: Option<String>,
+    },
 }
 
 /// The answer to a command.
@@ -145,6 +151,7 @@ fn command_name(req: &Request) -> &'static str {
         Request::UserCreate { .. } => "user-create",
         Request::UserResetPassword { .. } => "user-reset-password",
         Request::KeyCreate { .. } => "key-create",
+        Request::CreditsGrant { .. } => "credits-grant",
     }
 }
 

@@ -101,6 +101,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
+            402 => "insufficient_quota",
             403 => "permission_error",
             404 => "not_found_error",
             429 => "rate_limit_error",

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod net;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -44,7 +45,11 @@ const EXTRACTOR_CEILING: usize = 1 << 30;
         (name = "system", description = "Health, readiness, metrics and this document"),
         (name = "accounts", description = "Sign-up, sign-in, the caller's own account and sessions"),
         (name = "keys", description = "API keys: create (shown once), list, revoke"),
-        (name = "admin", description = "Users, invites and the audit log (admins)")
+        (name = "gateway", description = "OpenAI-compatible: models, chat completions, image generation"),
+        (name = "providers", description = "Provider connections: the organisation's and your own keys"),
+        (name = "credits", description = "Your credit balance and ledger"),
+        (name = "usage", description = "Your usage records: list, CSV export, daily totals"),
+        (name = "admin", description = "Users, invites, credits, providers and the audit log (admins)")
     ),
     modifiers(&BearerAuth)
 )]

@@ -291,6 +291,25 @@ pub trait Reader {
         decode_rows(t, rows)
     }
 
+    /// Up to `limit` records whose keys start with `prefix` and sort before `before`
+    /// (or every such record), newest key first.
+    fn scan_prefix_rev<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let end = match before {
+            Some(b) => Some(b.to_vec()),
+            None => prefix_end(prefix),
+        };
+        let mut rows = self.raw_range_rev(t.name, end.as_deref(), limit)?;
+        // Keys before the prefix come only after all of the prefix's keys.
+        rows.retain(|(k, _)| k.starts_with(prefix));
+        decode_rows(t, rows)
+    }
+
     /// Number of records in a table.
     fn count<K, V>(&self, t: &Table<K, V>) -> Result<u64, StoreError> {
         self.raw_len(t.name)

@@ -1,0 +1,261 @@
+//! `POST /v1/chat/completions`: whole or streamed, with image parts.
+
+use super::catalog::{self, Resolved};
+use super::{Gateway, Meter, try_routes, upstream_error};
+use crate::auth::Caller;
+use crate::config::Capability;
+use crate::http::ApiError;
+use crate::providers::wire::{ChatRequest, Usage};
+use crate::providers::{ChatOutput, StreamEvent, UpstreamError};
+use crate::store::now_ms;
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+
+fn validate(req: &ChatRequest) -> Result<(), ApiError> {
+    if req.model.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_field", "`model` is empty"));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`messages` is empty; send at least one message",
+        ));
+    }
+    if req.output_cap() == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`max_tokens` must be at least 1",
+        ));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        for img in m.images() {
+            let u = img.url.as_str();
+            if !(u.starts_with("data:") || u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!(
+                        "`messages[{i}]` has an image_url that is neither an http(s) URL nor a data: URI"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Upper bounds for the reservation: every byte of text could be a token, and each
+/// image costs the configured number of tokens.
+fn estimate(req: &ChatRequest, model: &Resolved, image_tokens: u32) -> (Usage, u32) {
+    let text: usize = req.messages.iter().map(|m| m.text().len()).sum();
+    let images = req.image_count() as u64;
+    let max_out = req.output_cap().unwrap_or(model.max_output_tokens);
+    let n = u64::from(req.n.unwrap_or(1).max(1));
+    (
+        Usage {
+            input_tokens: text as u64 + images * u64::from(image_tokens) + 16,
+            output_tokens: u64::from(max_out) * n,
+        },
+        max_out,
+    )
+}
+
+/// A fair guess at usage when a provider reports none: about four characters a token.
+fn guess(input_chars: usize, output_chars: usize) -> Usage {
+    Usage {
+        input_tokens: (input_chars as u64).div_ceil(4),
+        output_tokens: (output_chars as u64).div_ceil(4),
+    }
+}
+
+fn output_chars(body: &Value) -> usize {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                .map(str::len)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Handles one chat completion request.
+pub async fn complete(
+    gw: &Gateway,
+    caller: &Caller,
+    req: ChatRequest,
+) -> Result<HttpResponse, ApiError> {
+    validate(&req)?;
+    let config = gw.live.get();
+    let model = catalog::resolve(&gw.providers, &config, &caller.account, &req.model).await?;
+    model.require(Capability::Chat)?;
+    if req.image_count() > 0 {
+        model.require(Capability::Vision)?;
+    }
+    let (most, max_out) = estimate(&req, &model, config.gateway.image_input_tokens);
+    let mut meter = Meter::start(
+        gw,
+        caller,
+        "chat.completions",
+        &model.id,
+        model.max_cost(most, 0),
+    )?;
+    let input_chars: usize = req.messages.iter().map(|m| m.text().len()).sum();
+    let call = |route: &'_ super::Route| {
+        let conn = route.conn.clone();
+        let upstream = route.upstream.clone();
+        let req = &req;
+        async move { first_event(conn.chat(&upstream, req, max_out).await).await }
+    };
+    let (out, route) = try_routes(&config.gateway, &model, &mut meter, call).await?;
+    Ok(respond(meter, &model, route, &req, out, input_chars))
+}
+
+/// Waits for a stream's first event, so that a stream failing before anything was
+/// relayed is retried like any other failed call.
+async fn first_event(out: Result<ChatOutput, UpstreamError>) -> Result<ChatOutput, UpstreamError> {
+    let Ok(ChatOutput::Stream(mut events)) = out else {
+        return out;
+    };
+    match events.next().await {
+        Some(Err(e)) => Err(e),
+        Some(Ok(first)) => Ok(ChatOutput::Stream(
+            futures_util::stream::once(async move { Ok(first) })
+                .chain(events)
+                .boxed(),
+        )),
+        None => Ok(ChatOutput::Stream(futures_util::stream::empty().boxed())),
+    }
+}
+
+fn respond(
+    mut meter: Meter,
+    model: &Resolved,
+    route: &super::Route,
+    req: &ChatRequest,
+    out: ChatOutput,
+    input_chars: usize,
+) -> HttpResponse {
+    match out {
+        ChatOutput::Full { mut body, usage } => {
+            let usage = usage.unwrap_or_else(|| guess(input_chars, output_chars(&body)));
+            body["model"] = model.id.clone().into();
+            let cost = model.cost(route, usage, 0);
+            meter.finish(200, usage, 0, cost);
+            HttpResponse::Ok().json(body)
+        }
+        ChatOutput::Stream(events) => {
+            let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+            let state = StreamState {
+                events,
+                meter,
+                model: model.clone(),
+                route: route.clone(),
+                include_usage,
+                usage: None,
+                input_chars,
+                output_chars: 0,
+                last_id: String::new(),
+                ended: false,
+            };
+            let body = futures_util::stream::unfold(state, |mut s| async move {
+                let bytes = s.next_bytes().await?;
+                Some((Ok::<_, std::convert::Infallible>(bytes), s))
+            });
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .insert_header(("cache-control", "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .streaming(body)
+        }
+    }
+}
+
+/// A stream being relayed. When the client leaves, actix drops this state: the
+/// upstream response is dropped with it (closing that connection) and the meter
+/// records the request as 499.
+struct StreamState {
+    events: BoxStream<'static, Result<StreamEvent, UpstreamError>>,
+    meter: Meter,
+    model: Resolved,
+    route: super::Route,
+    include_usage: bool,
+    usage: Option<Usage>,
+    input_chars: usize,
+    output_chars: usize,
+    last_id: String,
+    ended: bool,
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+impl StreamState {
+    fn settle(&mut self, status: u16) {
+        let usage = self
+            .usage
+            .unwrap_or_else(|| guess(self.input_chars, self.output_chars));
+        let cost = self.model.cost(&self.route, usage, 0);
+        self.meter.finish(status, usage, 0, cost);
+    }
+
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            match self.events.next().await {
+                Some(Ok(StreamEvent::Chunk(mut v))) => {
+                    v["model"] = self.model.id.clone().into();
+                    if let Some(id) = v.get("id").and_then(Value::as_str) {
+                        id.clone_into(&mut self.last_id);
+                    }
+                    if let Some(cs) = v.get("choices").and_then(Value::as_array) {
+                        self.output_chars += cs
+                            .iter()
+                            .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
+                            .map(str::len)
+                            .sum::<usize>();
+                    }
+                    return Some(sse(&v));
+                }
+                Some(Ok(StreamEvent::Usage(u))) => self.usage = Some(u),
+                Some(Err(e)) => {
+                    // Too late to retry: the client has part of the answer. Say so in
+                    // the stream, the way OpenAI's SDKs read errors.
+                    self.ended = true;
+                    tracing::warn!(provider = %self.route.conn.name, error = %e, "stream broke");
+                    self.settle(StatusCode::BAD_GATEWAY.as_u16());
+                    let err = upstream_error(&self.model.id, &e);
+                    let body = serde_json::json!({"error": {
+                        "message": err.message, "type": err.kind(), "code": err.code,
+                    }});
+                    return Some(sse(&body));
+                }
+                None => {
+                    self.ended = true;
+                    let mut tail = String::new();
+                    if self.include_usage {
+                        let usage = self
+                            .usage
+                            .unwrap_or_else(|| guess(self.input_chars, self.output_chars));
+                        let chunk = serde_json::json!({
+                            "id": self.last_id, "object": "chat.completion.chunk",
+                            "created": now_ms() / 1000, "model": self.model.id,
+                            "choices": [], "usage": usage.to_json(),
+                        });
+                        tail.push_str(&format!("data: {chunk}\n\n"));
+                    }
+                    tail.push_str("data: [DONE]\n\n");
+                    self.settle(200);
+                    return Some(Bytes::from(tail));
+                }
+            }
+        }
+    }
+}

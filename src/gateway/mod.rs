@@ -1,0 +1,349 @@
+//! The OpenAI-compatible gateway: `GET /v1/models`, `POST /v1/chat/completions` and
+//! `POST /v1/images/generations`, over the model catalog and provider connections,
+//! metered in credits.
+//!
+//! Every paid request reserves its largest possible cost, tries the model's routes in
+//! order (retrying with jittered backoff on 429, 5xx, timeouts and dropped
+//! connections, skipping providers whose circuit breaker is open), then settles the
+//! actual cost with a usage record in one transaction. The response does not wait for
+//! that commit: it joins the next group commit (see docs/architecture.md, "Credits").
+
+mod catalog;
+mod chat;
+mod files;
+mod images;
+mod routes;
+
+pub use catalog::{Resolved, Route};
+pub use files::ImageFiles;
+pub use routes::routes;
+
+use crate::auth::Caller;
+use crate::config::Live;
+use crate::http::ApiError;
+use crate::ledger::{Hold, KeyLimit, Ledger, Posting, budget_micro};
+use crate::providers::wire::Usage;
+use crate::providers::{Providers, UpstreamError, describe};
+use crate::store::now_ms;
+use crate::usage::{RecordKey, UsageRecord};
+use actix_web::http::StatusCode;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The gateway's shared parts; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub providers: Providers,
+    pub ledger: Ledger,
+    pub live: Arc<Live>,
+    pub files: Arc<ImageFiles>,
+    pending: Arc<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Gateway {
+    /// The gateway over its services.
+    pub fn new(providers: Providers, ledger: Ledger, live: Arc<Live>) -> Self {
+        Gateway {
+            providers,
+            ledger,
+            live,
+            files: Arc::new(ImageFiles::default()),
+            pending: Arc::default(),
+        }
+    }
+
+    /// Runs a settlement in the background, counted so shutdown can wait for it.
+    fn spawn_settle<F, T, E>(&self, fut: F)
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pending = self.pending.clone();
+        pending.count.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "cannot record a request's usage and charge");
+            }
+            if pending.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                pending.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits (up to `limit`) until every settlement under way is committed.
+    pub async fn drain(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let idle = self.pending.idle.notified();
+                if self.pending.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// What one metered request is about, filled in as it goes.
+pub(crate) struct Meter {
+    pub gateway: Gateway,
+    pub account: String,
+    pub key: Option<String>,
+    pub endpoint: &'static str,
+    pub model: String,
+    pub provider: String,
+    pub byok: bool,
+    pub started: Instant,
+    pub hold: Option<Hold>,
+}
+
+impl Meter {
+    /// Reserves `amount` micro-credits for a request by `caller`.
+    pub fn start(
+        gateway: &Gateway,
+        caller: &Caller,
+        endpoint: &'static str,
+        model: &str,
+        amount: i64,
+    ) -> Result<Meter, ApiError> {
+        let key = caller.key().map(|(id, budget)| KeyLimit {
+            id: id.to_string(),
+            budget: budget.map(budget_micro),
+        });
+        let hold = gateway
+            .ledger
+            .reserve(&caller.account, key.as_ref(), amount)?;
+        Ok(Meter {
+            gateway: gateway.clone(),
+            account: caller.account.clone(),
+            key: key.map(|k| k.id),
+            endpoint,
+            model: model.to_string(),
+            provider: String::new(),
+            byok: false,
+            started: Instant::now(),
+            hold: Some(hold),
+        })
+    }
+
+    /// Charges `cost` (never more than was held) and writes the usage record, in the
+    /// background. Does nothing the second time.
+    pub fn finish(&mut self, status: u16, usage: Usage, images: u32, cost: i64) {
+        let Some(hold) = self.hold.take() else {
+            return;
+        };
+        let at_ms = now_ms();
+        let Ok(rk) = RecordKey::new(&self.account, at_ms) else {
+            tracing::error!("no randomness for a usage record id");
+            return;
+        };
+        let charged = cost.clamp(0, hold.amount());
+        let record = UsageRecord {
+            id: rk.id.clone(),
+            account: self.account.clone(),
+            key: self.key.clone(),
+            endpoint: self.endpoint.to_string(),
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            byok: self.byok,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            images,
+            credits: charged,
+            status,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            at_ms,
+        };
+        let posting = Posting {
+            key: self.key.clone(),
+            model: Some(self.model.clone()),
+            usage: Some(rk.id.clone()),
+            note: self.endpoint.to_string(),
+            actor: None,
+        };
+        let fut = hold.settle(charged, posting, move |tx, _| {
+            crate::usage::record(tx, &rk, &record)
+        });
+        self.gateway.spawn_settle(fut);
+    }
+}
+
+impl Drop for Meter {
+    /// A request that ends without settling (the client left) is recorded as 499 and
+    /// charged nothing.
+    fn drop(&mut self) {
+        self.finish(499, Usage::default(), 0, 0);
+    }
+}
+
+/// The error answered when every route failed, in words a person can act on.
+pub(crate) fn upstream_error(model: &str, e: &UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => {
+            let err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "upstream_rate_limited",
+                format!(
+                    "every provider for `{model}` is rate limiting: {}",
+                    describe(e)
+                ),
+            );
+            err.retry_after(retry_after.unwrap_or(5))
+        }
+        UpstreamError::Status {
+            status: 401 | 403, ..
+        } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_auth_failed",
+            format!(
+                "{}; an admin (or you, for your own key) must fix the provider connection",
+                describe(e)
+            ),
+        ),
+        UpstreamError::Status { status, .. } if *status < 500 => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "upstream_rejected",
+            format!("the provider refused the request: {}", describe(e)),
+        ),
+        UpstreamError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("{e}; try again, or ask an admin to raise the provider's timeout"),
+        ),
+        UpstreamError::Unsupported(_) => ApiError::bad_request("unsupported", e.to_string()),
+        _ => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("no provider for `{model}` could answer: {}", describe(e)),
+        ),
+    }
+}
+
+/// Tries the model's routes in order: each up to `retries` more times after a
+/// retryable failure (with jittered backoff), skipping providers whose breaker is open.
+/// A failure that another try cannot mend (a 400, a bad key) ends it at once. When all
+/// fail, the request is recorded with the status answered and the error returned.
+pub(crate) async fn try_routes<'m, T, F, Fut>(
+    config: &crate::config::GatewayConfig,
+    model: &'m Resolved,
+    meter: &mut Meter,
+    mut call: F,
+) -> Result<(T, &'m Route), ApiError>
+where
+    F: FnMut(&'m Route) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let cooldown = config.breaker_cooldown.get().as_millis() as u64;
+    let mut last: Option<UpstreamError> = None;
+    'routes: for route in &model.routes {
+        let conn = &route.conn;
+        if !conn.breaker.closed(now_ms()) {
+            last.get_or_insert(UpstreamError::Connect(format!(
+                "{} (skipped after repeated failures)",
+                conn.name
+            )));
+            continue;
+        }
+        meter.provider = conn.name.clone();
+        meter.byok = conn.byok();
+        for attempt in 0..=conn.retries {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(config.retry_backoff_ms, attempt)).await;
+            }
+            match call(route).await {
+                Ok(out) => {
+                    conn.breaker.succeeded();
+                    return Ok((out, route));
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %conn.name, model = %model.id, attempt, error = %e, "upstream call failed");
+                    let retry = e.retryable();
+                    if retry {
+                        conn.breaker
+                            .failed(now_ms(), config.breaker_failures, cooldown);
+                    }
+                    last = Some(e);
+                    if !retry {
+                        break 'routes;
+                    }
+                }
+            }
+        }
+    }
+    let err = match &last {
+        Some(e) => upstream_error(&model.id, e),
+        None => ApiError::internal("a model with no routes was resolved"),
+    };
+    meter.finish(err.status.as_u16(), Usage::default(), 0, 0);
+    Err(err)
+}
+
+/// Parses a JSON body, naming the field that is wrong.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    req: &actix_web::HttpRequest,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !ct.to_ascii_lowercase().contains("json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path == "." || path.is_empty() {
+            format!("the JSON body is not valid: {inner}")
+        } else {
+            format!("the JSON body is not valid at `{path}`: {inner}")
+        };
+        ApiError::bad_request("invalid_json", msg)
+    })
+}
+
+/// The pause before try number `attempt` (1-based): doubling from `base_ms`, with
+/// jitter between half and the whole of it.
+pub(crate) fn backoff(base_ms: u64, attempt: u32) -> Duration {
+    let full = base_ms.saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    let r: [u8; 2] = crate::crypto::random_bytes().unwrap_or([128, 0]);
+    let frac = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX);
+    Duration::from_millis((full as f64 * (0.5 + frac / 2.0)) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_doubles_with_jitter_below_the_full_pause() {
+        for attempt in 1..5 {
+            let full = 100u64 << (attempt - 1);
+            let d = backoff(100, attempt).as_millis() as u64;
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d}");
+        }
+    }
+}

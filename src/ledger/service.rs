@@ -1,0 +1,520 @@
+//! The ledger service: durable entries and balances in redb, and the in-memory books
+//! that reservations are taken from.
+
+use super::{MICRO, to_credits};
+use crate::crypto;
+use crate::http::ApiError;
+use crate::store::{Reader, Store, StoreError, Table, TimeIndex, WriteTx, now_ms};
+use actix_web::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use utoipa::ToSchema;
+
+/// Keyed by `account / time (big-endian) / 4 random bytes`: an account's entries are
+/// one range, oldest first.
+const ENTRIES: Table<Vec<u8>, Entry> = Table::new("ledger");
+/// Entries by time, for the `billing` retention window.
+const ENTRIES_BY_TIME: TimeIndex = TimeIndex::new("ledger_by_time");
+/// Balance of each account, in micro-credits.
+const BALANCES: Table<String, i64> = Table::new("balances");
+/// Micro-credits spent through each API key, for per-key budgets.
+const KEY_SPEND: Table<String, i64> = Table::new("key_spend");
+
+/// Why credits moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Credits given by an admin.
+    Grant,
+    /// A request's cost.
+    Usage,
+    /// Credits given back.
+    Refund,
+    /// Credits bought (recorded by an admin).
+    Purchase,
+    /// A correction by an admin, either way.
+    Adjustment,
+}
+
+/// One ledger entry, never changed once written.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub account: String,
+    pub kind: EntryKind,
+    /// Micro-credits, negative when spent.
+    pub amount: i64,
+    /// The account's balance right after this entry.
+    pub balance_after: i64,
+    pub key: Option<String>,
+    pub model: Option<String>,
+    /// The usage record this entry pays for.
+    pub usage: Option<String>,
+    pub note: String,
+    /// The admin who made a grant or adjustment.
+    pub actor: Option<String>,
+    pub at_ms: u64,
+}
+
+/// What an entry says besides its amount.
+#[derive(Clone, Debug, Default)]
+pub struct Posting {
+    pub key: Option<String>,
+    pub model: Option<String>,
+    pub usage: Option<String>,
+    pub note: String,
+    pub actor: Option<String>,
+}
+
+/// An API key's spending limit, checked with every reservation made through it.
+#[derive(Clone, Debug)]
+pub struct KeyLimit {
+    pub id: String,
+    /// Micro-credits the key may spend in all; `None` for no limit.
+    pub budget: Option<i64>,
+}
+
+/// What can go wrong with credits.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(
+        "not enough credits: this request may cost up to {needed} credits and {available} are available; ask an admin for a grant, or lower max_tokens"
+    )]
+    Insufficient { needed: f64, available: f64 },
+    #[error(
+        "this API key's credit budget of {budget} credits is spent; raise the budget under API keys or use another key"
+    )]
+    KeyBudget { budget: f64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            LedgerError::Insufficient { .. } => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", msg)
+            }
+            LedgerError::KeyBudget { .. } => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "key_budget_exhausted", msg)
+            }
+            LedgerError::Invalid(_) => ApiError::bad_request("invalid_field", msg),
+            LedgerError::Store(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    /// Durable balance plus the charges whose commit is under way.
+    balance: i64,
+    /// Held by requests in flight.
+    reserved: i64,
+}
+
+#[derive(Default)]
+struct KeyBook {
+    spent: i64,
+    reserved: i64,
+}
+
+#[derive(Default)]
+struct Books {
+    accounts: HashMap<String, Book>,
+    keys: HashMap<String, KeyBook>,
+}
+
+/// The ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Store,
+    books: Arc<Mutex<Books>>,
+}
+
+/// Credits held for one request. Settle it with the actual cost; dropping it unsettled
+/// gives everything back.
+pub struct Hold {
+    ledger: Ledger,
+    account: String,
+    key: Option<String>,
+    amount: i64,
+    open: bool,
+}
+
+fn storage_key(account: &str, at_ms: u64) -> Result<Vec<u8>, StoreError> {
+    let rand: [u8; 4] = crypto::random_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
+    let mut k = Vec::with_capacity(account.len() + 13);
+    k.extend_from_slice(account.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&rand);
+    Ok(k)
+}
+
+fn prefix(account: &str) -> Vec<u8> {
+    let mut p = account.as_bytes().to_vec();
+    p.push(b'/');
+    p
+}
+
+/// Writes one entry and the balance it leaves, refusing to go below zero.
+fn post(
+    tx: &WriteTx<'_>,
+    account: &str,
+    kind: EntryKind,
+    amount: i64,
+    posting: &Posting,
+) -> Result<Entry, LedgerError> {
+    let at_ms = now_ms();
+    let balance = tx.get(&BALANCES, &account.to_string())?.unwrap_or(0);
+    let after = balance
+        .checked_add(amount)
+        .ok_or_else(|| LedgerError::Invalid("the amount is too large".into()))?;
+    if after < 0 {
+        return Err(LedgerError::Insufficient {
+            needed: to_credits(-amount),
+            available: to_credits(balance),
+        });
+    }
+    let key = storage_key(account, at_ms)?;
+    let entry = Entry {
+        id: crypto::hex(&key[account.len() + 1..]),
+        account: account.to_string(),
+        kind,
+        amount,
+        balance_after: after,
+        key: posting.key.clone(),
+        model: posting.model.clone(),
+        usage: posting.usage.clone(),
+        note: posting.note.clone(),
+        actor: posting.actor.clone(),
+        at_ms,
+    };
+    tx.insert(&ENTRIES, &key, &entry)?;
+    ENTRIES_BY_TIME.insert(tx, at_ms, &key)?;
+    tx.insert(&BALANCES, &account.to_string(), &after)?;
+    if kind == EntryKind::Usage
+        && let Some(k) = &posting.key
+    {
+        let spent = tx.get(&KEY_SPEND, k)?.unwrap_or(0);
+        tx.insert(&KEY_SPEND, k, &(spent - amount))?;
+    }
+    Ok(entry)
+}
+
+/// Hand-made postings go to the audit log with the change itself.
+fn record_posting(tx: &WriteTx<'_>, entry: &Entry) -> Result<(), StoreError> {
+    let detail = format!(
+        "{:?} of {} credits: {}",
+        entry.kind,
+        to_credits(entry.amount),
+        entry.note
+    );
+    crate::audit::record(
+        tx,
+        entry.at_ms,
+        entry.actor.as_deref(),
+        "credits_posted",
+        Some(&entry.account),
+        &detail,
+    )
+}
+
+impl Ledger {
+    /// The ledger over one store; call [`Ledger::load`] before serving.
+    pub fn new(store: Store) -> Self {
+        Ledger {
+            store,
+            books: Arc::default(),
+        }
+    }
+
+    fn books(&self) -> MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every balance and key spend into memory.
+    pub async fn load(&self) -> Result<(), LedgerError> {
+        let (balances, spends) = self
+            .store
+            .read(|r| Ok::<_, StoreError>((r.scan_all(&BALANCES)?, r.scan_all(&KEY_SPEND)?)))
+            .await?;
+        let mut books = self.books();
+        books.accounts = balances
+            .into_iter()
+            .map(|(a, balance)| {
+                (
+                    a,
+                    Book {
+                        balance,
+                        reserved: 0,
+                    },
+                )
+            })
+            .collect();
+        books.keys = spends
+            .into_iter()
+            .map(|(k, spent)| (k, KeyBook { spent, reserved: 0 }))
+            .collect();
+        Ok(())
+    }
+
+    /// Holds `amount` micro-credits of `account` (and of `key`'s budget) for one
+    /// request. Fails when the balance, less what other requests hold, does not cover it.
+    pub fn reserve(
+        &self,
+        account: &str,
+        key: Option<&KeyLimit>,
+        amount: i64,
+    ) -> Result<Hold, LedgerError> {
+        let amount = amount.max(0);
+        let mut guard = self.books();
+        let books = &mut *guard;
+        let book = books.accounts.entry(account.to_string()).or_default();
+        let available = book.balance - book.reserved;
+        if amount > 0 && available < amount {
+            return Err(LedgerError::Insufficient {
+                needed: to_credits(amount),
+                available: to_credits(available.max(0)),
+            });
+        }
+        if let Some(k) = key {
+            let kb = books.keys.entry(k.id.clone()).or_default();
+            if let Some(budget) = k.budget
+                && amount > 0
+                && kb.spent + kb.reserved + amount > budget
+            {
+                return Err(LedgerError::KeyBudget {
+                    budget: to_credits(budget),
+                });
+            }
+            kb.reserved += amount;
+        }
+        book.reserved += amount;
+        Ok(Hold {
+            ledger: self.clone(),
+            account: account.to_string(),
+            key: key.map(|k| k.id.clone()),
+            amount,
+            open: true,
+        })
+    }
+
+    /// Moves credits outside a request (grants, purchases, refunds, adjustments) and
+    /// returns once the entry is durable. A negative amount must be covered by what is
+    /// available.
+    pub async fn post(
+        &self,
+        account: &str,
+        kind: EntryKind,
+        amount: i64,
+        posting: Posting,
+    ) -> Result<Entry, LedgerError> {
+        if kind == EntryKind::Usage {
+            return Err(LedgerError::Invalid(
+                "usage is charged by requests, not posted by hand".into(),
+            ));
+        }
+        if amount == 0 {
+            return Err(LedgerError::Invalid("the amount must not be zero".into()));
+        }
+        if amount < 0 {
+            // Take it like a request would, so in-flight holds stay covered.
+            let hold = self.reserve(account, None, -amount)?;
+            let entry = hold
+                .settle_as(kind, -amount, posting, |tx, entry| match entry {
+                    Some(e) => record_posting(tx, e),
+                    None => Ok(()),
+                })
+                .await?;
+            return entry.ok_or_else(|| LedgerError::Invalid("nothing was taken".into()));
+        }
+        let owner = account.to_string();
+        let entry = self
+            .store
+            .write(move |tx| {
+                let entry = post(tx, &owner, kind, amount, &posting)?;
+                record_posting(tx, &entry)?;
+                Ok::<_, LedgerError>(entry)
+            })
+            .await?;
+        self.books()
+            .accounts
+            .entry(account.to_string())
+            .or_default()
+            .balance += amount;
+        Ok(entry)
+    }
+
+    /// Balance and credits held by requests in flight, in micro-credits.
+    pub fn balance(&self, account: &str) -> (i64, i64) {
+        self.books()
+            .accounts
+            .get(account)
+            .map_or((0, 0), |b| (b.balance, b.reserved))
+    }
+
+    /// Micro-credits spent through a key.
+    pub fn key_spent(&self, key: &str) -> i64 {
+        self.books().keys.get(key).map_or(0, |k| k.spent)
+    }
+
+    /// Every account with a balance, as (account, balance, held).
+    pub fn balances(&self) -> Vec<(String, i64, i64)> {
+        let mut all: Vec<_> = self
+            .books()
+            .accounts
+            .iter()
+            .map(|(a, b)| (a.clone(), b.balance, b.reserved))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// An account's entries, newest first, before the cursor `before` (an entry id).
+    pub async fn entries(
+        &self,
+        account: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        let prefix = prefix(account);
+        let before = match before {
+            Some(id) => {
+                let raw = crypto::unhex(id)
+                    .ok_or_else(|| LedgerError::Invalid("`before` is not an entry id".into()))?;
+                let mut k = prefix.clone();
+                k.extend_from_slice(&raw);
+                Some(k)
+            }
+            None => None,
+        };
+        let rows = self
+            .store
+            .read(move |r| r.scan_prefix_rev(&ENTRIES, &prefix, before.as_deref(), limit))
+            .await?;
+        Ok(rows.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Every entry of an account, oldest first (for checks and export).
+    pub async fn all_entries(&self, account: &str) -> Result<Vec<Entry>, LedgerError> {
+        let prefix = prefix(account);
+        let rows = self
+            .store
+            .read(move |r| r.scan_prefix(&ENTRIES, &prefix, usize::MAX))
+            .await?;
+        Ok(rows.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// The durable balance of an account, read from storage.
+    pub async fn stored_balance(&self, account: &str) -> Result<i64, LedgerError> {
+        let account = account.to_string();
+        Ok(self
+            .store
+            .read(move |r| r.get(&BALANCES, &account))
+            .await?
+            .unwrap_or(0))
+    }
+}
+
+impl Hold {
+    /// Micro-credits held.
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+
+    /// Charges `cost` (at most what is held) for a request and gives back the rest.
+    /// The books change at once; the returned future commits the usage entry together
+    /// with whatever `also` writes (the usage record), in one transaction. When the
+    /// commit fails the books are put back.
+    pub fn settle<F>(
+        self,
+        cost: i64,
+        posting: Posting,
+        also: F,
+    ) -> impl Future<Output = Result<Option<Entry>, LedgerError>> + Send + 'static
+    where
+        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.settle_as(EntryKind::Usage, cost, posting, also)
+    }
+
+    fn settle_as<F>(
+        mut self,
+        kind: EntryKind,
+        cost: i64,
+        posting: Posting,
+        mut also: F,
+    ) -> impl Future<Output = Result<Option<Entry>, LedgerError>> + Send + 'static
+    where
+        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let charge = cost.clamp(0, self.amount);
+        self.open = false;
+        let ledger = self.ledger.clone();
+        let account = self.account.clone();
+        let key = self.key.clone();
+        {
+            let mut books = ledger.books();
+            let b = books.accounts.entry(account.clone()).or_default();
+            b.reserved -= self.amount;
+            b.balance -= charge;
+            if let Some(k) = &key {
+                let kb = books.keys.entry(k.clone()).or_default();
+                kb.reserved -= self.amount;
+                kb.spent += charge;
+            }
+        }
+        async move {
+            let owner = account.clone();
+            let result = ledger
+                .store
+                .write(move |tx| {
+                    // A free request leaves its usage record but no entry.
+                    let entry = (charge > 0)
+                        .then(|| post(tx, &owner, kind, -charge, &posting))
+                        .transpose()?;
+                    also(tx, entry.as_ref())?;
+                    Ok::<_, LedgerError>(entry)
+                })
+                .await;
+            if result.is_err() {
+                let mut books = ledger.books();
+                books.accounts.entry(account).or_default().balance += charge;
+                if let Some(k) = key {
+                    books.keys.entry(k).or_default().spent -= charge;
+                }
+            }
+            result
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let mut books = self.ledger.books();
+        if let Some(b) = books.accounts.get_mut(&self.account) {
+            b.reserved -= self.amount;
+        }
+        if let Some(k) = &self.key
+            && let Some(kb) = books.keys.get_mut(k)
+        {
+            kb.reserved -= self.amount;
+        }
+    }
+}
+
+/// Whole credits as micro-credits, for key budgets.
+pub fn budget_micro(credits: u64) -> i64 {
+    i64::try_from(credits)
+        .unwrap_or(i64::MAX / MICRO)
+        .saturating_mul(MICRO)
+}

@@ -1,0 +1,20 @@
+//! Provider connections (data class `provider_keys`) and the adapters that speak each
+//! provider's wire format: `openai`, `openai-compatible`, `gemini`, `anthropic` and
+//! `bfl`. Everything is translated to and from OpenAI's format ([`wire`]), so the
+//! gateway deals with one shape.
+
+mod anthropic;
+mod bfl;
+mod gemini;
+mod openai;
+mod routes;
+mod service;
+mod upstream;
+pub mod wire;
+
+pub use openai::sniff;
+pub use routes::routes;
+pub use service::{NewProvider, ProviderError, Providers, StoredProvider, TestResult, describe};
+pub use upstream::{
+    Breaker, ChatOutput, Connection, Owner, StreamEvent, UpstreamError, default_base_url,
+};

@@ -1,0 +1,180 @@
+//! `openai` and `openai-compatible`: the request goes through nearly as sent, with
+//! the upstream model name and the provider's privacy options.
+
+use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
+use super::wire::{ChatRequest, Image, ImageRequest, Usage};
+use crate::config::ProviderKind;
+use base64::Engine;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    if conn.has_key() {
+        req.bearer_auth(conn.key())
+    } else {
+        req
+    }
+}
+
+/// Adds the privacy options this endpoint understands.
+fn privacy(conn: &Connection, body: &mut serde_json::Map<String, Value>) {
+    if !conn.privacy {
+        return;
+    }
+    if conn.kind == ProviderKind::Openai {
+        body.insert("store".into(), false.into());
+    }
+    if conn.base_url.contains("openrouter.ai") {
+        // Only endpoints that neither train on nor keep prompts.
+        let provider = body
+            .entry("provider")
+            .or_insert_with(|| json!({}))
+            .as_object_mut();
+        if let Some(p) = provider {
+            p.entry("data_collection").or_insert("deny".into());
+            p.entry("zdr").or_insert(true.into());
+        }
+    }
+}
+
+pub(super) async fn chat(
+    conn: &Connection,
+    model: &str,
+    req: &ChatRequest,
+) -> Result<ChatOutput, UpstreamError> {
+    let mut body = serde_json::to_value(req)
+        .map_err(|e| UpstreamError::Unsupported(format!("cannot encode the request: {e}")))?;
+    let Some(obj) = body.as_object_mut() else {
+        return Err(UpstreamError::Unsupported(
+            "the request is not an object".into(),
+        ));
+    };
+    obj.insert("model".into(), model.into());
+    if req.stream {
+        // Usage figures at the end of the stream are what the request is charged by.
+        obj.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    privacy(conn, obj);
+    let url = format!("{}/chat/completions", conn.base_url);
+    let res = conn
+        .send(auth(conn, conn.client.post(url).json(&body)), !req.stream)
+        .await?;
+    if !req.stream {
+        let body = conn.json(res).await?;
+        if body.get("choices").and_then(Value::as_array).is_none() {
+            return Err(UpstreamError::garbage(
+                &conn.name,
+                "no `choices` in the answer",
+            ));
+        }
+        let usage = Usage::from_openai(&body);
+        return Ok(ChatOutput::Full { body, usage });
+    }
+    let name = conn.name.clone();
+    let events = sse_data(conn.name.clone(), res)
+        .take_while(|d| std::future::ready(!matches!(d, Ok(s) if s.trim() == "[DONE]")))
+        .flat_map(move |d| {
+            let out: Vec<Result<StreamEvent, UpstreamError>> = match d {
+                Err(e) => vec![Err(e)],
+                Ok(text) => match serde_json::from_str::<Value>(&text) {
+                    Err(e) => vec![Err(UpstreamError::garbage(&name, e))],
+                    Ok(v) => {
+                        let mut out = Vec::new();
+                        if let Some(u) = Usage::from_openai(&v) {
+                            out.push(Ok(StreamEvent::Usage(u)));
+                        }
+                        let has_choices = v
+                            .get("choices")
+                            .and_then(Value::as_array)
+                            .is_some_and(|c| !c.is_empty());
+                        if has_choices {
+                            out.push(Ok(StreamEvent::Chunk(v)));
+                        } else if v.get("error").is_some() {
+                            out.push(Err(UpstreamError::garbage(&name, "an error mid-stream")));
+                        }
+                        out
+                    }
+                },
+            };
+            futures_util::stream::iter(out)
+        })
+        .boxed();
+    Ok(ChatOutput::Stream(events))
+}
+
+pub(super) async fn images(
+    conn: &Connection,
+    model: &str,
+    req: &ImageRequest,
+) -> Result<Vec<Image>, UpstreamError> {
+    let mut body = serde_json::Map::new();
+    body.insert("model".into(), model.into());
+    body.insert("prompt".into(), req.prompt.clone().into());
+    if let Some(n) = req.n {
+        body.insert("n".into(), n.into());
+    }
+    if let Some(s) = &req.size {
+        body.insert("size".into(), s.clone().into());
+    }
+    for (k, v) in &req.rest {
+        body.entry(k.clone()).or_insert(v.clone());
+    }
+    privacy(conn, &mut body);
+    let url = format!("{}/images/generations", conn.base_url);
+    let res = conn
+        .send(auth(conn, conn.client.post(url).json(&body)), true)
+        .await?;
+    let answer = conn.json(res).await?;
+    let data = answer
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| UpstreamError::garbage(&conn.name, "no `data` in the answer"))?;
+    let mut out = Vec::new();
+    for item in data {
+        let revised_prompt = item
+            .get("revised_prompt")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(b64) = item.get("b64_json").and_then(Value::as_str) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| UpstreamError::garbage(&conn.name, e))?;
+            out.push(Image {
+                media_type: sniff(&bytes).to_string(),
+                bytes,
+                revised_prompt,
+            });
+        } else if let Some(url) = item.get("url").and_then(Value::as_str) {
+            let (bytes, media_type) = conn.download(url).await?;
+            out.push(Image {
+                bytes,
+                media_type,
+                revised_prompt,
+            });
+        } else {
+            return Err(UpstreamError::garbage(&conn.name, "an image with no data"));
+        }
+    }
+    if out.is_empty() {
+        return Err(UpstreamError::garbage(
+            &conn.name,
+            "no images in the answer",
+        ));
+    }
+    Ok(out)
+}
+
+/// The media type of image bytes, from their magic numbers.
+pub fn sniff(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        "image/jpeg"
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "image/webp"
+    } else if bytes.starts_with(b"GIF8") {
+        "image/gif"
+    } else {
+        "application/octet-stream"
+    }
+}

@@ -1,0 +1,520 @@
+//! A live provider connection: its pooled HTTP client, key, timeouts and circuit
+//! breaker, and the calls every adapter makes through it.
+
+use super::wire::{ChatRequest, Image, ImageRequest, Usage};
+use super::{anthropic, bfl, gemini, openai};
+use crate::config::ProviderKind;
+use crate::crypto::Secret;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Whose connection this is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The organisation's, from the config file.
+    Config,
+    /// The organisation's, entered by an admin.
+    Organisation,
+    /// A person's own key.
+    Account(String),
+}
+
+/// Why a provider call failed. Messages are safe to show: they never hold a key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The provider answered with an error status.
+    #[error("{provider} answered {status}: {message}")]
+    Status {
+        provider: String,
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    #[error("cannot reach {0}")]
+    Connect(String),
+    /// The provider's answer could not be read.
+    #[error("{provider} sent a response Easel could not read ({detail})")]
+    Garbage { provider: String, detail: String },
+    /// The request cannot be sent to this kind of provider as it is.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl UpstreamError {
+    /// Whether another try (the same route again, or the next one) may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            UpstreamError::Timeout(_)
+            | UpstreamError::Connect(_)
+            | UpstreamError::Garbage { .. } => true,
+            UpstreamError::Unsupported(_) => false,
+        }
+    }
+
+    pub(super) fn garbage(provider: &str, detail: impl std::fmt::Display) -> Self {
+        let mut detail = detail.to_string();
+        detail.truncate(200);
+        UpstreamError::Garbage {
+            provider: provider.to_string(),
+            detail,
+        }
+    }
+}
+
+/// Skips a provider for a while after it failed several times in a row.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+}
+
+impl Breaker {
+    /// Whether calls may go through at `now_ms`.
+    pub fn closed(&self, now_ms: u64) -> bool {
+        now_ms >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a failure; `threshold` in a row open the breaker for `cooldown_ms`.
+    pub fn failed(&self, now_ms: u64, threshold: u32, cooldown_ms: u64) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold.max(1) {
+            self.open_until_ms
+                .store(now_ms + cooldown_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a success, closing the breaker.
+    pub fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Failures in a row, and until when the breaker is open (ms, 0 when closed).
+    pub fn state(&self) -> (u32, u64) {
+        (
+            self.failures.load(Ordering::Relaxed),
+            self.open_until_ms.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What a chat call gives back.
+pub enum ChatOutput {
+    /// A whole completion in OpenAI's shape, with its usage when reported.
+    Full { body: Value, usage: Option<Usage> },
+    /// Events in OpenAI's chunk shape.
+    Stream(BoxStream<'static, Result<StreamEvent, UpstreamError>>),
+}
+
+/// One streamed event.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A chunk in OpenAI's shape.
+    Chunk(Value),
+    /// Token counts (usually at the end).
+    Usage(Usage),
+}
+
+/// A provider connection ready to call.
+pub struct Connection {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    key: Option<Secret<String>>,
+    pub privacy: bool,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub owner: Owner,
+    pub(super) client: reqwest::Client,
+    pub breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoint a provider kind uses when none is configured.
+pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("https://api.openai.com/v1"),
+        ProviderKind::OpenaiCompatible => None,
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+        ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+        ProviderKind::Bfl => Some("https://api.bfl.ai"),
+    }
+}
+
+/// Builds the pooled client of one connection.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    // Idempotent: the first caller installs ring for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+impl Connection {
+    /// A connection; `key` is `None` for endpoints that need none (a local Ollama).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        kind: ProviderKind,
+        base_url: String,
+        key: Option<Secret<String>>,
+        privacy: bool,
+        timeout: Duration,
+        retries: u32,
+        owner: Owner,
+        client: reqwest::Client,
+        breaker: Arc<Breaker>,
+    ) -> Self {
+        Connection {
+            name,
+            kind,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            key,
+            privacy,
+            timeout,
+            retries,
+            owner,
+            client,
+            breaker,
+        }
+    }
+
+    /// Whether this is a person's own key.
+    pub fn byok(&self) -> bool {
+        matches!(self.owner, Owner::Account(_))
+    }
+
+    /// The key, for the adapters' headers.
+    pub(super) fn key(&self) -> &str {
+        self.key.as_ref().map_or("", |k| k.expose().as_str())
+    }
+
+    /// Whether a key is set.
+    pub fn has_key(&self) -> bool {
+        self.key.as_ref().is_some_and(|k| !k.expose().is_empty())
+    }
+
+    /// The last four characters of the key, to recognise it.
+    pub fn key_hint(&self) -> Option<String> {
+        let k = self.key.as_ref()?.expose();
+        let n = k.chars().count();
+        (n > 0).then(|| k.chars().skip(n.saturating_sub(4)).collect())
+    }
+
+    /// Whether calls can be made: a key where the kind needs one.
+    pub fn usable(&self) -> bool {
+        self.has_key() || self.kind == ProviderKind::OpenaiCompatible
+    }
+
+    /// Sends a request and classifies transport failures.
+    pub(super) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        whole: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let req = if whole {
+            req.timeout(self.timeout)
+        } else {
+            req
+        };
+        let sent = tokio::time::timeout(self.timeout, req.send()).await;
+        let res = match sent {
+            Err(_) => return Err(UpstreamError::Timeout(self.name.clone())),
+            Ok(Err(e)) => return Err(self.transport(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let text = tokio::time::timeout(Duration::from_secs(5), res.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(UpstreamError::Status {
+            provider: self.name.clone(),
+            status: status.as_u16(),
+            message: error_message(&text),
+            retry_after,
+        })
+    }
+
+    /// Reads a whole JSON body.
+    pub(super) async fn json(&self, res: reqwest::Response) -> Result<Value, UpstreamError> {
+        let bytes = res.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::garbage(&self.name, e))
+    }
+
+    /// Downloads a file the provider points at (a generated image).
+    pub(super) async fn download(&self, url: &str) -> Result<(Vec<u8>, String), UpstreamError> {
+        let res = self.send(self.client.get(url), true).await?;
+        let media = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("image/png")
+            .to_string();
+        let bytes = res.bytes().await.map_err(|e| self.transport(&e))?;
+        Ok((bytes.to_vec(), media))
+    }
+
+    pub(super) fn transport(&self, e: &reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout(self.name.clone())
+        } else if e.is_decode() || e.is_body() {
+            UpstreamError::garbage(&self.name, "the connection broke mid-answer")
+        } else {
+            UpstreamError::Connect(self.name.clone())
+        }
+    }
+
+    /// A chat completion, whole or streamed.
+    pub async fn chat(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+        max_tokens: u32,
+    ) -> Result<ChatOutput, UpstreamError> {
+        match self.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                openai::chat(self, model, req).await
+            }
+            ProviderKind::Anthropic => anthropic::chat(self, model, req, max_tokens).await,
+            ProviderKind::Gemini => gemini::chat(self, model, req, max_tokens).await,
+            ProviderKind::Bfl => Err(UpstreamError::Unsupported(format!(
+                "{} (bfl) makes images only; pick a chat model",
+                self.name
+            ))),
+        }
+    }
+
+    /// Generates images.
+    pub async fn images(
+        &self,
+        model: &str,
+        req: &ImageRequest,
+    ) -> Result<Vec<Image>, UpstreamError> {
+        match self.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                openai::images(self, model, req).await
+            }
+            ProviderKind::Gemini => gemini::images(self, model, req).await,
+            ProviderKind::Bfl => bfl::images(self, model, req).await,
+            ProviderKind::Anthropic => Err(UpstreamError::Unsupported(format!(
+                "{} (anthropic) does not make images; pick an image model",
+                self.name
+            ))),
+        }
+    }
+
+    /// Checks that the endpoint answers and accepts the key, with a cheap listing call.
+    pub async fn test(&self) -> Result<(), UpstreamError> {
+        let req = match self.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                openai::auth(self, self.client.get(format!("{}/models", self.base_url)))
+            }
+            ProviderKind::Anthropic => anthropic::auth(
+                self,
+                self.client.get(format!("{}/v1/models", self.base_url)),
+            ),
+            ProviderKind::Gemini => gemini::auth(
+                self,
+                self.client.get(format!("{}/v1beta/models", self.base_url)),
+            ),
+            ProviderKind::Bfl => bfl::auth(
+                self,
+                self.client.get(format!("{}/v1/credits", self.base_url)),
+            ),
+        };
+        self.send(req, true).await.map(drop)
+    }
+}
+
+/// The human part of a provider's error body, cut short; never the whole body.
+fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let msg = parsed
+        .as_ref()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.pointer("/message"))
+                .or_else(|| v.pointer("/detail"))
+                .or_else(|| v.get("error"))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or("no readable error message");
+    let mut msg: String = msg.chars().filter(|c| !c.is_control()).take(300).collect();
+    if msg.is_empty() {
+        msg.push_str("no readable error message");
+    }
+    msg
+}
+
+/// Splits a server-sent event stream into the `data` of each event.
+pub(super) fn sse_data(
+    conn_name: String,
+    res: reqwest::Response,
+) -> BoxStream<'static, Result<String, UpstreamError>> {
+    use futures_util::StreamExt;
+    struct State {
+        body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        buf: Vec<u8>,
+        ready: std::collections::VecDeque<String>,
+        name: String,
+        done: bool,
+    }
+    let state = State {
+        body: res.bytes_stream().boxed(),
+        buf: Vec::new(),
+        ready: Default::default(),
+        name: conn_name,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(d) = s.ready.pop_front() {
+                return Some((Ok(d), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.body.next().await {
+                Some(Ok(bytes)) => {
+                    s.buf.extend_from_slice(&bytes);
+                    while let Some(event) = take_event(&mut s.buf) {
+                        if let Some(data) = event_data(&event) {
+                            s.ready.push_back(data);
+                        }
+                    }
+                    if s.buf.len() > 4 << 20 {
+                        s.done = true;
+                        let err = UpstreamError::garbage(&s.name, "an event over 4 MiB");
+                        return Some((Err(err), s));
+                    }
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    let err = if e.is_timeout() {
+                        UpstreamError::Timeout(s.name.clone())
+                    } else {
+                        UpstreamError::garbage(&s.name, "the connection broke mid-stream")
+                    };
+                    return Some((Err(err), s));
+                }
+                None => {
+                    s.done = true;
+                    let rest = std::mem::take(&mut s.buf);
+                    if let Some(data) = event_data(&rest) {
+                        s.ready.push_back(data);
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn take_event(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let pos = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let pos_crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    let (at, len) = match (pos, pos_crlf) {
+        (Some(a), Some(b)) => {
+            if a.0 <= b.0 {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => return None,
+    };
+    let event = buf[..at].to_vec();
+    buf.drain(..at + len);
+    Some(event)
+}
+
+fn event_data(event: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(event);
+    let mut data = Vec::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    (!data.is_empty()).then(|| data.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_of_either_ending() {
+        let mut buf = b"event: x\ndata: {\"a\":1}\n\ndata: two\r\n\r\ndata: par".to_vec();
+        let first = take_event(&mut buf).unwrap();
+        assert_eq!(event_data(&first).as_deref(), Some("{\"a\":1}"));
+        let second = take_event(&mut buf).unwrap();
+        assert_eq!(event_data(&second).as_deref(), Some("two"));
+        assert!(take_event(&mut buf).is_none());
+        assert_eq!(buf, b"data: par");
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        b.failed(1000, 2, 500);
+        assert!(b.closed(1000));
+        b.failed(1000, 2, 500);
+        assert!(!b.closed(1200));
+        assert!(b.closed(1500));
+        b.succeeded();
+        assert!(b.closed(1000));
+    }
+
+    #[test]
+    fn provider_error_messages_are_cut_and_never_the_raw_body() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"Rate limit reached"}}"#),
+            "Rate limit reached"
+        );
+        assert_eq!(
+            error_message("<html>oops</html>"),
+            "no readable error message"
+        );
+        assert_eq!(
+            error_message(&format!(r#"{{"message":"{}"}}"#, "x".repeat(999))).len(),
+            300
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Usage records (data class `usage`): one per metered request, with its time,
+//! account, key, endpoint, model, provider, token and image counts, credits, status
+//! and latency. Never the prompt, never the output.
+//!
+//! A record is written in the same transaction as the ledger entry that pays for it
+//! (see [`crate::ledger::Hold::settle`]), through the group-commit writer.
+
+mod routes;
+
+pub use routes::routes;
+
+use crate::crypto;
+use crate::store::{Reader, Store, StoreError, Table, TimeIndex, WriteTx};
+use serde::{Deserialize, Serialize};
+
+/// Keyed by `account / time (big-endian) / 4 random bytes`.
+const USAGE: Table<Vec<u8>, UsageRecord> = Table::new("usage");
+/// Records by time, for the `usage` retention window.
+const USAGE_BY_TIME: TimeIndex = TimeIndex::new("usage_by_time");
+
+/// One metered request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UsageRecord {
+    pub id: String,
+    pub account: String,
+    /// The API key's public id; `None` for a browser session.
+    pub key: Option<String>,
+    pub endpoint: String,
+    pub model: String,
+    /// The provider connection that answered (or was last tried).
+    pub provider: String,
+    /// Whether the person's own provider key was used.
+    pub byok: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub images: u32,
+    /// Micro-credits charged.
+    pub credits: i64,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub latency_ms: u64,
+    pub at_ms: u64,
+}
+
+/// A new record's storage key and id, for the account and time it is about.
+pub struct RecordKey {
+    key: Vec<u8>,
+    pub id: String,
+}
+
+impl RecordKey {
+    /// A fresh key for a record of `account` at `at_ms`.
+    pub fn new(account: &str, at_ms: u64) -> Result<Self, crypto::CryptoError> {
+        let rand: [u8; 4] = crypto::random_bytes()?;
+        let mut key = prefix(account);
+        key.extend_from_slice(&at_ms.to_be_bytes());
+        key.extend_from_slice(&rand);
+        let id = crypto::hex(&key[account.len() + 1..]);
+        Ok(RecordKey { key, id })
+    }
+}
+
+fn prefix(account: &str) -> Vec<u8> {
+    let mut p = account.as_bytes().to_vec();
+    p.push(b'/');
+    p
+}
+
+/// Writes a record inside the caller's transaction.
+pub fn record(tx: &WriteTx<'_>, key: &RecordKey, rec: &UsageRecord) -> Result<(), StoreError> {
+    tx.insert(&USAGE, &key.key, rec)?;
+    USAGE_BY_TIME.insert(tx, rec.at_ms, &key.key)
+}
+
+/// Which records to read.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// From this time on (inclusive), ms.
+    pub from_ms: Option<u64>,
+    /// Before this time (exclusive), ms.
+    pub to_ms: Option<u64>,
+    pub model: Option<String>,
+    pub key: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, r: &UsageRecord) -> bool {
+        self.model.as_ref().is_none_or(|m| &r.model == m)
+            && self.key.as_ref().is_none_or(|k| r.key.as_ref() == Some(k))
+    }
+}
+
+/// Reading usage records; cheap to clone.
+#[derive(Clone)]
+pub struct Usage {
+    store: Store,
+}
+
+impl Usage {
+    /// Usage records over one store.
+    pub fn new(store: Store) -> Self {
+        Usage { store }
+    }
+
+    /// Up to `limit` records of an account matching `filter`, newest first, before the
+    /// record id `before`.
+    pub async fn list(
+        &self,
+        account: &str,
+        filter: Filter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let prefix = prefix(account);
+        let mut end = match before.and_then(crypto::unhex) {
+            Some(raw) => [prefix.as_slice(), &raw].concat(),
+            None => {
+                let to = filter.to_ms.unwrap_or(u64::MAX);
+                [prefix.as_slice(), &to.to_be_bytes()].concat()
+            }
+        };
+        self.store
+            .read(move |r| {
+                let mut out = Vec::new();
+                // Read in pages so a narrow filter over a long history stays bounded in memory.
+                loop {
+                    let rows = r.scan_prefix_rev(&USAGE, &prefix, Some(&end), 512)?;
+                    let Some((last, _)) = rows.last() else {
+                        break;
+                    };
+                    end = last.clone();
+                    let last_page = rows.len() < 512;
+                    for (_, rec) in rows {
+                        if filter.from_ms.is_some_and(|f| rec.at_ms < f) {
+                            return Ok(out);
+                        }
+                        if filter.keeps(&rec) {
+                            out.push(rec);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    if last_page {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Every record ever written for an account, oldest first (tests and export).
+    pub async fn all(&self, account: &str) -> Result<Vec<UsageRecord>, StoreError> {
+        let prefix = prefix(account);
+        let rows = self
+            .store
+            .read(move |r| r.scan_prefix(&USAGE, &prefix, usize::MAX))
+            .await?;
+        Ok(rows.into_iter().map(|(_, v)| v).collect())
+    }
+}

@@ -96,6 +96,7 @@ fn part1() {
 }
 
 async fn load(url: String, key: Option<String>, seconds: u64) -> Vec<u64> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..THREADS)

@@ -3,6 +3,7 @@
 mod common;
 
 use common::TestServer;
+use common::api::{Answer, Browser, anonymous_post, call, code};
 use easel::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -14,116 +15,6 @@ const PASSWORD: &str = "correct horse battery";
 
 fn open_signup() -> String {
     format!("{FAST}\n[signup]\nmode = \"open\"\n")
-}
-
-/// A browser: the session cookie and the CSRF token the page would hold.
-#[derive(Clone, Default)]
-struct Browser {
-    cookie: Option<String>,
-    csrf: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    set_cookie: Option<String>,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-async fn call(
-    s: &TestServer,
-    method: Method,
-    path: &str,
-    cookie: Option<&str>,
-    csrf: Option<&str>,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Answer {
-    let mut req = reqwest::Client::new().request(method, s.url(path));
-    if let Some(c) = cookie {
-        req = req.header("cookie", format!("easel_session={c}"));
-    }
-    if let Some(t) = csrf {
-        req = req.header("x-csrf-token", t);
-    }
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status();
-    let header = |n: &str| {
-        res.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let set_cookie = header("set-cookie");
-    let retry_after = header("retry-after");
-    let text = res.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        set_cookie,
-        retry_after,
-        body,
-    }
-}
-
-fn cookie_value(set_cookie: &str) -> String {
-    set_cookie
-        .split(';')
-        .next()
-        .and_then(|kv| kv.strip_prefix("easel_session="))
-        .expect("an easel_session cookie")
-        .to_string()
-}
-
-impl Browser {
-    async fn send(&self, s: &TestServer, m: Method, path: &str, body: Option<Value>) -> Answer {
-        call(
-            s,
-            m,
-            path,
-            self.cookie.as_deref(),
-            self.csrf.as_deref(),
-            None,
-            body,
-        )
-        .await
-    }
-
-    /// Takes the session from a sign-in style answer.
-    fn adopt(&mut self, a: &Answer) {
-        if let Some(c) = &a.set_cookie {
-            self.cookie = Some(cookie_value(c));
-        }
-        if let Some(t) = a.body["csrf_token"].as_str() {
-            self.csrf = Some(t.to_string());
-        }
-    }
-
-    async fn login(s: &TestServer, email: &str, password: &str) -> Browser {
-        let a = anonymous_post(
-            s,
-            "/api/auth/login",
-            json!({"email": email, "password": password}),
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-        let mut b = Browser::default();
-        b.adopt(&a);
-        b
-    }
-}
-
-/// A POST from a browser that is not signed in.
-async fn anonymous_post(s: &TestServer, path: &str, body: Value) -> Answer {
-    Browser::default()
-        .send(s, Method::POST, path, Some(body))
-        .await
 }
 
 async fn make_account(s: &TestServer, email: &str, role: Role) -> String {
@@ -141,10 +32,6 @@ async fn new_key(b: &Browser, s: &TestServer, body: Value) -> (String, String) {
 
 async fn with_key(s: &TestServer, m: Method, path: &str, key: &str) -> Answer {
     call(s, m, path, None, None, Some(key), None).await
-}
-
-fn code(a: &Answer) -> &str {
-    a.body["error"]["code"].as_str().unwrap_or("")
 }
 
 #[actix_web::test]

@@ -26,7 +26,7 @@ fn s(p: &Path) -> &str {
 }
 
 async fn get(url: &str, bearer: &str) -> (u16, Value) {
-    let res = reqwest::Client::new()
+    let res = common::http()
         .get(url)
         .bearer_auth(bearer)
         .send()
@@ -39,7 +39,7 @@ async fn get(url: &str, bearer: &str) -> (u16, Value) {
 }
 
 async fn login(url: &str, email: &str, password: &str) -> (u16, Value) {
-    let res = reqwest::Client::new()
+    let res = common::http()
         .post(url)
         .json(&json!({"email": email, "password": password}))
         .send()
@@ -196,7 +196,7 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     assert_eq!(body["account"]["must_change_password"], true);
 
     let (status, keys) = {
-        let res = reqwest::Client::new()
+        let res = common::http()
             .get(server.url("/api/admin/users"))
             .bearer_auth(&stopped_key)
             .send()
@@ -207,7 +207,7 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
     assert_eq!(status, 403, "a default key lacks admin_read: {keys}");
 
     // A key made in the browser: its secret is in the creating answer and nowhere after.
-    let client = reqwest::Client::new();
+    let client = common::http();
     let res = client
         .post(server.url("/api/auth/login"))
         .json(&json!({"email": "root@example.com", "password": admin_pw}))

@@ -45,7 +45,7 @@ impl Driver {
         let d = Driver {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            http: common::http(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -322,7 +322,7 @@ async fn the_shell_loads_every_section_without_console_errors_or_csp_violations(
 }
 
 async fn status_with_key(server: &TestServer, key: &str) -> u16 {
-    reqwest::Client::new()
+    common::http()
         .get(server.url("/api/account"))
         .bearer_auth(key)
         .send()

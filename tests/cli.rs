@@ -178,7 +178,11 @@ async fn with_the_server_running_commands_go_through_the_admin_socket() {
     assert!(!socket.exists(), "the socket is removed on shutdown");
     // The rotated key opens the database on the next start.
     let again = Process::serve(&cfg, &[]);
-    let ready = reqwest::get(again.url("/readyz")).await.expect("readyz");
+    let ready = common::http()
+        .get(again.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
     assert!(again.stop().success());
 

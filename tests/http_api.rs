@@ -6,7 +6,7 @@ use common::TestServer;
 use reqwest::StatusCode;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    common::http()
 }
 
 async fn get_json(url: String) -> serde_json::Value {

@@ -62,7 +62,7 @@ fn post_report(url: &str, size: usize) -> u16 {
         .build()
         .expect("rt");
     rt.block_on(async {
-        reqwest::Client::new()
+        common::http()
             .post(url)
             .body(body)
             .send()
@@ -205,7 +205,7 @@ fn secrets_never_appear_in_logs_or_output() {
         .build()
         .expect("rt");
     rt.block_on(async {
-        let c = reqwest::Client::new();
+        let c = common::http();
         for path in ["/healthz", "/v1/chat/completions", "/api/status"] {
             let _ = c
                 .get(server.url(path))
@@ -265,7 +265,13 @@ fn json_logs_are_one_json_object_per_line() {
         .enable_all()
         .build()
         .expect("rt");
-    rt.block_on(async { reqwest::get(server.url("/api/status")).await.expect("get") });
+    rt.block_on(async {
+        common::http()
+            .get(server.url("/api/status"))
+            .send()
+            .await
+            .expect("get")
+    });
     assert!(server.wait_for_log("/api/status", Duration::from_secs(5)));
     let log = server.log_text();
     assert!(server.stop().success());

@@ -80,7 +80,7 @@ pub struct KeyLimit {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(
-        "not enough credits: this request may cost up to {needed} credits and {available} are available; ask an admin for a grant, or lower max_tokens"
+        "not enough credits: this request may cost up to {needed} credits and {available} are available; ask an admin for a grant (for chat, a lower max_tokens reserves less)"
     )]
     Insufficient { needed: f64, available: f64 },
     #[error(

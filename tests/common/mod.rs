@@ -2,11 +2,21 @@
 //! temporary data dir, and the real binary as a child process.
 #![allow(dead_code)]
 
+pub mod api;
+pub mod mock;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// An HTTP client for tests. Easel builds reqwest with rustls and ring, which must
+/// be installed as the process's crypto provider before the first client.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
 
 /// The compiled `easel` binary.
 pub fn bin() -> &'static str {
@@ -64,7 +74,9 @@ impl TestServer {
 
     /// The value of one series on the /metrics page, if it is there.
     pub async fn metric(&self, series: &str) -> Option<u64> {
-        let text = reqwest::get(self.url("/metrics"))
+        let text = http()
+            .get(self.url("/metrics"))
+            .send()
             .await
             .expect("metrics")
             .text()

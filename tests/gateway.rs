@@ -1,0 +1,1194 @@
+//! The OpenAI-compatible gateway over real HTTP: an in-process Easel in front of a
+//! mock provider (a real HTTP server on 127.0.0.1) that speaks each wire format.
+
+mod common;
+
+use common::TestServer;
+use common::api::{Browser, code};
+use common::mock::{COMPLETION_TOKENS, Fault, Mock, PNG_B64, PROMPT_TOKENS};
+use easel::auth::Role;
+use easel::ledger::{EntryKind, MICRO, Posting};
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
+const PASSWORD: &str = "correct horse battery";
+const ORG_KEY: &str = "sk-org-openai-secret-7421";
+
+/// Prices chosen so one chat answer (100 in, 20 out) costs 0.14 credits and one image
+/// 40 credits.
+fn catalog(mock: &Mock, keys: &std::path::Path) -> String {
+    let key = |name: &str, value: &str| {
+        let p = keys.join(format!("{name}.key"));
+        std::fs::write(&p, value).expect("key file");
+        p.display().to_string()
+    };
+    format!(
+        r#"{FAST}
+[credits]
+per_usd = 1000.0
+
+[gateway]
+retry_backoff_ms = 5
+breaker_failures = 3
+breaker_cooldown = "60s"
+
+[providers.openai]
+kind = "openai"
+base_url = "{openai}/v1"
+api_key_file = "{k_openai}"
+timeout = "2s"
+
+[providers.backup]
+kind = "openai-compatible"
+base_url = "{backup}/v1"
+api_key_file = "{k_backup}"
+retries = 0
+
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{anthropic}"
+api_key_file = "{k_anthropic}"
+
+[providers.gemini]
+kind = "gemini"
+base_url = "{gemini}"
+api_key_file = "{k_gemini}"
+
+[providers.bfl]
+kind = "bfl"
+base_url = "{bfl}"
+api_key_file = "{k_bfl}"
+
+[providers.nokey]
+kind = "openai"
+base_url = "{openai}/v1"
+api_key_env = "EASEL_TEST_UNSET_KEY_VARIABLE"
+
+[[models]]
+id = "gpt-test"
+capabilities = ["chat", "vision"]
+routes = [{{ provider = "openai", model = "gpt-upstream" }}, {{ provider = "backup", model = "backup-model" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "solo"
+capabilities = ["chat"]
+routes = [{{ provider = "openai", model = "solo-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "claude-test"
+capabilities = ["chat", "vision"]
+routes = [{{ provider = "anthropic", model = "claude-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "gemini-test"
+capabilities = ["chat", "vision", "image"]
+routes = [{{ provider = "gemini", model = "gemini-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0, per_image = 0.04 }}
+
+[[models]]
+id = "flux-test"
+capabilities = ["image"]
+routes = [{{ provider = "bfl", model = "flux-dev" }}]
+price = {{ per_image = 0.05 }}
+
+[[models]]
+id = "dalle-test"
+capabilities = ["image"]
+routes = [{{ provider = "openai", model = "dall-e-up" }}]
+price = {{ per_image = 0.04 }}
+
+[[models]]
+id = "hidden"
+capabilities = ["chat"]
+routes = [{{ provider = "nokey", model = "x" }}]
+"#,
+        openai = mock.url("openai"),
+        backup = mock.url("backup"),
+        anthropic = mock.url("anthropic"),
+        gemini = mock.url("gemini"),
+        bfl = mock.url("bfl"),
+        k_openai = key("openai", ORG_KEY),
+        k_backup = key("backup", "sk-backup-key-0001"),
+        k_anthropic = key("anthropic", "sk-ant-test-0002"),
+        k_gemini = key("gemini", "gm-test-0003"),
+        k_bfl = key("bfl", "bfl-test-0004"),
+    )
+}
+
+/// A server in front of a mock, one member with an API key and some credits.
+struct Setup {
+    s: TestServer,
+    mock: Mock,
+    _keys: tempfile::TempDir,
+    account: String,
+    key: String,
+}
+
+async fn setup(credits: f64) -> Setup {
+    let mock = Mock::start().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(&catalog(&mock, keys.path())).await;
+    let account = s
+        .make_account("ada@example.com", Role::Member, PASSWORD)
+        .await;
+    let services = s.running.as_ref().expect("running").services();
+    let (_, key) = services
+        .keys
+        .create(
+            &account,
+            Role::Member,
+            easel::keys::NewKey {
+                name: "sdk".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("key");
+    if credits > 0.0 {
+        grant(&s, &account, credits).await;
+    }
+    Setup {
+        s,
+        mock,
+        _keys: keys,
+        account,
+        key: key.expose().clone(),
+    }
+}
+
+async fn grant(s: &TestServer, account: &str, credits: f64) {
+    let ledger = &s.running.as_ref().expect("running").services().ledger;
+    ledger
+        .post(
+            account,
+            EntryKind::Grant,
+            (credits * MICRO as f64) as i64,
+            Posting::default(),
+        )
+        .await
+        .expect("grant");
+}
+
+impl Setup {
+    fn ledger(&self) -> &easel::ledger::Ledger {
+        &self.s.running.as_ref().expect("running").services().ledger
+    }
+
+    fn usage(&self) -> &easel::usage::Usage {
+        &self.s.running.as_ref().expect("running").services().usage
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let res = common::http()
+            .post(self.s.url(path))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status();
+        let text = res.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn chat(&self, model: &str, text: &str) -> (StatusCode, Value) {
+        self.post(
+            "/v1/chat/completions",
+            json!({"model": model, "messages": [{"role": "user", "content": text}]}),
+        )
+        .await
+    }
+
+    /// Waits until `n` usage records exist (they commit just after the response).
+    async fn records(&self, n: usize) -> Vec<easel::usage::UsageRecord> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = self.usage().all(&self.account).await.expect("usage");
+            if all.len() >= n || Instant::now() > deadline {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Credits held by requests in flight, once they are all done.
+    async fn settled(&self) -> (i64, i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (balance, held) = self.ledger().balance(&self.account);
+            if held == 0 || Instant::now() > deadline {
+                return (balance, held);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The ledger's entries sum to the stored balance, which is never negative.
+    async fn assert_balanced(&self) {
+        let running = self.s.running.as_ref().expect("running");
+        running
+            .services()
+            .gateway
+            .drain(Duration::from_secs(10))
+            .await;
+        let entries = self
+            .ledger()
+            .all_entries(&self.account)
+            .await
+            .expect("entries");
+        let sum: i64 = entries.iter().map(|e| e.amount).sum();
+        let stored = self
+            .ledger()
+            .stored_balance(&self.account)
+            .await
+            .expect("balance");
+        assert_eq!(sum, stored, "entries sum to the balance");
+        assert!(stored >= 0, "no balance below zero");
+        assert_eq!(self.ledger().balance(&self.account), (stored, 0));
+    }
+}
+
+/// One chat answer: 100 input tokens at $1/M and 20 output at $2/M, 1000 credits a dollar.
+const CHAT_COST: i64 = (PROMPT_TOKENS as i64 + COMPLETION_TOKENS as i64 * 2) * 1000;
+
+#[actix_web::test]
+async fn chat_completions_are_proxied_metered_and_recorded() {
+    let t = setup(10.0).await;
+    let (status, body) = t.chat("gpt-test", "hello there").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["model"], "gpt-test",
+        "the caller's model name comes back"
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "echo: hello there"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], PROMPT_TOKENS);
+
+    let seen = t.mock.seen();
+    let call = seen.last().expect("the provider was called");
+    assert_eq!(call.path, "/openai/v1/chat/completions");
+    assert_eq!(call.body["model"], "gpt-upstream");
+    assert_eq!(call.body["store"], false, "OpenAI's privacy option is sent");
+    assert_eq!(call.headers["authorization"], format!("Bearer {ORG_KEY}"));
+
+    let records = t.records(1).await;
+    let r = &records[0];
+    assert_eq!(
+        (r.endpoint.as_str(), r.model.as_str(), r.provider.as_str()),
+        ("chat.completions", "gpt-test", "openai")
+    );
+    assert_eq!(
+        (r.input_tokens, r.output_tokens, r.status),
+        (PROMPT_TOKENS, COMPLETION_TOKENS, 200)
+    );
+    assert_eq!(r.credits, CHAT_COST);
+    assert!(r.key.is_some());
+    t.assert_balanced().await;
+    assert_eq!(t.ledger().balance(&t.account).0, 10 * MICRO - CHAT_COST);
+
+    // Streaming: chunks are relayed, usage comes at the end when asked for.
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(
+            &json!({"model": "gpt-test", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "stream please"}]}),
+        )
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = res.text().await.expect("events");
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("json event"))
+        .collect();
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello");
+    assert!(events.iter().all(|e| e["model"] == "gpt-test"));
+    let last = events.last().expect("a usage chunk");
+    assert_eq!(last["usage"]["completion_tokens"], COMPLETION_TOKENS);
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    let records = t.records(2).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].credits, CHAT_COST, "streamed usage is charged");
+    t.assert_balanced().await;
+
+    // A stream without include_usage gets no usage chunk, but is still charged.
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("stream");
+    let text = res.text().await.expect("events");
+    assert!(!text.contains("\"usage\""), "{text}");
+    let records = t.records(3).await;
+    assert_eq!(records[2].credits, CHAT_COST);
+    assert_eq!(
+        t.mock.seen().last().unwrap().body["stream_options"]["include_usage"],
+        true,
+        "Easel always asks the provider for usage"
+    );
+
+    // Models: what the caller can use; a model whose only provider has no key is hidden.
+    let res = common::http()
+        .get(t.s.url("/v1/models"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .expect("models");
+    let list: Value = res.json().await.expect("json");
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-test") && ids.contains(&"flux-test"),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&"hidden"), "{ids:?}");
+    let (status, body) = t.chat("hidden", "x").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_route")
+    );
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+fn code_of(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[actix_web::test]
+async fn failing_routes_fall_back_and_a_failing_provider_is_skipped() {
+    let t = setup(10.0).await;
+    // openai fails twice (first try and its retry); the backup route answers.
+    t.mock
+        .fail("openai", [Fault::Status(500), Fault::Status(503)]);
+    let (status, body) = t.chat("gpt-test", "one").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((t.mock.calls("openai"), t.mock.calls("backup")), (2, 1));
+    assert_eq!(t.records(1).await[0].provider, "backup");
+
+    // A 429 and a dropped connection are retried the same way.
+    t.mock.fail("openai", [Fault::Status(429), Fault::Drop]);
+    let (status, _) = t.chat("gpt-test", "two").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((t.mock.calls("openai"), t.mock.calls("backup")), (4, 2));
+
+    // Four failures in a row so far is past breaker_failures = 3: openai is skipped.
+    let (status, _) = t.chat("gpt-test", "three").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (t.mock.calls("openai"), t.mock.calls("backup")),
+        (4, 3),
+        "openai skipped"
+    );
+
+    // A 400 from the provider is not retried: another try cannot mend it.
+    t.mock.fail("backup", [Fault::Status(400)]);
+    let (status, body) = t.chat("gpt-test", "four").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "upstream_rejected")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock failure 400")
+    );
+    assert_eq!(t.mock.calls("backup"), 4);
+    let (balance, held) = t.settled().await;
+    assert_eq!(held, 0);
+    assert_eq!(
+        balance,
+        10 * MICRO - 3 * CHAT_COST,
+        "failed requests cost nothing"
+    );
+    let records = t.records(4).await;
+    assert_eq!(records.last().unwrap().status, 400);
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn upstream_faults_answer_safe_errors_and_release_every_credit() {
+    let t = setup(10.0).await;
+    let before = t.ledger().balance(&t.account).0;
+    // Garbage on both tries: 502 with a message that holds no part of the body.
+    t.mock.fail("openai", [Fault::Garbage, Fault::Garbage]);
+    let (status, body) = t.chat("solo", "x").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_GATEWAY, "upstream_error")
+    );
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("could not read") && !msg.contains("<html>"),
+        "{msg}"
+    );
+    assert_eq!(body["error"]["type"], "api_error");
+
+    // Rate limited on every try: 429 with Retry-After.
+    t.mock
+        .fail("openai", [Fault::Status(429), Fault::Status(429)]);
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "solo", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_some());
+
+    let (balance, held) = t.settled().await;
+    assert_eq!(
+        (balance, held),
+        (before, 0),
+        "nothing held, nothing charged"
+    );
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+
+    // Slower than the provider's 2 s timeout on both tries: 504.
+    let t = setup(10.0).await;
+    t.mock.fail(
+        "openai",
+        [
+            Fault::Slow(Duration::from_secs(3)),
+            Fault::Slow(Duration::from_secs(3)),
+        ],
+    );
+    let (status, body) = t.chat("solo", "x").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        "{body}"
+    );
+    let (balance, held) = t.settled().await;
+    assert_eq!(
+        (balance, held),
+        (10 * MICRO, 0),
+        "nothing held, nothing charged"
+    );
+    let records = t.records(1).await;
+    assert_eq!((records[0].status, records[0].credits), (504, 0));
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn bad_requests_get_clear_openai_shaped_errors_and_store_nothing() {
+    let t = setup(0.0).await;
+    let send = |body: &'static str, ct: &'static str| {
+        let url = t.s.url("/v1/chat/completions");
+        let key = t.key.clone();
+        async move {
+            let res = common::http()
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = send("{not json", "application/json").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+    let (status, body) = send(
+        r#"{"model": "gpt-test", "messages": [{"role": "user", "content": 42}]}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("messages[0]"), "the field is named: {msg}");
+    let (status, body) = send(r#"{"messages": []}"#, "application/json").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("model"),
+        "{body}"
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = send(r#"{"model": "gpt-test", "messages": []}"#, "text/plain").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (status, body) = t.chat("no-such-model", "x").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::NOT_FOUND, "model_not_found")
+    );
+    assert_eq!(body["error"]["type"], "not_found_error");
+
+    // No credits: 402 before any provider is called.
+    let (status, body) = t.chat("gpt-test", "x").await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("credits")
+    );
+    assert_eq!(t.mock.seen().len(), 0, "no provider call without credits");
+
+    // A capability the model lacks.
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            json!({"model": "gpt-test", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "model_not_capable")
+    );
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            json!({"model": "flux-test", "prompt": "a cat", "n": 50}),
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+
+    // Oversized body: 413.
+    let big = format!(
+        r#"{{"model": "gpt-test", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "a".repeat(26 * 1024 * 1024)
+    );
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // No key: 401 in OpenAI's shape.
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+
+    assert!(
+        t.usage().all(&t.account).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    assert!(t.ledger().all_entries(&t.account).await.unwrap().is_empty());
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn concurrent_requests_never_spend_more_than_the_balance() {
+    // Five images' worth of credits; fifty requests at once.
+    let t = setup(5.0 * 40.0).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let url = t.s.url("/v1/images/generations");
+        let key = t.key.clone();
+        tasks.push(tokio::spawn(async move {
+            common::http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "dalle-test", "prompt": format!("cat {i}")}))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::PAYMENT_REQUIRED => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (5, 45));
+    let (balance, held) = t.settled().await;
+    assert_eq!((balance, held), (0, 0));
+    t.assert_balanced().await;
+    assert_eq!(t.records(5).await.len(), 5);
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn anthropic_gemini_and_bfl_are_spoken_in_their_own_formats() {
+    let t = setup(200.0).await;
+    let image = format!("data:image/png;base64,{PNG_B64}");
+    let vision = json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": image}}]}]);
+
+    // Anthropic: system apart, image as a base64 source, the API key header.
+    let (status, body) = t
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "claude-test", "messages": vision}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "echo: what is this"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], COMPLETION_TOKENS);
+    let call = t.mock.seen().last().unwrap().clone();
+    assert_eq!(call.path, "/anthropic/v1/messages");
+    assert_eq!(call.headers["x-api-key"], "sk-ant-test-0002");
+    assert_eq!(call.body["system"], "be brief");
+    assert_eq!(call.body["model"], "claude-upstream");
+    assert!(call.body["max_tokens"].as_u64().unwrap() > 0);
+    let content = &call.body["messages"][0]["content"];
+    assert_eq!(content[0]["source"]["type"], "base64");
+    assert_eq!(content[0]["source"]["data"], PNG_B64);
+
+    // Anthropic streaming becomes OpenAI chunks.
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "claude-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("\"content\":\"Hel\"") && text.contains("\"finish_reason\":\"stop\""),
+        "{text}"
+    );
+
+    // Gemini: contents with inline data, generateContent; streamed too.
+    let (status, body) = t
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gemini-test", "messages": vision}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "echo: what is this"
+    );
+    let call = t.mock.seen().last().unwrap().clone();
+    assert_eq!(
+        call.path,
+        "/gemini/v1beta/models/gemini-upstream:generateContent"
+    );
+    assert_eq!(call.headers["x-goog-api-key"], "gm-test-0003");
+    assert_eq!(
+        call.body["contents"][0]["parts"][0]["inlineData"]["data"],
+        PNG_B64
+    );
+    assert_eq!(
+        call.body["systemInstruction"]["parts"][0]["text"],
+        "be brief"
+    );
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "gemini-test", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("\"content\":\"lo\"") && text.contains("\"prompt_tokens\":100"),
+        "{text}"
+    );
+    // Gemini cannot fetch links: a clear 400, not a provider error.
+    let (status, body) = t
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gemini-test", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "unsupported")
+    );
+
+    // Images: Flux submits then polls; Gemini answers inline; OpenAI b64 or url.
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            json!({"model": "flux-test", "prompt": "a cat", "size": "512x512"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["b64_json"], PNG_B64);
+    let submit = t
+        .mock
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/bfl/v1/flux-dev")
+        .expect("a submitted task");
+    assert_eq!(
+        (
+            submit.body["width"].as_u64(),
+            submit.headers["x-key"].as_str()
+        ),
+        (Some(512), "bfl-test-0004")
+    );
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            json!({"model": "gemini-test", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["data"][0]["b64_json"].as_str()),
+        (StatusCode::OK, Some(PNG_B64))
+    );
+    let (status, body) = t
+        .post(
+            "/v1/images/generations",
+            json!({"model": "dalle-test", "prompt": "a cat", "response_format": "url"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["revised_prompt"], "a revised prompt");
+    let url = body["data"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&t.s.base), "{url}");
+    let res = common::http().get(url).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "image/png");
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_B64)
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap().to_vec(), png);
+    let missing = common::http()
+        .get(t.s.url("/v1/images/files/0000.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // Charged by the price list: 3 images at 0.05, 0.04 and 0.04 dollars.
+    let records = t.records(8).await;
+    let images: i64 = records
+        .iter()
+        .filter(|r| r.images > 0)
+        .map(|r| r.credits)
+        .sum();
+    assert_eq!(images, (50 + 40 + 40) * MICRO);
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn a_client_leaving_mid_stream_stops_the_upstream_call_and_pays_nothing() {
+    let t = setup(10.0).await;
+    t.mock.fail("openai", [Fault::Endless]);
+    let res = common::http()
+        .post(t.s.url("/v1/chat/completions"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "solo", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let first = body.next().await.expect("a chunk").expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("t0"));
+    assert!(
+        t.ledger().balance(&t.account).1 > 0,
+        "credits are held while streaming"
+    );
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t
+        .mock
+        .state
+        .closed_streams
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, held) = t.settled().await;
+    assert_eq!(held, 0, "the hold is released");
+    let records = t.records(1).await;
+    assert_eq!(records[0].status, 499);
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn personal_keys_are_sealed_shown_by_hint_and_used_before_the_organisations() {
+    let t = setup(10.0).await;
+    let b = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let personal = "sk-my-own-key-9876";
+    let add = b
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/providers",
+            Some(json!({"name": "openai", "kind": "openai", "base_url": format!("{}/v1", t.mock.url("mine")),
+                "api_key": personal})),
+        )
+        .await;
+    // The mock is on 127.0.0.1: a personal connection may not reach private addresses.
+    assert_eq!(
+        (add.status, code(&add)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
+    assert!(
+        add.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private_hosts")
+    );
+    t.s.stop().await;
+
+    // An admin allows the host.
+    let keys = tempfile::tempdir().unwrap();
+    let extra = catalog(&t.mock, keys.path()).replace(
+        "[gateway]\n",
+        "[gateway]\nprivate_hosts = [\"127.0.0.1\"]\n",
+    );
+    let s = TestServer::start(&extra).await;
+    let account = s
+        .make_account("ada@example.com", Role::Member, PASSWORD)
+        .await;
+    grant(&s, &account, 10.0).await;
+    let b = Browser::login(&s, "ada@example.com", PASSWORD).await;
+    let body = json!({"name": "openai", "kind": "openai", "base_url": format!("{}/v1", t.mock.url("mine")),
+        "api_key": personal});
+    let add = b
+        .send(&s, Method::POST, "/api/providers", Some(body.clone()))
+        .await;
+    assert_eq!(add.status, StatusCode::CREATED, "{}", add.body);
+    assert_eq!(add.body["key_hint"], "9876");
+    assert_eq!(add.body["source"], "personal");
+    let again = b.send(&s, Method::POST, "/api/providers", Some(body)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let list = b.send(&s, Method::GET, "/api/providers", None).await;
+    let text = list.body.to_string();
+    assert!(
+        !text.contains(personal) && !text.contains(ORG_KEY),
+        "keys never come back"
+    );
+    assert_eq!(
+        list.body["organisation"][0]["key_hint"],
+        Value::Null,
+        "members see no org key hint"
+    );
+    let test = b
+        .send(&s, Method::POST, "/api/providers/openai/test", None)
+        .await;
+    assert_eq!(test.body["ok"], true, "{}", test.body);
+
+    // The catalog's `openai` route now uses the person's key, at the platform fee (0).
+    let res = common::http()
+        .post(s.url("/v1/chat/completions"))
+        .header(
+            "cookie",
+            format!("easel_session={}", b.cookie.as_deref().unwrap()),
+        )
+        .header("x-csrf-token", b.csrf.as_deref().unwrap())
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "mine"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let call = t.mock.seen().last().unwrap().clone();
+    assert_eq!(call.path, "/mine/v1/chat/completions");
+    assert_eq!(call.headers["authorization"], format!("Bearer {personal}"));
+    let usage = &s.running.as_ref().unwrap().services().usage;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let r = usage.all(&account).await.unwrap();
+        if !r.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        records[0].byok && records[0].credits == 0,
+        "{:?}",
+        records[0]
+    );
+
+    // Sealed at rest: the plaintext key is nowhere in the database file.
+    s.running
+        .as_ref()
+        .unwrap()
+        .services()
+        .gateway
+        .drain(Duration::from_secs(5))
+        .await;
+    let db = std::fs::read(s.dir.path().join("data/easel.redb")).unwrap();
+    assert!(!db.windows(personal.len()).any(|w| w == personal.as_bytes()));
+
+    let gone = b
+        .send(&s, Method::DELETE, "/api/providers/openai", None)
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    let again = b
+        .send(&s, Method::DELETE, "/api/providers/openai", None)
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    // Members cannot touch the organisation's connections.
+    let org = b
+        .send(
+            &s,
+            Method::POST,
+            "/api/admin/providers",
+            Some(json!({"name": "x", "kind": "openai", "api_key": "k"})),
+        )
+        .await;
+    assert_eq!(org.status, StatusCode::FORBIDDEN);
+    s.stop().await;
+    t.mock.stop().await;
+}
+
+#[actix_web::test]
+async fn key_budgets_and_admin_grants_control_spending() {
+    let t = setup(0.0).await;
+    let services = t.s.running.as_ref().unwrap().services();
+    // A key that may spend 40 credits: one image, then 402.
+    let (_, capped) = services
+        .keys
+        .create(
+            &t.account,
+            Role::Member,
+            easel::keys::NewKey {
+                name: "capped".into(),
+                credit_budget: Some(40),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let admin_id =
+        t.s.make_account("root@example.com", Role::Admin, PASSWORD)
+            .await;
+    let admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let grant = admin
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/admin/credits",
+            Some(json!({"account": t.account, "amount": 100, "note": "welcome"})),
+        )
+        .await;
+    assert_eq!(grant.status, StatusCode::OK, "{}", grant.body);
+    assert_eq!(
+        (
+            grant.body["kind"].as_str(),
+            grant.body["balance_after"].as_f64()
+        ),
+        (Some("grant"), Some(100.0))
+    );
+    let image = |key: String| {
+        let url = t.s.url("/v1/images/generations");
+        async move {
+            let res = common::http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "dalle-test", "prompt": "cat"}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(image(capped.expose().clone()).await.0, StatusCode::OK);
+    let (status, body) = image(capped.expose().clone()).await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::PAYMENT_REQUIRED, "key_budget_exhausted")
+    );
+    assert_eq!(
+        image(t.key.clone()).await.0,
+        StatusCode::OK,
+        "other keys still spend"
+    );
+
+    // Only an adjustment may go negative, and never below what is available.
+    let take = admin
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/admin/credits",
+            Some(json!({"account": t.account, "amount": -500, "kind": "adjustment"})),
+        )
+        .await;
+    assert_eq!(take.status, StatusCode::PAYMENT_REQUIRED);
+    let bad = admin
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/admin/credits",
+            Some(json!({"account": t.account, "amount": -5})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let take = admin
+        .send(&t.s, Method::POST, "/api/admin/credits",
+            Some(json!({"account": t.account, "amount": -5, "kind": "adjustment", "note": "correction"})))
+        .await;
+    assert_eq!(take.status, StatusCode::OK, "{}", take.body);
+    let unknown = admin
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/admin/credits",
+            Some(json!({"account": "nobody", "amount": 1})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // The member sees their ledger; they cannot grant.
+    let member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let mine = member.send(&t.s, Method::GET, "/api/credits", None).await;
+    assert_eq!(
+        mine.body["balance"]["balance"].as_f64(),
+        Some(100.0 - 80.0 - 5.0)
+    );
+    let kinds: Vec<&str> = mine.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["adjustment", "usage", "usage", "grant"]);
+    let denied = member
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/admin/credits",
+            Some(json!({"account": t.account, "amount": 5})),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let audit = admin
+        .send(&t.s, Method::GET, "/api/admin/audit", None)
+        .await;
+    let posted = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "credits_posted")
+        .count();
+    assert_eq!(posted, 2);
+    assert!(audit.body.to_string().contains(&admin_id));
+
+    // Usage: filter by model, CSV export, daily totals.
+    t.records(2).await;
+    let usage = member
+        .send(&t.s, Method::GET, "/api/usage?model=dalle-test", None)
+        .await;
+    assert_eq!(usage.body["records"].as_array().unwrap().len(), 2);
+    let none = member
+        .send(&t.s, Method::GET, "/api/usage?model=gpt-test", None)
+        .await;
+    assert_eq!(none.body["records"].as_array().unwrap().len(), 0);
+    let csv = common::http()
+        .get(t.s.url("/api/usage?format=csv"))
+        .header(
+            "cookie",
+            format!("easel_session={}", member.cookie.as_deref().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .contains(",dalle-test,openai,false,0,0,1,40,200,"),
+        "{csv}"
+    );
+    let daily = member
+        .send(&t.s, Method::GET, "/api/usage/daily", None)
+        .await;
+    assert_eq!(daily.body[0]["model"], "dalle-test");
+    assert_eq!(
+        (
+            daily.body[0]["requests"].as_u64(),
+            daily.body[0]["credits"].as_f64()
+        ),
+        (Some(2), Some(80.0))
+    );
+    let other = member
+        .send(
+            &t.s,
+            Method::GET,
+            &format!("/api/usage?account={admin_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
+}

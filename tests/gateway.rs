@@ -1192,3 +1192,168 @@ async fn key_budgets_and_admin_grants_control_spending() {
     t.s.stop().await;
     t.mock.stop().await;
 }
+
+/// The crash guarantee (docs/architecture.md, "Credits"): a usage record and its ledger
+/// entry commit together or not at all, grants are durable once acknowledged, and the
+/// entries of an account always sum to its balance, even after `kill -9` in the middle
+/// of a burst. Keys never reach the log.
+#[actix_web::test]
+async fn a_crash_mid_burst_leaves_the_ledger_balanced_and_keys_out_of_the_log() {
+    use common::{Process, run, run_with_stdin, write_config};
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &catalog(&mock, dir.path()));
+    let cfg = config.to_str().unwrap();
+    let p = Process::serve(&config, &[]);
+    let (rc, out, err) = run_with_stdin(
+        &[
+            "--config",
+            cfg,
+            "user",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--password-stdin",
+        ],
+        PASSWORD,
+    );
+    assert_eq!(rc, 0, "{out}{err}");
+    let account = out
+        .split("(id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the new account's id")
+        .to_string();
+    let (rc, key, err) = run(
+        &[
+            "--config",
+            cfg,
+            "key",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--name",
+            "k",
+        ],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let key = key.trim().to_string();
+    let (rc, out, err) = run(
+        &[
+            "--config",
+            cfg,
+            "credits",
+            "grant",
+            "--email",
+            "ada@example.com",
+            "--amount",
+            "2000",
+            "--note",
+            "start",
+        ],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("granted 2000 credits") && out.contains("admin socket"),
+        "{out}"
+    );
+    let (rc, _, err) = run(
+        &[
+            "--config",
+            cfg,
+            "credits",
+            "grant",
+            "--email",
+            "nobody@example.com",
+            "--amount",
+            "5",
+        ],
+        &[],
+    );
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("no account") || err.contains("not found") || err.contains("cannot grant"),
+        "{err}"
+    );
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = p.url(if i % 4 == 0 {
+            "/v1/images/generations"
+        } else {
+            "/v1/chat/completions"
+        });
+        let body = if i % 4 == 0 {
+            json!({"model": "dalle-test", "prompt": "x"})
+        } else {
+            json!({"model": "gpt-test", "messages": [{"role": "user", "content": format!("n{i}")}]})
+        };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            common::http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok_and(|s| s == StatusCode::OK) {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 40);
+    // Power cut: no drain, no flush.
+    let mut p = p;
+    p.signal(libc::SIGKILL);
+    let _ = p.child.wait();
+    let log = p.log_text();
+    for secret in [ORG_KEY, "sk-backup-key-0001", key.as_str(), PASSWORD] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+
+    let loaded = easel::config::load_from(Some(&config), Vec::<(String, String)>::new()).unwrap();
+    let store = easel::app::open_store(&loaded.config).await.unwrap();
+    let ledger = easel::ledger::Ledger::new(store.clone());
+    let usage = easel::usage::Usage::new(store.clone());
+    let entries = ledger.all_entries(&account).await.unwrap();
+    let records = usage.all(&account).await.unwrap();
+    let stored = ledger.stored_balance(&account).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.amount).sum::<i64>(),
+        stored,
+        "the ledger balances"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Grant && e.amount == 2000 * MICRO),
+        "the acknowledged grant survived"
+    );
+    // Every charge has its record and every paid record its charge: never half-written.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Usage) {
+        let r = records
+            .iter()
+            .find(|r| Some(&r.id) == e.usage.as_ref())
+            .expect("record of a charge");
+        assert_eq!(r.credits, -e.amount);
+    }
+    for r in records.iter().filter(|r| r.credits > 0) {
+        assert!(
+            entries.iter().any(|e| e.usage.as_ref() == Some(&r.id)),
+            "charge of a record"
+        );
+    }
+    assert_eq!(
+        stored,
+        2000 * MICRO - records.iter().map(|r| r.credits).sum::<i64>()
+    );
+    assert!(records.len() <= 40);
+    store.close().await;
+    mock.stop().await;
+}

@@ -303,6 +303,7 @@ function copyButton(input) {
 async function renderKeys(main) {
   main.append(el("h1", {}, "API keys"));
   main.append(el("p", { class: "muted" }, "Keys for the OpenAI-compatible API and the alt text API. Send one as ", el("code", {}, "Authorization: Bearer easel_sk_…"), ". Only a fingerprint is stored: a key is shown once, when it is made."));
+  await balanceCard(main);
   const reveal = el("section", { class: "card secret", id: "new-key", hidden: true });
   const scopeBoxes = SCOPES.filter((s) => s !== "admin_read" || me.account.role === "admin")
     .map((s) => checkbox(s, { name: `scope-${s}`, id: `scope-${s}`, value: s, "data-group": "scopes", checked: s !== "admin_read" }));
@@ -435,9 +436,13 @@ async function renderAdmin(main) {
     }
   }
 
+  const creditsSlot = el("div", { id: "credits-slot" });
+  main.append(creditsSlot);
   const audit = el("tbody", {});
   main.append(el("section", { class: "card", id: "audit" }, el("h2", {}, "Audit log"), el("table", {}, el("thead", {}, el("tr", {}, ...["When", "Action", "By", "On", "Detail"].map((h) => el("th", {}, h)))), audit)));
   await Promise.all([fillUsers(), fillInvites()]);
+  const people = await getJSON("/api/admin/users");
+  if (people.ok) await renderAdminCredits(creditsSlot, people.body);
   const log = await getJSON("/api/admin/audit?limit=100");
   if (log.ok) for (const e of log.body.entries) {
     audit.append(el("tr", {}, el("td", {}, when(e.at)), el("td", {}, el("code", {}, e.action)), el("td", {}, e.actor || "system"), el("td", {}, e.target || ""), el("td", {}, e.detail)));
@@ -483,6 +488,8 @@ async function route() {
     else if (section === "account") await renderAccount(main);
     else if (section === "keys") await renderKeys(main);
     else if (section === "admin") await renderAdmin(main);
+    else if (section === "providers") await renderProviders(main);
+    else if (section === "usage") await renderUsage(main);
     else renderSection(main, section);
   } finally {
     main.setAttribute("data-ready", section);

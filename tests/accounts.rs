@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// Cheap hashing keeps these tests quick; one test checks the production settings.
-const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
+use common::FAST;
 const PASSWORD: &str = "correct horse battery";
 
 fn open_signup() -> String {

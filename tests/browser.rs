@@ -453,3 +453,128 @@ async fn a_csp_violation_is_caught_by_the_harness() {
     s.end().await;
     server.stop().await;
 }
+
+#[actix_web::test]
+async fn a_person_adds_their_own_provider_key_and_sees_usage_after_a_request() {
+    use common::mock::{Mock, catalog};
+    let mock = Mock::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let extra = catalog(&mock, keys.path()).replace(
+        "[gateway]\n",
+        "[gateway]\nprivate_hosts = [\"127.0.0.1\"]\n",
+    );
+    let server = TestServer::start(&extra).await;
+    let services = server.running.as_ref().unwrap().services();
+    let account = server
+        .make_account("ada@example.com", easel::auth::Role::Member, PASSWORD)
+        .await;
+    services
+        .ledger
+        .post(
+            &account,
+            easel::ledger::EntryKind::Grant,
+            10 * easel::ledger::MICRO,
+            easel::ledger::Posting::default(),
+        )
+        .await
+        .unwrap();
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.wait_for(
+        "return document.getElementById('balance').textContent",
+        json!("10 credits"),
+    )
+    .await;
+
+    // Add a personal key: sealed, shown only by its last four characters.
+    let personal = "sk-browser-key-5555";
+    s.goto(&server.url("/#/providers")).await;
+    s.wait_ready("providers").await;
+    s.type_into("#personal-form [name=name]", "openai").await;
+    s.type_into(
+        "#personal-form [name=base_url]",
+        &format!("{}/v1", mock.url("mine")),
+    )
+    .await;
+    s.type_into("#personal-form [name=api_key]", personal).await;
+    s.click("#personal-form button[type=submit]").await;
+    let row = "document.querySelector('#personal-body tr[data-provider=\"openai\"]')";
+    s.wait_for(
+        &format!("return !!{row} && {row}.textContent.includes('…5555')"),
+        json!(true),
+    )
+    .await;
+    s.click("#personal-body button[data-test=\"openai\"]").await;
+    s.wait_for(
+        "return document.querySelector('[data-test-result=\"openai\"]').textContent.startsWith('✓')",
+        json!(true),
+    )
+    .await;
+    let on_page = s
+        .js(&format!(
+            "return document.documentElement.outerHTML.includes('{personal}')"
+        ))
+        .await;
+    assert_eq!(on_page, json!(false), "the key is not on the page");
+    s.screenshot("providers").await;
+
+    // A request through the catalog's `openai` route uses the person's key...
+    let (_, key) = services
+        .keys
+        .create(
+            &account,
+            easel::auth::Role::Member,
+            easel::keys::NewKey {
+                name: "sdk".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let res = common::http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(key.expose())
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        mock.calls("mine"),
+        2,
+        "the test call and the chat went to the person's endpoint"
+    );
+    services.gateway.drain(Duration::from_secs(5)).await;
+
+    // ...and shows up under Usage, with the daily chart.
+    s.goto(&server.url("/#/usage")).await;
+    s.wait_ready("usage").await;
+    s.wait_for(
+        "return document.querySelectorAll('#usage-body tr[data-usage]').length",
+        json!(1),
+    )
+    .await;
+    let text = s
+        .js("return document.querySelector('#usage-body tr[data-usage]').textContent")
+        .await;
+    let text = text.as_str().unwrap_or("");
+    assert!(
+        text.contains("gpt-test") && text.contains("(your key)"),
+        "{text}"
+    );
+    assert_eq!(
+        s.js("return document.querySelectorAll('#daily rect').length")
+            .await,
+        json!(1)
+    );
+    s.screenshot("usage").await;
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    assert_eq!(metric(&server, "easel_csp_violations_total").await, 0);
+    s.end().await;
+    server.stop().await;
+    mock.stop().await;
+}

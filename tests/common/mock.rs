@@ -18,6 +18,9 @@ use std::time::Duration;
 /// A 1x1 PNG.
 pub const PNG_B64: &str =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+/// The organisation's OpenAI key in [`catalog`].
+pub const ORG_KEY: &str = "sk-org-openai-secret-7421";
+
 /// Token counts every chat answer reports.
 pub const PROMPT_TOKENS: u64 = 100;
 pub const COMPLETION_TOKENS: u64 = 20;
@@ -393,4 +396,109 @@ async fn handle(
             "polling_url": format!("{}/{name}/v1/get_result?id=task1", base.get_ref())}));
     }
     HttpResponse::NotFound().json(json!({"error": {"message": "no such mock route"}}))
+}
+
+/// Prices chosen so one chat answer (100 in, 20 out) costs 0.14 credits and one image
+/// 40 credits.
+pub fn catalog(mock: &Mock, keys: &std::path::Path) -> String {
+    let key = |name: &str, value: &str| {
+        let p = keys.join(format!("{name}.key"));
+        std::fs::write(&p, value).expect("key file");
+        p.display().to_string()
+    };
+    format!(
+        r#"{fast}
+[credits]
+per_usd = 1000.0
+
+[gateway]
+retry_backoff_ms = 5
+breaker_failures = 3
+breaker_cooldown = "60s"
+
+[providers.openai]
+kind = "openai"
+base_url = "{openai}/v1"
+api_key_file = "{k_openai}"
+timeout = "2s"
+
+[providers.backup]
+kind = "openai-compatible"
+base_url = "{backup}/v1"
+api_key_file = "{k_backup}"
+retries = 0
+
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{anthropic}"
+api_key_file = "{k_anthropic}"
+
+[providers.gemini]
+kind = "gemini"
+base_url = "{gemini}"
+api_key_file = "{k_gemini}"
+
+[providers.bfl]
+kind = "bfl"
+base_url = "{bfl}"
+api_key_file = "{k_bfl}"
+
+[providers.nokey]
+kind = "openai"
+base_url = "{openai}/v1"
+api_key_env = "EASEL_TEST_UNSET_KEY_VARIABLE"
+
+[[models]]
+id = "gpt-test"
+capabilities = ["chat", "vision"]
+routes = [{{ provider = "openai", model = "gpt-upstream" }}, {{ provider = "backup", model = "backup-model" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "solo"
+capabilities = ["chat"]
+routes = [{{ provider = "openai", model = "solo-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "claude-test"
+capabilities = ["chat", "vision"]
+routes = [{{ provider = "anthropic", model = "claude-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+
+[[models]]
+id = "gemini-test"
+capabilities = ["chat", "vision", "image"]
+routes = [{{ provider = "gemini", model = "gemini-upstream" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0, per_image = 0.04 }}
+
+[[models]]
+id = "flux-test"
+capabilities = ["image"]
+routes = [{{ provider = "bfl", model = "flux-dev" }}]
+price = {{ per_image = 0.05 }}
+
+[[models]]
+id = "dalle-test"
+capabilities = ["image"]
+routes = [{{ provider = "openai", model = "dall-e-up" }}]
+price = {{ per_image = 0.04 }}
+
+[[models]]
+id = "hidden"
+capabilities = ["chat"]
+routes = [{{ provider = "nokey", model = "x" }}]
+"#,
+        fast = super::FAST,
+        openai = mock.url("openai"),
+        backup = mock.url("backup"),
+        anthropic = mock.url("anthropic"),
+        gemini = mock.url("gemini"),
+        bfl = mock.url("bfl"),
+        k_openai = key("openai", ORG_KEY),
+        k_backup = key("backup", "sk-backup-key-0001"),
+        k_anthropic = key("anthropic", "sk-ant-test-0002"),
+        k_gemini = key("gemini", "gm-test-0003"),
+        k_bfl = key("bfl", "bfl-test-0004"),
+    )
 }

@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Cheap password hashing, so tests that sign in stay quick.
+pub const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
+
 /// An HTTP client for tests. Easel builds reqwest with rustls and ring, which must
 /// be installed as the process's crypto provider before the first client.
 pub fn http() -> reqwest::Client {

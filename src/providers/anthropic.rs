@@ -22,13 +22,9 @@ fn finish_reason(stop: Option<&str>) -> &'static str {
 
 /// Translates OpenAI messages into a Messages API body.
 fn body(model: &str, req: &ChatRequest, max_tokens: u32) -> Value {
-    let mut system = Vec::new();
+    let (system, conversation) = req.split_system();
     let mut messages = Vec::new();
-    for m in &req.messages {
-        if m.role == "system" || m.role == "developer" {
-            system.push(m.text());
-            continue;
-        }
+    for m in conversation {
         let role = if m.role == "assistant" {
             "assistant"
         } else {
@@ -53,8 +49,8 @@ fn body(model: &str, req: &ChatRequest, max_tokens: u32) -> Value {
         "max_tokens": max_tokens,
         "messages": messages,
     });
-    if !system.is_empty() {
-        body["system"] = system.join("\n\n").into();
+    if let Some(s) = system {
+        body["system"] = s.into();
     }
     if let Some(t) = req.temperature {
         body["temperature"] = t.into();

@@ -10,14 +10,10 @@ pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::
     req.header("x-goog-api-key", conn.key())
 }
 
-fn contents(req: &ChatRequest) -> Result<(Vec<Value>, Vec<String>), UpstreamError> {
-    let mut system = Vec::new();
+fn contents(req: &ChatRequest) -> Result<(Vec<Value>, Option<String>), UpstreamError> {
+    let (system, conversation) = req.split_system();
     let mut contents = Vec::new();
-    for m in &req.messages {
-        if m.role == "system" || m.role == "developer" {
-            system.push(m.text());
-            continue;
-        }
+    for m in conversation {
         let role = if m.role == "assistant" {
             "model"
         } else {
@@ -94,8 +90,8 @@ pub(super) async fn chat(
         config["stopSequences"] = s.to_vec().into();
     }
     let mut body = json!({"contents": contents, "generationConfig": config});
-    if !system.is_empty() {
-        body["systemInstruction"] = json!({"parts": [{"text": system.join("\n\n")}]});
+    if let Some(s) = system {
+        body["systemInstruction"] = json!({"parts": [{"text": s}]});
     }
     let url = if req.stream {
         format!(

@@ -258,10 +258,15 @@ impl Connection {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
+        let mut message = error_message(&text);
+        // A provider may quote the key it was sent; it must not travel further.
+        if self.has_key() && message.contains(self.key()) {
+            message = message.replace(self.key(), "[key]");
+        }
         Err(UpstreamError::Status {
             provider: self.name.clone(),
             status: status.as_u16(),
-            message: error_message(&text),
+            message,
             retry_after,
         })
     }

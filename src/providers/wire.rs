@@ -126,6 +126,17 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// The system (and developer) messages joined, and the conversation without them:
+    /// the shape of providers that keep instructions apart.
+    pub fn split_system(&self) -> (Option<String>, Vec<&Message>) {
+        let (system, rest): (Vec<&Message>, Vec<&Message>) = self
+            .messages
+            .iter()
+            .partition(|m| m.role == "system" || m.role == "developer");
+        let text: Vec<String> = system.iter().map(|m| m.text()).collect();
+        ((!text.is_empty()).then(|| text.join("\n\n")), rest)
+    }
+
     /// How many images the messages carry.
     pub fn image_count(&self) -> usize {
         self.messages.iter().map(|m| m.images().count()).sum()

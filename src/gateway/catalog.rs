@@ -91,18 +91,19 @@ pub async fn resolve(
     account: &str,
     model: &str,
 ) -> Result<Resolved, ApiError> {
+    let reach = providers.reachable(account).await?;
     if let Some(m) = config.models.iter().find(|m| m.id == model) {
-        let mut routes = Vec::new();
-        for r in &m.routes {
-            if let Some(conn) = providers.for_route(account, &r.provider).await?
-                && conn.usable()
-            {
-                routes.push(Route {
-                    conn,
+        let routes: Vec<Route> = m
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let conn = reach.route(&r.provider).filter(|c| c.usable())?;
+                Some(Route {
+                    conn: conn.clone(),
                     upstream: r.model.clone(),
-                });
-            }
-        }
+                })
+            })
+            .collect();
         if routes.is_empty() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -126,7 +127,7 @@ pub async fn resolve(
     }
     if let Some((name, upstream)) = model.split_once('/')
         && !upstream.is_empty()
-        && let Some(conn) = providers.personal(account).await?.get(name).cloned()
+        && let Some(conn) = reach.personal.get(name).cloned()
     {
         return Ok(Resolved {
             id: model.to_string(),
@@ -151,14 +152,8 @@ pub async fn available(
     config: &Config,
     account: &str,
 ) -> Result<Vec<(String, Vec<Capability>)>, ApiError> {
-    let personal = providers.personal(account).await?;
-    let org = providers.organisation();
-    let usable = |name: &str| {
-        personal
-            .get(name)
-            .or_else(|| org.get(name))
-            .is_some_and(|c| c.usable())
-    };
+    let reach = providers.reachable(account).await?;
+    let usable = |name: &str| reach.route(name).is_some_and(|c| c.usable());
     Ok(config
         .models
         .iter()

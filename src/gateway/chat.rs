@@ -49,8 +49,7 @@ fn validate(req: &ChatRequest) -> Result<(), ApiError> {
 
 /// Upper bounds for the reservation: every byte of text could be a token, and each
 /// image costs the configured number of tokens.
-fn estimate(req: &ChatRequest, model: &Resolved, image_tokens: u32) -> (Usage, u32) {
-    let text: usize = req.messages.iter().map(|m| m.text().len()).sum();
+fn estimate(req: &ChatRequest, text: usize, model: &Resolved, image_tokens: u32) -> (Usage, u32) {
     let images = req.image_count() as u64;
     let max_out = req.output_cap().unwrap_or(model.max_output_tokens);
     let n = u64::from(req.n.unwrap_or(1).max(1));
@@ -96,7 +95,8 @@ pub async fn complete(
     if req.image_count() > 0 {
         model.require(Capability::Vision)?;
     }
-    let (most, max_out) = estimate(&req, &model, config.gateway.image_input_tokens);
+    let input_chars: usize = req.messages.iter().map(|m| m.text_len()).sum();
+    let (most, max_out) = estimate(&req, input_chars, &model, config.gateway.image_input_tokens);
     let mut meter = Meter::start(
         gw,
         caller,
@@ -104,7 +104,6 @@ pub async fn complete(
         &model.id,
         model.max_cost(most, 0),
     )?;
-    let input_chars: usize = req.messages.iter().map(|m| m.text().len()).sum();
     let call = |route: &'_ super::Route| {
         let conn = route.conn.clone();
         let upstream = route.upstream.clone();

@@ -58,14 +58,20 @@ pub struct Balance {
     pub available: f64,
 }
 
+impl Balance {
+    fn new(account: String, balance: i64, held: i64) -> Self {
+        Balance {
+            account,
+            balance: to_credits(balance),
+            held: to_credits(held),
+            available: to_credits(balance - held),
+        }
+    }
+}
+
 fn balance_of(ledger: &Ledger, account: &str) -> Balance {
     let (balance, held) = ledger.balance(account);
-    Balance {
-        account: account.to_string(),
-        balance: to_credits(balance),
-        held: to_credits(held),
-        available: to_credits(balance - held),
-    }
+    Balance::new(account.to_string(), balance, held)
 }
 
 /// A page of ledger entries, newest first.
@@ -118,12 +124,7 @@ async fn all_balances(_admin: AdminRead, ledger: web::Data<Ledger>) -> web::Json
     let list = ledger
         .balances()
         .into_iter()
-        .map(|(account, balance, held)| Balance {
-            account,
-            balance: to_credits(balance),
-            held: to_credits(held),
-            available: to_credits(balance - held),
-        })
+        .map(|(account, balance, held)| Balance::new(account, balance, held))
         .collect();
     web::Json(list)
 }

@@ -359,11 +359,6 @@ impl Ledger {
             .map_or((0, 0), |b| (b.balance, b.reserved))
     }
 
-    /// Micro-credits spent through a key.
-    pub fn key_spent(&self, key: &str) -> i64 {
-        self.books().keys.get(key).map_or(0, |k| k.spent)
-    }
-
     /// Every account with a balance, as (account, balance, held).
     pub fn balances(&self) -> Vec<(String, i64, i64)> {
         let mut all: Vec<_> = self

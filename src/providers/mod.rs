@@ -12,9 +12,7 @@ mod service;
 mod upstream;
 pub mod wire;
 
-pub use openai::sniff;
 pub use routes::routes;
+pub use service::Reachable;
 pub use service::{NewProvider, ProviderError, Providers, StoredProvider, TestResult, describe};
-pub use upstream::{
-    Breaker, ChatOutput, Connection, Owner, StreamEvent, UpstreamError, default_base_url,
-};
+pub use upstream::{ChatOutput, Connection, StreamEvent, UpstreamError};

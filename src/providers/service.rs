@@ -4,7 +4,7 @@
 //! it: lists show only their last four characters.
 
 use super::upstream::{self, Breaker, Connection, Owner, UpstreamError};
-use crate::config::{self, Config, Live, ProviderKind};
+use crate::config::{self, Live, ProviderKind};
 use crate::crypto::{CryptoError, Keyring, Secret};
 use crate::http::ApiError;
 use crate::store::{Reader, Store, StoreError, Table, now_ms};
@@ -474,20 +474,6 @@ impl Providers {
         Ok(())
     }
 
-    /// The stored connections of an owner (for lists; keys stay sealed).
-    pub async fn stored(
-        &self,
-        account: Option<&str>,
-    ) -> Result<Vec<StoredProvider>, ProviderError> {
-        let prefix = format!("{}/", account.unwrap_or(ORG));
-        let rows = self
-            .inner
-            .store
-            .read(move |r| r.scan_prefix(&PROVIDER_KEYS, prefix.as_bytes(), usize::MAX))
-            .await?;
-        Ok(rows.into_iter().map(|(_, p)| p).collect())
-    }
-
     /// Tries a connection with a cheap listing call.
     pub async fn test(
         &self,
@@ -523,22 +509,28 @@ impl Providers {
         })
     }
 
-    /// The connections that can serve a route named `provider` for `account`: the
-    /// person's own connection of that name replaces the organisation's.
-    pub async fn for_route(
-        &self,
-        account: &str,
-        provider: &str,
-    ) -> Result<Option<Arc<Connection>>, ProviderError> {
-        if let Some(c) = self.personal(account).await?.get(provider) {
-            return Ok(Some(c.clone()));
-        }
-        Ok(self.organisation().get(provider).cloned())
+    /// The connections `account` can route through, read once per request.
+    pub async fn reachable(&self, account: &str) -> Result<Reachable, ProviderError> {
+        Ok(Reachable {
+            personal: self.personal(account).await?,
+            organisation: self.organisation(),
+        })
     }
+}
 
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.inner.live.get()
+/// The connections one person can use: their own and the organisation's.
+pub struct Reachable {
+    pub personal: Arc<Map>,
+    pub organisation: Arc<Map>,
+}
+
+impl Reachable {
+    /// The connection a route naming `provider` uses: the person's own connection of
+    /// that name replaces the organisation's.
+    pub fn route(&self, provider: &str) -> Option<&Arc<Connection>> {
+        self.personal
+            .get(provider)
+            .or_else(|| self.organisation.get(provider))
     }
 }
 

@@ -107,6 +107,21 @@ impl Message {
         }
     }
 
+    /// Bytes of the message's text, counted without copying it.
+    pub fn text_len(&self) -> usize {
+        match &self.content {
+            None => 0,
+            Some(Content::Text(t)) => t.len(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text } => text.len() + 1,
+                    Part::ImageUrl { .. } => 0,
+                })
+                .sum(),
+        }
+    }
+
     /// The message's image parts.
     pub fn images(&self) -> impl Iterator<Item = &ImageUrl> {
         let parts: &[Part] = match &self.content {

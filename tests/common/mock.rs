@@ -227,6 +227,14 @@ async fn handle(
         .unwrap()
         .get_mut(&name)
         .and_then(VecDeque::pop_front);
+    let auth = req
+        .headers()
+        .get("authorization")
+        .or_else(|| req.headers().get("x-api-key"))
+        .or_else(|| req.headers().get("x-goog-api-key"))
+        .or_else(|| req.headers().get("x-key"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match fault {
         Some(Fault::Status(code)) => {
             let mut res =
@@ -235,7 +243,7 @@ async fn handle(
                 res.insert_header(("retry-after", "1"));
             }
             return res.json(
-                json!({"error": {"message": format!("mock failure {code}"), "type": "mock"}}),
+                json!({"error": {"message": format!("mock failure {code} (you sent {auth})"), "type": "mock"}}),
             );
         }
         Some(Fault::Garbage) => {
@@ -248,14 +256,6 @@ async fn handle(
         Some(Fault::Endless) => return endless(state.into_inner()),
         None => {}
     }
-    let auth = req
-        .headers()
-        .get("authorization")
-        .or_else(|| req.headers().get("x-api-key"))
-        .or_else(|| req.headers().get("x-goog-api-key"))
-        .or_else(|| req.headers().get("x-key"))
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     if auth.contains("bad") {
         return HttpResponse::Unauthorized()
             .json(json!({"error": {"message": "Incorrect API key provided", "type": "auth"}}));

@@ -81,6 +81,28 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Turns off Nagle's algorithm on the listening socket; Linux passes it on to every
+/// accepted connection. Without it, a streamed answer's second small write waits for
+/// the client's delayed ACK (about 40 ms) on every SSE event after the first.
+fn no_delay(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function borrows, with a pointer to a c_int
+    // that outlives the call and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot set TCP_NODELAY; streamed answers may stall");
+    }
+}
+
 /// How to listen.
 pub struct Listen {
     pub listener: TcpListener,
@@ -126,6 +148,7 @@ where
     } else {
         server
     };
+    no_delay(&listen.listener);
     let server = match listen.tls {
         Some(tls) => server.listen_rustls_0_23(listen.listener, tls)?,
         None => server.listen(listen.listener)?,

@@ -125,6 +125,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let opts = StoreOptions {
         cache_bytes: (config.storage.cache_mib as usize) << 20,
         max_batch: config.storage.max_batch,
+        background_delay: std::time::Duration::from_millis(config.storage.background_commit_ms),
     };
     tokio::task::spawn_blocking(move || Store::open(&dir, &opts, &migrations()))
         .await
@@ -228,6 +229,8 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .app_data(providers.clone())
                 .app_data(usage.clone())
                 .app_data(gateway.clone())
+                // The router tries resources in order: the hot API paths go first.
+                .configure(crate::gateway::routes)
                 .configure(crate::system::routes)
                 .configure(crate::accounts::routes)
                 .configure(crate::keys::routes)
@@ -235,7 +238,6 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .configure(crate::ledger::routes)
                 .configure(crate::usage::routes)
                 .configure(crate::providers::routes)
-                .configure(crate::gateway::routes)
                 .configure(crate::web::routes);
         }
     };

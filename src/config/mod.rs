@@ -114,14 +114,18 @@ pub struct StorageConfig {
     pub cache_mib: u64,
     /// Most writes the writer folds into one durable commit (restart to change).
     pub max_batch: usize,
+    /// Milliseconds a commit of background writes only (usage records and their
+    /// charges) may wait for more to share it; 0 commits at once (restart to change).
+    pub background_commit_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./easel-data"),
-            cache_mib: 32,
+            cache_mib: 8,
             max_batch: 1024,
+            background_commit_ms: 10,
         }
     }
 }
@@ -686,6 +690,12 @@ impl Config {
             return Err(invalid(
                 "server.max_body_bytes".into(),
                 "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.storage.background_commit_ms > 1000 {
+            return Err(invalid(
+                "storage.background_commit_ms".into(),
+                "must be at most 1000: a crash loses the charges of requests answered in this window".into(),
             ));
         }
         if self.storage.max_batch == 0 {

@@ -467,17 +467,21 @@ impl Hold {
         }
         async move {
             let owner = account.clone();
-            let result = ledger
-                .store
-                .write(move |tx| {
-                    // A free request leaves its usage record but no entry.
-                    let entry = (charge > 0)
-                        .then(|| post(tx, &owner, kind, -charge, &posting))
-                        .transpose()?;
-                    also(tx, entry.as_ref())?;
-                    Ok::<_, LedgerError>(entry)
-                })
-                .await;
+            let op = move |tx: &WriteTx<'_>| {
+                // A free request leaves its usage record but no entry.
+                let entry = (charge > 0)
+                    .then(|| post(tx, &owner, kind, -charge, &posting))
+                    .transpose()?;
+                also(tx, entry.as_ref())?;
+                Ok::<_, LedgerError>(entry)
+            };
+            // A request's charge is answered before its commit (nobody waits on it);
+            // an admin's adjustment is answered after.
+            let result = if kind == EntryKind::Usage {
+                ledger.store.write_background(op).await
+            } else {
+                ledger.store.write(op).await
+            };
             if result.is_err() {
                 let mut books = ledger.books();
                 books.accounts.entry(account).or_default().balance += charge;

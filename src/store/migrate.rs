@@ -43,7 +43,7 @@ pub(super) fn run(db: &redb::Database, migrations: &[Migration]) -> Result<u32, 
     for m in steps {
         let txn = db.begin_write()?;
         {
-            let w = WriteTx { txn: &txn };
+            let w = WriteTx::new(&txn);
             (m.apply)(&w)?;
             w.set_meta(VERSION_KEY, &m.version)?;
         }

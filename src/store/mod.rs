@@ -172,16 +172,12 @@ impl TimeIndex {
 
     /// Records that `id` was written at `at_ms` (milliseconds since the epoch).
     pub fn insert(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
-        let mut t = tx.txn.open_table(raw(self.name))?;
-        t.insert(Self::key(at_ms, id).as_slice(), &[][..])?;
-        Ok(())
+        tx.raw_insert(self.name, &Self::key(at_ms, id), &[])
     }
 
     /// Forgets an entry.
     pub fn remove(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
-        let mut t = tx.txn.open_table(raw(self.name))?;
-        t.remove(Self::key(at_ms, id).as_slice())?;
-        Ok(())
+        tx.raw_remove(self.name, &Self::key(at_ms, id)).map(|_| ())
     }
 
     /// Up to `limit` entries written before `cutoff_ms`, oldest first.
@@ -382,12 +378,41 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(out)
 }
 
-/// A write transaction, lent to a closure run by the writer.
+type RawTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
+
+/// A write transaction, lent to a closure run by the writer. Each table is opened
+/// once per transaction and kept open for the other writes of the batch.
 pub struct WriteTx<'a> {
     txn: &'a redb::WriteTransaction,
+    open: std::cell::RefCell<Vec<(String, RawTable<'a>)>>,
 }
 
-impl WriteTx<'_> {
+impl<'a> WriteTx<'a> {
+    pub(crate) fn new(txn: &'a redb::WriteTransaction) -> Self {
+        WriteTx {
+            txn,
+            open: std::cell::RefCell::default(),
+        }
+    }
+
+    /// Runs `f` on the table `name`, opening (or creating) it the first time.
+    fn with<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut RawTable<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut open = self.open.borrow_mut();
+        let i = match open.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                let t = self.txn.open_table(raw(name))?;
+                open.push((name.to_string(), t));
+                open.len() - 1
+            }
+        };
+        f(&mut open[i].1)
+    }
+
     /// Inserts or replaces a record.
     pub fn insert<K: Key, V: Serialize>(
         &self,
@@ -396,31 +421,35 @@ impl WriteTx<'_> {
         value: &V,
     ) -> Result<(), StoreError> {
         let bytes = codec::encode(t.name, value)?;
-        let mut table = self.txn.open_table(raw(t.name))?;
-        table.insert(key.encode().as_slice(), bytes.as_slice())?;
-        Ok(())
+        self.raw_insert(t.name, &key.encode(), &bytes)
+    }
+
+    fn raw_insert(&self, table: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.with(table, |t| {
+            t.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    fn raw_remove(&self, table: &str, key: &[u8]) -> Result<bool, StoreError> {
+        self.with(table, |t| Ok(t.remove(key)?.is_some()))
     }
 
     /// Removes a record; says whether it existed.
     pub fn remove<K: Key, V>(&self, t: &Table<K, V>, key: &K) -> Result<bool, StoreError> {
-        let mut table = self.txn.open_table(raw(t.name))?;
-        let existed = table.remove(key.encode().as_slice())?.is_some();
-        Ok(existed)
+        self.raw_remove(t.name, &key.encode())
     }
 
     /// Sets a value in the meta table.
     pub fn set_meta<V: Serialize>(&self, key: &str, value: &V) -> Result<(), StoreError> {
         let bytes = codec::encode(META, value)?;
-        let mut table = self.txn.open_table(raw(META))?;
-        table.insert(key.as_bytes(), bytes.as_slice())?;
-        Ok(())
+        self.raw_insert(META, key.as_bytes(), &bytes)
     }
 }
 
 impl Reader for WriteTx<'_> {
     fn raw_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.txn.open_table(raw(table))?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.with(table, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
     }
     fn raw_range(
         &self,
@@ -429,8 +458,7 @@ impl Reader for WriteTx<'_> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let t = self.txn.open_table(raw(table))?;
-        range_of(&t, start, end, limit)
+        self.with(table, |t| range_of(t, start, end, limit))
     }
     fn raw_range_rev(
         &self,
@@ -438,11 +466,10 @@ impl Reader for WriteTx<'_> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let t = self.txn.open_table(raw(table))?;
-        range_rev_of(&t, end, limit)
+        self.with(table, |t| range_rev_of(t, end, limit))
     }
     fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
-        Ok(self.txn.open_table(raw(table))?.len()?)
+        self.with(table, |t| Ok(t.len()?))
     }
 }
 
@@ -506,13 +533,16 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Most writes folded into one commit; 1 makes every write its own commit.
     pub max_batch: usize,
+    /// How long a batch of background writes alone may wait for more to share its commit.
+    pub background_delay: std::time::Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 32 << 20,
+            cache_bytes: 8 << 20,
             max_batch: 1024,
+            background_delay: std::time::Duration::from_millis(10),
         }
     }
 }
@@ -541,7 +571,7 @@ impl Store {
         let db = open_db(&path, opts.cache_bytes)?;
         migrate::run(&db, migrations)?;
         let db = Arc::new(db);
-        let writer = writer::Writer::start(db.clone(), opts.max_batch)?;
+        let writer = writer::Writer::start(db.clone(), opts.max_batch, opts.background_delay)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -565,7 +595,19 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.inner.writer.submit(op).await
+        self.inner.writer.submit(false, op).await
+    }
+
+    /// Like [`Store::write`], for a write nobody is waiting on (a request's usage
+    /// record and charge): its commit may wait up to the background delay so that
+    /// more writes share it. Returns once that commit is durable.
+    pub async fn write_background<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit(true, op).await
     }
 
     /// Runs `op` on a read snapshot on the blocking thread pool.
@@ -715,6 +757,84 @@ mod tests {
             .expect("reads");
         assert_eq!(count, 45);
         assert_eq!(missing, None);
+    }
+
+    fn open_with_delay(dir: &Path, ms: u64) -> Store {
+        let opts = StoreOptions {
+            background_delay: std::time::Duration::from_millis(ms),
+            ..StoreOptions::default()
+        };
+        Store::open(dir, &opts, &[]).expect("opens")
+    }
+
+    fn background(store: &Store, i: u32) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let s = store.clone();
+        tokio::spawn(async move {
+            s.write_background(move |tx| tx.insert(&ITEMS, &format!("b{i:02}"), &i))
+                .await
+        })
+    }
+
+    #[tokio::test]
+    async fn background_writes_share_one_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_with_delay(dir.path(), 300);
+        let tasks: Vec<_> = (0..20).map(|i| background(&store, i)).collect();
+        for t in tasks {
+            t.await.expect("joins").expect("written");
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = store.writer_stats();
+        assert_eq!(stats.writes.load(Relaxed), 20);
+        assert_eq!(
+            stats.commits.load(Relaxed),
+            1,
+            "20 background writes, one commit"
+        );
+        let count = store.read(|r| r.count(&ITEMS)).await.expect("reads");
+        assert_eq!(count, 20);
+    }
+
+    #[tokio::test]
+    async fn a_waited_for_write_ends_the_background_wait_and_shutdown_commits_held_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A window far longer than the test may take.
+        let store = open_with_delay(dir.path(), 600_000);
+        let held = background(&store, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !held.is_finished(),
+            "a lone background write waits for company"
+        );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.write(|tx| tx.insert(&ITEMS, &"urgent".to_string(), &0)),
+        )
+        .await
+        .expect("a waited-for write is not held for the window")
+        .expect("written");
+        tokio::time::timeout(std::time::Duration::from_secs(30), held)
+            .await
+            .expect("the held write went with it")
+            .expect("joins")
+            .expect("written");
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(store.writer_stats().commits.load(Relaxed), 1);
+
+        // Held again, then a clean close: committed, not dropped.
+        let late = background(&store, 2);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.close())
+            .await
+            .expect("close does not wait out the window");
+        late.await.expect("joins").expect("committed at close");
+        drop(store);
+        let reopened = open(dir.path());
+        let got = reopened
+            .read(|r| r.get(&ITEMS, &"b02".to_string()))
+            .await
+            .expect("reads");
+        assert_eq!(got, Some(2));
     }
 
     #[tokio::test]

@@ -4,13 +4,20 @@
 //! limit), runs it in one write transaction, commits once (fsync), then answers every
 //! caller. A closure that fails is dropped from the batch and the rest is run again
 //! in a fresh transaction, so one caller's error never leaks into another's commit.
+//!
+//! A background write (nobody is waiting on it: a request's usage record and charge)
+//! lets the writer hold a batch open for up to `background_delay` so that more writes
+//! share its commit. Any waited-for write that arrives meanwhile is committed at once,
+//! together with the held ones.
 
 use super::{StoreError, WriteTx};
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 type Reply = Box<dyn Any + Send>;
 type RunFn = Box<dyn FnMut(&WriteTx<'_>) -> (bool, Reply) + Send>;
@@ -18,11 +25,36 @@ type RunFn = Box<dyn FnMut(&WriteTx<'_>) -> (bool, Reply) + Send>;
 struct Op {
     run: RunFn,
     reply: oneshot::Sender<Result<Reply, Arc<StoreError>>>,
+    background: bool,
 }
 
-enum Msg {
-    Op(Op),
-    Shutdown(oneshot::Sender<()>),
+/// What waits for the writer. A background write wakes the writer only when it is
+/// idle; while it holds a batch open, only a waited-for write, a full batch or a
+/// shutdown wakes it early, so a burst of background writes costs one wake-up.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ops: VecDeque<Op>,
+    /// Some queued write has a caller waiting on it.
+    urgent: bool,
+    /// The writer is holding a batch of background writes open.
+    holding: bool,
+    /// A clean shutdown: commit what is queued, answer, stop.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// No more writes are taken (shut down, or the store was dropped).
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent under every panic (pushes and drains only).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Upper bounds of the batch-size histogram buckets.
@@ -58,27 +90,48 @@ impl WriterStats {
 }
 
 pub(super) struct Writer {
-    tx: mpsc::Sender<Msg>,
+    queue: Arc<Queue>,
     stats: Arc<WriterStats>,
+    max_batch: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_batch: usize,
+    background_delay: Duration,
 }
 
 impl Writer {
-    pub(super) fn start(db: Arc<redb::Database>, max_batch: usize) -> Result<Writer, StoreError> {
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+    /// Starts the writer thread. The queue needs no bound: every write has a caller
+    /// awaiting its answer, so the callers bound it.
+    pub(super) fn start(
+        db: Arc<redb::Database>,
+        max_batch: usize,
+        background_delay: Duration,
+    ) -> Result<Writer, StoreError> {
+        let queue = Arc::new(Queue::default());
         let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
+        let (thread_queue, thread_stats) = (queue.clone(), stats.clone());
+        let limits = Limits {
+            max_batch: max_batch.max(1),
+            background_delay,
+        };
         std::thread::Builder::new()
             .name("easel-writer".into())
-            .spawn(move || run(db, rx, max_batch.max(1), &thread_stats))
+            .spawn(move || run(db, &thread_queue, limits, &thread_stats))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { tx, stats })
+        Ok(Writer {
+            queue,
+            stats,
+            max_batch: limits.max_batch,
+        })
     }
 
     pub(super) fn stats(&self) -> &WriterStats {
         &self.stats
     }
 
-    pub(super) async fn submit<T, E, F>(&self, mut op: F) -> Result<T, E>
+    pub(super) async fn submit<T, E, F>(&self, background: bool, mut op: F) -> Result<T, E>
     where
         F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -89,10 +142,22 @@ impl Writer {
             let r = op(w);
             (r.is_ok(), Box::new(r) as Reply)
         });
-        self.tx
-            .send(Msg::Op(Op { run, reply }))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return Err(StoreError::Closed.into());
+            }
+            q.ops.push_back(Op {
+                run,
+                reply,
+                background,
+            });
+            q.urgent |= !background;
+            // A full batch is worth waking a holding writer for.
+            if !background || !q.holding || q.ops.len() >= self.max_batch {
+                self.queue.wake.notify_one();
+            }
+        }
         match answer.await {
             Ok(Ok(boxed)) => match boxed.downcast::<Result<T, E>>() {
                 Ok(r) => *r,
@@ -103,45 +168,69 @@ impl Writer {
         }
     }
 
+    /// Commits everything queued, then stops the writer; later writes get `Closed`.
     pub(super) async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
-            let _ = wait.await;
+        {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return;
+            }
+            q.closed = true;
+            q.shutdown = Some(done);
+            self.queue.wake.notify_one();
         }
+        let _ = wait.await;
     }
 }
 
-fn run(
-    db: Arc<redb::Database>,
-    mut rx: mpsc::Receiver<Msg>,
-    max_batch: usize,
-    stats: &WriterStats,
-) {
-    let mut stop: Option<oneshot::Sender<()>> = None;
-    while stop.is_none() {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        let mut batch = Vec::new();
-        match first {
-            Msg::Op(op) => batch.push(op),
-            Msg::Shutdown(done) => stop = Some(done),
+impl Drop for Writer {
+    /// The store is gone: the writer commits what is queued and stops.
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
+    }
+}
+
+fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterStats) {
+    let done = loop {
+        let mut q = queue.lock();
+        while q.ops.is_empty() && !q.closed {
+            q = queue.wake.wait(q).unwrap_or_else(|e| e.into_inner());
         }
-        while stop.is_none() && batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Op(op)) => batch.push(op),
-                Ok(Msg::Shutdown(done)) => stop = Some(done),
-                Err(_) => break,
+        if !q.urgent && !q.closed && !limits.background_delay.is_zero() {
+            // Only background writes so far: wait a little for company.
+            let until = Instant::now() + limits.background_delay;
+            q.holding = true;
+            while !q.urgent && !q.closed && q.ops.len() < limits.max_batch {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = queue
+                    .wake
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
+            q.holding = false;
         }
+        let n = q.ops.len().min(limits.max_batch);
+        let batch: Vec<Op> = q.ops.drain(..n).collect();
+        q.urgent = q.ops.iter().any(|op| !op.background);
+        let finished = q.closed && q.ops.is_empty();
+        let done = if finished { q.shutdown.take() } else { None };
+        drop(q);
         if !batch.is_empty() {
             commit_batch(&db, batch, stats);
         }
-    }
-    // Anything still queued behind a shutdown is answered with `Closed` when dropped.
-    rx.close();
+        if finished {
+            break done;
+        }
+    };
+    // The database is closed before a shutdown is answered.
     drop(db);
-    if let Some(done) = stop {
+    if let Some(done) = done {
         let _ = done.send(());
     }
 }
@@ -155,7 +244,7 @@ fn commit_batch(db: &redb::Database, mut pending: Vec<Op>, stats: &WriterStats) 
         let mut outputs = Vec::with_capacity(pending.len());
         let mut failed = None;
         {
-            let w = WriteTx { txn: &txn };
+            let w = WriteTx::new(&txn);
             for (i, op) in pending.iter_mut().enumerate() {
                 match catch_unwind(AssertUnwindSafe(|| (op.run)(&w))) {
                     Ok((true, out)) => outputs.push(out),

@@ -103,7 +103,8 @@ pub async fn complete(
         "chat.completions",
         &model.id,
         model.max_cost(most, 0),
-    )?;
+    )
+    .await?;
     let call = |route: &'_ super::Route| {
         let conn = route.conn.clone();
         let upstream = route.upstream.clone();

@@ -58,7 +58,8 @@ pub async fn generate(
         "images.generations",
         &model.id,
         model.max_cost(Usage::default(), n),
-    )?;
+    )
+    .await?;
     let call = |route: &'_ super::Route| {
         let conn = route.conn.clone();
         let upstream = route.upstream.clone();

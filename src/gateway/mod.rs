@@ -43,10 +43,16 @@ pub struct Gateway {
     pending: Arc<Pending>,
 }
 
+/// Charges waiting for their commit beyond which new paid requests wait: when the
+/// disk stalls, requests slow down instead of charges piling up in memory.
+const BACKLOG: usize = 8192;
+
 #[derive(Default)]
 struct Pending {
     count: AtomicUsize,
     idle: Notify,
+    /// Woken when the backlog falls below [`BACKLOG`].
+    room: Notify,
 }
 
 impl Gateway {
@@ -76,10 +82,23 @@ impl Gateway {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "cannot record a request's usage and charge");
             }
-            if pending.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-                pending.idle.notify_waiters();
+            match pending.count.fetch_sub(1, Ordering::AcqRel) {
+                1 => pending.idle.notify_waiters(),
+                BACKLOG => pending.room.notify_waiters(),
+                _ => {}
             }
         });
+    }
+
+    /// Waits while [`BACKLOG`] or more settlements wait for their commit.
+    async fn room(&self) {
+        loop {
+            let room = self.pending.room.notified();
+            if self.pending.count.load(Ordering::Acquire) < BACKLOG {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Waits (up to `limit`) until every settlement under way is committed.
@@ -111,14 +130,16 @@ pub(crate) struct Meter {
 }
 
 impl Meter {
-    /// Reserves `amount` micro-credits for a request by `caller`.
-    pub fn start(
+    /// Reserves `amount` micro-credits for a request by `caller`, once the backlog of
+    /// charges waiting for their commit has room.
+    pub async fn start(
         gateway: &Gateway,
         caller: &Caller,
         endpoint: &'static str,
         model: &str,
         amount: i64,
     ) -> Result<Meter, ApiError> {
+        gateway.room().await;
         let key = caller.key().map(|(id, budget)| KeyLimit {
             id: id.to_string(),
             budget: budget.map(budget_micro),

@@ -55,10 +55,13 @@ pub(super) async fn chat(
         obj.insert("stream_options".into(), json!({"include_usage": true}));
     }
     privacy(conn, obj);
-    let url = format!("{}/chat/completions", conn.base_url);
-    let res = conn
-        .send(auth(conn, conn.client.post(url).json(&body)), !req.stream)
-        .await?;
+    let post = match &conn.chat_url {
+        Some(url) => conn.client.post(url.clone()),
+        None => conn
+            .client
+            .post(format!("{}/chat/completions", conn.base_url)),
+    };
+    let res = conn.send(auth(conn, post.json(&body)), !req.stream).await?;
     if !req.stream {
         let body = conn.json(res).await?;
         if body.get("choices").and_then(Value::as_array).is_none() {

@@ -133,6 +133,8 @@ pub struct Connection {
     pub owner: Owner,
     pub(super) client: reqwest::Client,
     pub breaker: Arc<Breaker>,
+    /// `{base_url}/chat/completions`, parsed once rather than on every request.
+    pub(super) chat_url: Option<reqwest::Url>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -186,10 +188,12 @@ impl Connection {
         client: reqwest::Client,
         breaker: Arc<Breaker>,
     ) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_string();
         Connection {
+            chat_url: format!("{base_url}/chat/completions").parse().ok(),
             name,
             kind,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url,
             key,
             privacy,
             timeout,
@@ -233,12 +237,13 @@ impl Connection {
         req: reqwest::RequestBuilder,
         whole: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let req = if whole {
-            req.timeout(self.timeout)
+        // A whole answer must arrive within the timeout (reqwest's own timer covers the
+        // body too); a stream's headers must.
+        let sent = if whole {
+            Ok(req.timeout(self.timeout).send().await)
         } else {
-            req
+            tokio::time::timeout(self.timeout, req.send()).await
         };
-        let sent = tokio::time::timeout(self.timeout, req.send()).await;
         let res = match sent {
             Err(_) => return Err(UpstreamError::Timeout(self.name.clone())),
             Ok(Err(e)) => return Err(self.transport(&e)),

@@ -1,0 +1,473 @@
+//! What the gateway adds over calling a provider directly. Run: cargo bench --bench gateway
+//! Targets (issue 4, 2 cores shared by load generator, mock and Easel): CPU <= 40 µs per
+//! proxied request, p99 overhead <= 0.5 ms at concurrency 1 and <= 2 ms at 64, RSS <= 40 MiB.
+//!
+//! A minimal OpenAI-shaped upstream runs in this process on 127.0.0.1 (hand-written
+//! HTTP/1.1, so the mock costs as little as possible). The real `easel` binary runs as a
+//! child process with a catalog model routed to that upstream, an API key, credits, and
+//! its default logging. For each mode (whole answer, SSE stream) and concurrency
+//! (1, 16, 64), the same load generator first calls the upstream directly, then calls
+//! it through Easel; the latency difference is Easel's overhead. Easel's CPU time comes
+//! from /proc/PID/stat (user + system, all threads, background settlements included)
+//! divided by the requests it served; RSS is its peak (VmHWM).
+
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECONDS: u64 = 4;
+const WARMUP_MS: u64 = 500;
+const LEVELS: [usize; 3] = [1, 16, 64];
+const MODEL: &str = "bench-model";
+
+// ---- the upstream ----------------------------------------------------------------
+
+fn whole_answer() -> Vec<u8> {
+    let body = json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "up",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "A red bicycle leans against a blue door in the afternoon sun."}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Ten content chunks, a usage chunk and `[DONE]`, each its own HTTP chunk.
+fn stream_answer() -> Vec<u8> {
+    let mut events = Vec::new();
+    for word in "A red bicycle leans against a blue door in sunlight.".split(' ') {
+        let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+            "model": "up", "choices": [{"index": 0, "delta": {"content": format!("{word} ")}, "finish_reason": null}]});
+        events.push(format!("data: {chunk}\n\n"));
+    }
+    let usage = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+        "model": "up", "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}});
+    events.push(format!("data: {usage}\n\n"));
+    events.push("data: [DONE]\n\n".into());
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    for e in events {
+        out.push_str(&format!("{:x}\r\n{e}\r\n", e.len()));
+    }
+    out.push_str("0\r\n\r\n");
+    out.into_bytes()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn content_length(head: &[u8]) -> usize {
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn serve_connection(mut sock: TcpStream, whole: Arc<Vec<u8>>, stream: Arc<Vec<u8>>) {
+    let _ = sock.set_nodelay(true);
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let (head_end, body_len) = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break (i + 4, content_length(&buf[..i]));
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_end + body_len {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = &buf[head_end..head_end + body_len];
+        let answer = if find(body, b"\"stream\":true").is_some() {
+            &stream
+        } else {
+            &whole
+        };
+        if sock.write_all(answer).await.is_err() {
+            return;
+        }
+        buf.drain(..head_end + body_len);
+    }
+}
+
+async fn upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let (whole, stream) = (Arc::new(whole_answer()), Arc::new(stream_answer()));
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(sock, whole.clone(), stream.clone()));
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+// ---- Easel -------------------------------------------------------------------------
+
+fn config(upstream: &str, port: u16) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+
+[storage]
+data_dir = "data"
+
+[crypto]
+master_key_file = "master.key"
+
+[auth]
+argon2_memory_kib = 1024
+argon2_iterations = 1
+
+[providers.up]
+kind = "openai-compatible"
+base_url = "{upstream}"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[[models]]
+id = "{MODEL}"
+capabilities = ["chat"]
+routes = [{{ provider = "up", model = "up" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+"#
+    )
+}
+
+/// Creates the account, its key and its credits with the server's own services, then
+/// stops; the measured server is the binary, started afterwards on the same files.
+async fn prepare(file: &std::path::Path) -> (String, String) {
+    let loaded = easel::config::load_from(Some(file), Vec::new()).expect("config");
+    let log = easel::app::logging::init(&loaded.config.log);
+    let running = easel::app::start(&loaded, log).await.expect("server");
+    let services = running.services().clone();
+    let account = services
+        .accounts
+        .create(
+            easel::accounts::NewAccount {
+                email: "bench@example.com".into(),
+                name: "Bench".into(),
+                company: None,
+                password: easel::crypto::Secret::new("bench password long".into()),
+                role: easel::auth::Role::Member,
+                adult: true,
+                must_change_password: false,
+            },
+            easel::accounts::Actor::Cli,
+        )
+        .await
+        .expect("account");
+    let (_, key) = services
+        .keys
+        .create(
+            &account.id,
+            easel::auth::Role::Member,
+            easel::keys::NewKey {
+                name: "bench".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("key");
+    services
+        .ledger
+        .post(
+            &account.id,
+            easel::ledger::EntryKind::Grant,
+            1_000_000 * easel::ledger::MICRO,
+            easel::ledger::Posting::default(),
+        )
+        .await
+        .expect("grant");
+    drop(services);
+    running.shutdown().await;
+    (account.id, key.expose().clone())
+}
+
+struct Easel {
+    child: Child,
+    base: String,
+}
+
+impl Easel {
+    fn spawn(dir: &std::path::Path, file: &std::path::Path, port: u16) -> Easel {
+        let child = Command::new(env!("CARGO_BIN_EXE_easel"))
+            .arg("--config")
+            .arg(file)
+            .arg("serve")
+            .current_dir(dir)
+            .env("BENCH_UPSTREAM_KEY", "sk-bench-upstream")
+            .env_remove("EASEL_MASTER_KEY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("easel.log")).expect("log file"))
+            .spawn()
+            .expect("spawn easel");
+        Easel {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn proc(&self, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
+    }
+
+    /// User plus system CPU time of every thread, in microseconds.
+    fn cpu_us(&self) -> u64 {
+        let stat = self.proc("stat");
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
+    }
+
+    /// A `/proc/PID/status` figure in MiB.
+    fn mib(&self, field: &str) -> f64 {
+        self.proc("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+impl Drop for Easel {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+// ---- load --------------------------------------------------------------------------
+
+struct Run {
+    latencies: Vec<u64>,
+    seconds: f64,
+}
+
+impl Run {
+    fn pct(&self, p: f64) -> f64 {
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i] as f64 / 1_000_000.0
+    }
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+}
+
+/// `clients` loops, each sending one request at a time until `for_ms` has passed; every
+/// answer must be a 200 whose body ends as expected.
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    stream: bool,
+    clients: usize,
+    for_ms: u64,
+) -> Run {
+    let body = json!({"model": MODEL, "stream": stream,
+        "messages": [{"role": "user", "content": "Describe this scene for someone who cannot see it, in one sentence."}]})
+    .to_string();
+    let failures = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let deadline = began + Duration::from_millis(for_ms);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, key, body, failures) = (
+                client.clone(),
+                url.to_string(),
+                key.to_string(),
+                body.clone(),
+                failures.clone(),
+            );
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let res = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let ok = match res {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(b) if stream => b.ends_with(b"data: [DONE]\n\n"),
+                            Ok(b) => serde_json::from_slice::<Value>(&b).is_ok(),
+                            Err(_) => false,
+                        },
+                        _ => false,
+                    };
+                    if ok {
+                        samples.push(t.elapsed().as_nanos() as u64);
+                    } else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("load task"));
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let failed = failures.load(Ordering::Relaxed);
+    assert_eq!(failed, 0, "{failed} requests to {url} failed");
+    latencies.sort_unstable();
+    Run { latencies, seconds }
+}
+
+async fn balance(client: &reqwest::Client, base: &str, key: &str) -> f64 {
+    let v: Value = client
+        .get(format!("{base}/api/credits"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("credits")
+        .json()
+        .await
+        .expect("credits json");
+    v["balance"]["balance"].as_f64().expect("balance")
+}
+
+/// Durable commits made so far, from `/metrics`.
+async fn commits(client: &reqwest::Client, base: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("easel_store_commit_batch_size_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("commit count")
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let up = upstream().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let file = dir.path().join("easel.toml");
+        std::fs::write(&file, config(&up, port)).expect("config");
+        let (_, key) = prepare(&file).await;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        // The stopped in-process server's last handles close in the background; the
+        // binary refuses a database still held, so it is started again until it runs.
+        let mut easel = Easel::spawn(dir.path(), &file, port);
+        let ready = Instant::now();
+        while client
+            .get(format!("{}/readyz", easel.base))
+            .send()
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            assert!(
+                ready.elapsed() < Duration::from_secs(20),
+                "easel never ready; its log:\n{}",
+                std::fs::read_to_string(dir.path().join("easel.log")).unwrap_or_default()
+            );
+            if matches!(easel.child.try_wait(), Ok(Some(_))) {
+                easel = Easel::spawn(dir.path(), &file, port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = balance(&client, &easel.base, &key).await;
+        let direct_url = format!("{up}/chat/completions");
+        let easel_url = format!("{}/v1/chat/completions", easel.base);
+        let mut proxied = 0u64;
+        println!(
+            "| mode | clients | direct p50 / p99 (ms) | via Easel p50 / p99 (ms) | overhead p50 / p99 (ms) | req/s direct / via Easel | Easel CPU per request | requests per commit |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for stream in [false, true] {
+            for clients in LEVELS {
+                load(&client, &direct_url, "sk", stream, clients, WARMUP_MS).await;
+                let direct = load(&client, &direct_url, "sk", stream, clients, SECONDS * 1000).await;
+                let warm = load(&client, &easel_url, &key, stream, clients, WARMUP_MS).await;
+                proxied += warm.latencies.len() as u64;
+                let commits0 = commits(&client, &easel.base).await;
+                let cpu0 = easel.cpu_us();
+                let via = load(&client, &easel_url, &key, stream, clients, SECONDS * 1000).await;
+                // Settlements finish in the background; give them a moment to count.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let cpu = (easel.cpu_us() - cpu0) as f64 / via.latencies.len() as f64;
+                let made = commits(&client, &easel.base).await - commits0;
+                proxied += via.latencies.len() as u64;
+                println!(
+                    "| {} | {clients} | {:.3} / {:.3} | {:.3} / {:.3} | {:+.3} / {:+.3} | {:.0} / {:.0} | {cpu:.1} µs | {:.1} |",
+                    if stream { "stream" } else { "whole" },
+                    direct.pct(0.5),
+                    direct.pct(0.99),
+                    via.pct(0.5),
+                    via.pct(0.99),
+                    via.pct(0.5) - direct.pct(0.5),
+                    via.pct(0.99) - direct.pct(0.99),
+                    direct.rate(),
+                    via.rate(),
+                    via.latencies.len() as f64 / made.max(1) as f64,
+                );
+            }
+        }
+        let after = balance(&client, &easel.base, &key).await;
+        println!(
+            "Easel RSS: peak (VmHWM) {:.1} MiB, now {:.1} MiB",
+            easel.mib("VmHWM:"),
+            easel.mib("VmRSS:")
+        );
+        // Metering was on: every proxied request (warm-ups included) was charged
+        // 100 input and 20 output tokens at $1 and $2 per million, 1000 credits per USD.
+        let charged = before - after;
+        let expected = proxied as f64 * 0.14;
+        println!("metering: {proxied} proxied requests, {charged:.2} credits charged ({expected:.2} expected)");
+        assert!((charged - expected).abs() < 0.01, "metering is off");
+    });
+}

@@ -10,6 +10,11 @@
 //! it through Easel; the latency difference is Easel's overhead. Easel's CPU time comes
 //! from /proc/PID/stat (user + system, all threads, background settlements included)
 //! divided by the requests it served; RSS is its peak (VmHWM).
+//!
+//! For scale, the same cells run through a bare proxy too: this bench binary started
+//! again as a child, an actix-web server forwarding the body with reqwest and relaying
+//! the answer, with no authentication, metering, catalog or logging: the floor of the
+//! stack Easel is built on.
 
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -204,13 +209,14 @@ async fn prepare(file: &std::path::Path) -> (String, String) {
     (account.id, key.expose().clone())
 }
 
-struct Easel {
+/// A child process serving HTTP on 127.0.0.1.
+struct Server {
     child: Child,
     base: String,
 }
 
-impl Easel {
-    fn spawn(dir: &std::path::Path, file: &std::path::Path, port: u16) -> Easel {
+impl Server {
+    fn easel(dir: &std::path::Path, file: &std::path::Path, port: u16) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_easel"))
             .arg("--config")
             .arg(file)
@@ -222,7 +228,20 @@ impl Easel {
             .stderr(std::fs::File::create(dir.join("easel.log")).expect("log file"))
             .spawn()
             .expect("spawn easel");
-        Easel {
+        Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn bare(upstream: &str, port: u16) -> Server {
+        let child = Command::new(std::env::current_exe().expect("own path"))
+            .env(BARE_UPSTREAM, upstream)
+            .env(BARE_PORT, port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the bare proxy");
+        Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
         }
@@ -256,7 +275,7 @@ impl Easel {
     }
 }
 
-impl Drop for Easel {
+impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -359,6 +378,60 @@ async fn balance(client: &reqwest::Client, base: &str, key: &str) -> f64 {
     v["balance"]["balance"].as_f64().expect("balance")
 }
 
+const BARE_UPSTREAM: &str = "EASEL_BENCH_BARE_UPSTREAM";
+const BARE_PORT: &str = "EASEL_BENCH_BARE_PORT";
+
+/// The bare proxy: forward the body, relay the answer (streamed when it is a stream).
+fn bare_proxy(upstream: String, port: u16) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    easel::http::no_delay(&listener);
+    let url = format!("{upstream}/chat/completions");
+    let client = reqwest::Client::new();
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            let (client, url) = (client.clone(), url.clone());
+            App::new().route(
+                "/v1/chat/completions",
+                web::post().to(move |body: web::Bytes| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let sent = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await;
+                        let Ok(res) = sent else {
+                            return HttpResponse::BadGateway().finish();
+                        };
+                        let ct = res
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/json")
+                            .to_string();
+                        if ct.starts_with("text/event-stream") {
+                            HttpResponse::Ok()
+                                .content_type(ct)
+                                .streaming(res.bytes_stream())
+                        } else {
+                            let bytes = res.bytes().await.unwrap_or_default();
+                            HttpResponse::Ok().content_type(ct).body(bytes)
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(2)
+        .listen(listener)
+        .expect("listen")
+        .run()
+        .await
+        .expect("bare proxy runs");
+    });
+}
+
 /// Durable commits made so far, from `/metrics`.
 async fn commits(client: &reqwest::Client, base: &str) -> u64 {
     let text = client
@@ -380,6 +453,9 @@ fn main() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let (Ok(up), Ok(port)) = (std::env::var(BARE_UPSTREAM), std::env::var(BARE_PORT)) {
+        return bare_proxy(up, port.parse().expect("port"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -401,7 +477,7 @@ fn main() {
             .expect("client");
         // The stopped in-process server's last handles close in the background; the
         // binary refuses a database still held, so it is started again until it runs.
-        let mut easel = Easel::spawn(dir.path(), &file, port);
+        let mut easel = Server::easel(dir.path(), &file, port);
         let ready = Instant::now();
         while client
             .get(format!("{}/readyz", easel.base))
@@ -416,19 +492,32 @@ fn main() {
                 std::fs::read_to_string(dir.path().join("easel.log")).unwrap_or_default()
             );
             if matches!(easel.child.try_wait(), Ok(Some(_))) {
-                easel = Easel::spawn(dir.path(), &file, port);
+                easel = Server::easel(dir.path(), &file, port);
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bare_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let bare = Server::bare(&up, bare_port);
+        let bare_url = format!("{}/v1/chat/completions", bare.base);
+        while client.get(&bare.base).send().await.is_err() {
+            assert!(ready.elapsed() < Duration::from_secs(20), "bare proxy never up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let before = balance(&client, &easel.base, &key).await;
         let direct_url = format!("{up}/chat/completions");
         let easel_url = format!("{}/v1/chat/completions", easel.base);
         let mut proxied = 0u64;
+        let mut bare_rows = Vec::new();
         println!(
             "| mode | clients | direct p50 / p99 (ms) | via Easel p50 / p99 (ms) | overhead p50 / p99 (ms) | req/s direct / via Easel | Easel CPU per request | requests per commit |"
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for stream in [false, true] {
+            let mode = if stream { "stream" } else { "whole" };
             for clients in LEVELS {
                 load(&client, &direct_url, "sk", stream, clients, WARMUP_MS).await;
                 let direct = load(&client, &direct_url, "sk", stream, clients, SECONDS * 1000).await;
@@ -443,8 +532,7 @@ fn main() {
                 let made = commits(&client, &easel.base).await - commits0;
                 proxied += via.latencies.len() as u64;
                 println!(
-                    "| {} | {clients} | {:.3} / {:.3} | {:.3} / {:.3} | {:+.3} / {:+.3} | {:.0} / {:.0} | {cpu:.1} µs | {:.1} |",
-                    if stream { "stream" } else { "whole" },
+                    "| {mode} | {clients} | {:.3} / {:.3} | {:.3} / {:.3} | {:+.3} / {:+.3} | {:.0} / {:.0} | {cpu:.1} µs | {:.1} |",
                     direct.pct(0.5),
                     direct.pct(0.99),
                     via.pct(0.5),
@@ -455,8 +543,25 @@ fn main() {
                     via.rate(),
                     via.latencies.len() as f64 / made.max(1) as f64,
                 );
+                load(&client, &bare_url, "", stream, clients, WARMUP_MS).await;
+                let cpu0 = bare.cpu_us();
+                let floor = load(&client, &bare_url, "", stream, clients, SECONDS * 1000).await;
+                let cpu = (bare.cpu_us() - cpu0) as f64 / floor.latencies.len() as f64;
+                bare_rows.push(format!(
+                    "| {mode} | {clients} | {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",
+                    floor.pct(0.5) - direct.pct(0.5),
+                    floor.pct(0.99) - direct.pct(0.99),
+                    floor.rate(),
+                ));
             }
         }
+        println!("\nThe bare proxy (actix-web + reqwest, nothing else), against the same direct runs:\n");
+        println!("| mode | clients | overhead p50 / p99 (ms) | req/s | CPU per request |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        for row in bare_rows {
+            println!("{row}");
+        }
+        println!("bare proxy RSS: peak (VmHWM) {:.1} MiB", bare.mib("VmHWM:"));
         let after = balance(&client, &easel.base, &key).await;
         println!(
             "Easel RSS: peak (VmHWM) {:.1} MiB, now {:.1} MiB",

@@ -84,7 +84,7 @@ impl utoipa::Modify for BearerAuth {
 /// Turns off Nagle's algorithm on the listening socket; Linux passes it on to every
 /// accepted connection. Without it, a streamed answer's second small write waits for
 /// the client's delayed ACK (about 40 ms) on every SSE event after the first.
-fn no_delay(listener: &TcpListener) {
+pub fn no_delay(listener: &TcpListener) {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: setsockopt on a socket this function borrows, with a pointer to a c_int

@@ -8,6 +8,8 @@
 //! authentication) and at `/api/account` with a key (authentication plus one storage
 //! read); the difference bounds what authentication adds end to end.
 
+mod common;
+
 use easel::auth::{AccountState, Directory, KeyFacts, Role, ScopeSet, SessionTimes, Status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,30 +147,10 @@ fn part2() {
         let log = easel::app::logging::init(&loaded.config.log);
         let running = easel::app::start(&loaded, log).await.expect("server");
         let services = running.services().clone();
-        let account = services
-            .accounts
-            .create(
-                easel::accounts::NewAccount {
-                    email: "bench@example.com".into(),
-                    name: "Bench".into(),
-                    company: None,
-                    password: easel::crypto::Secret::new("bench password long".into()),
-                    role: Role::Member,
-                    adult: true,
-                    must_change_password: false,
-                },
-                easel::accounts::Actor::Cli,
-            )
-            .await
-            .expect("account");
-        let (_, key) = services
-            .keys
-            .create(&account.id, Role::Member, easel::keys::NewKey { name: "bench".into(), ..Default::default() }, None)
-            .await
-            .expect("key");
+        let (_, key) = common::member_with_key(&services).await;
         let base = format!("http://{}", running.addr);
         let open = load(format!("{base}/healthz"), None, 5).await;
-        let keyed = load(format!("{base}/api/account"), Some(key.expose().clone()), 5).await;
+        let keyed = load(format!("{base}/api/account"), Some(key), 5).await;
         let us = |v: &[u64], p: f64| percentile(v, p) as f64 / 1000.0;
         println!(
             "part 2: HTTP, {THREADS} concurrent clients, 5 s each: no auth p50 {:.0} µs p99 {:.0} µs ({} requests); \

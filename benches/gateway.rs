@@ -16,6 +16,8 @@
 //! the answer, with no authentication, metering, catalog or logging: the floor of the
 //! stack Easel is built on.
 
+mod common;
+
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -165,39 +167,11 @@ async fn prepare(file: &std::path::Path) -> (String, String) {
     let log = easel::app::logging::init(&loaded.config.log);
     let running = easel::app::start(&loaded, log).await.expect("server");
     let services = running.services().clone();
-    let account = services
-        .accounts
-        .create(
-            easel::accounts::NewAccount {
-                email: "bench@example.com".into(),
-                name: "Bench".into(),
-                company: None,
-                password: easel::crypto::Secret::new("bench password long".into()),
-                role: easel::auth::Role::Member,
-                adult: true,
-                must_change_password: false,
-            },
-            easel::accounts::Actor::Cli,
-        )
-        .await
-        .expect("account");
-    let (_, key) = services
-        .keys
-        .create(
-            &account.id,
-            easel::auth::Role::Member,
-            easel::keys::NewKey {
-                name: "bench".into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("key");
+    let (account, key) = common::member_with_key(&services).await;
     services
         .ledger
         .post(
-            &account.id,
+            &account,
             easel::ledger::EntryKind::Grant,
             1_000_000 * easel::ledger::MICRO,
             easel::ledger::Posting::default(),
@@ -206,7 +180,7 @@ async fn prepare(file: &std::path::Path) -> (String, String) {
         .expect("grant");
     drop(services);
     running.shutdown().await;
-    (account.id, key.expose().clone())
+    (account, key)
 }
 
 /// A child process serving HTTP on 127.0.0.1.

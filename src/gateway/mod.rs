@@ -25,7 +25,7 @@ use crate::ledger::{Hold, KeyLimit, Ledger, Posting, budget_micro};
 use crate::providers::wire::Usage;
 use crate::providers::{Providers, UpstreamError, describe};
 use crate::store::now_ms;
-use crate::usage::{RecordKey, UsageRecord};
+use crate::usage::UsageRecord;
 use actix_web::http::StatusCode;
 use std::future::Future;
 use std::sync::Arc;
@@ -167,7 +167,7 @@ impl Meter {
             return;
         };
         let at_ms = now_ms();
-        let Ok(rk) = RecordKey::new(&self.account, at_ms) else {
+        let Ok(rk) = crate::store::TimedKey::new(&self.account, at_ms) else {
             tracing::error!("no randomness for a usage record id");
             return;
         };

@@ -2,9 +2,8 @@
 //! that reservations are taken from.
 
 use super::{MICRO, to_credits};
-use crate::crypto;
 use crate::http::ApiError;
-use crate::store::{Reader, Store, StoreError, Table, TimeIndex, WriteTx, now_ms};
+use crate::store::{Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -146,22 +145,6 @@ pub struct Hold {
     open: bool,
 }
 
-fn storage_key(account: &str, at_ms: u64) -> Result<Vec<u8>, StoreError> {
-    let rand: [u8; 4] = crypto::random_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
-    let mut k = Vec::with_capacity(account.len() + 13);
-    k.extend_from_slice(account.as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(&rand);
-    Ok(k)
-}
-
-fn prefix(account: &str) -> Vec<u8> {
-    let mut p = account.as_bytes().to_vec();
-    p.push(b'/');
-    p
-}
-
 /// Writes one entry and the balance it leaves, refusing to go below zero.
 fn post(
     tx: &WriteTx<'_>,
@@ -181,9 +164,9 @@ fn post(
             available: to_credits(balance),
         });
     }
-    let key = storage_key(account, at_ms)?;
+    let TimedKey { key, id } = TimedKey::new(account, at_ms)?;
     let entry = Entry {
-        id: crypto::hex(&key[account.len() + 1..]),
+        id,
         account: account.to_string(),
         kind,
         amount,
@@ -378,15 +361,12 @@ impl Ledger {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>, LedgerError> {
-        let prefix = prefix(account);
+        let prefix = TimedKey::prefix(account);
         let before = match before {
-            Some(id) => {
-                let raw = crypto::unhex(id)
-                    .ok_or_else(|| LedgerError::Invalid("`before` is not an entry id".into()))?;
-                let mut k = prefix.clone();
-                k.extend_from_slice(&raw);
-                Some(k)
-            }
+            Some(id) => Some(
+                TimedKey::of_id(account, id)
+                    .ok_or_else(|| LedgerError::Invalid("`before` is not an entry id".into()))?,
+            ),
             None => None,
         };
         let rows = self
@@ -398,7 +378,7 @@ impl Ledger {
 
     /// Every entry of an account, oldest first (for checks and export).
     pub async fn all_entries(&self, account: &str) -> Result<Vec<Entry>, LedgerError> {
-        let prefix = prefix(account);
+        let prefix = TimedKey::prefix(account);
         let rows = self
             .store
             .read(move |r| r.scan_prefix(&ENTRIES, &prefix, usize::MAX))

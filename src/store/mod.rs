@@ -151,6 +151,43 @@ impl<K, V> Table<K, V> {
     }
 }
 
+/// A key `owner / time (big-endian ms) / 4 random bytes`: one owner's records form one
+/// range, oldest first. The id shown to people is the hex of what follows `owner/`.
+pub struct TimedKey {
+    pub key: Vec<u8>,
+    pub id: String,
+}
+
+impl TimedKey {
+    /// A fresh key for a record of `owner` written at `at_ms`; four random bytes keep
+    /// two records of the same millisecond apart.
+    pub fn new(owner: &str, at_ms: u64) -> Result<Self, StoreError> {
+        let rand: [u8; 4] =
+            crate::crypto::random_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut key = Self::prefix(owner);
+        key.extend_from_slice(&at_ms.to_be_bytes());
+        key.extend_from_slice(&rand);
+        let id = crate::crypto::hex(&key[owner.len() + 1..]);
+        Ok(TimedKey { key, id })
+    }
+
+    /// `owner/`: what every key of `owner` starts with.
+    pub fn prefix(owner: &str) -> Vec<u8> {
+        let mut p = Vec::with_capacity(owner.len() + 13);
+        p.extend_from_slice(owner.as_bytes());
+        p.push(b'/');
+        p
+    }
+
+    /// The key of the record `id` names (a paging cursor); `None` when `id` is not hex.
+    pub fn of_id(owner: &str, id: &str) -> Option<Vec<u8>> {
+        let raw = crate::crypto::unhex(id)?;
+        let mut k = Self::prefix(owner);
+        k.extend_from_slice(&raw);
+        Some(k)
+    }
+}
+
 /// An index of `(timestamp_be, id)` keys for data that expires, so finding what is
 /// older than a cutoff is a range scan from the start.
 pub struct TimeIndex {

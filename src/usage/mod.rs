@@ -9,8 +9,7 @@ mod routes;
 
 pub use routes::routes;
 
-use crate::crypto;
-use crate::store::{Reader, Store, StoreError, Table, TimeIndex, WriteTx};
+use crate::store::{Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx};
 use serde::{Deserialize, Serialize};
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`.
@@ -42,32 +41,8 @@ pub struct UsageRecord {
     pub at_ms: u64,
 }
 
-/// A new record's storage key and id, for the account and time it is about.
-pub struct RecordKey {
-    key: Vec<u8>,
-    pub id: String,
-}
-
-impl RecordKey {
-    /// A fresh key for a record of `account` at `at_ms`.
-    pub fn new(account: &str, at_ms: u64) -> Result<Self, crypto::CryptoError> {
-        let rand: [u8; 4] = crypto::random_bytes()?;
-        let mut key = prefix(account);
-        key.extend_from_slice(&at_ms.to_be_bytes());
-        key.extend_from_slice(&rand);
-        let id = crypto::hex(&key[account.len() + 1..]);
-        Ok(RecordKey { key, id })
-    }
-}
-
-fn prefix(account: &str) -> Vec<u8> {
-    let mut p = account.as_bytes().to_vec();
-    p.push(b'/');
-    p
-}
-
 /// Writes a record inside the caller's transaction.
-pub fn record(tx: &WriteTx<'_>, key: &RecordKey, rec: &UsageRecord) -> Result<(), StoreError> {
+pub fn record(tx: &WriteTx<'_>, key: &TimedKey, rec: &UsageRecord) -> Result<(), StoreError> {
     tx.insert(&USAGE, &key.key, rec)?;
     USAGE_BY_TIME.insert(tx, rec.at_ms, &key.key)
 }
@@ -111,9 +86,9 @@ impl Usage {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageRecord>, StoreError> {
-        let prefix = prefix(account);
-        let mut end = match before.and_then(crypto::unhex) {
-            Some(raw) => [prefix.as_slice(), &raw].concat(),
+        let prefix = TimedKey::prefix(account);
+        let mut end = match before.and_then(|id| TimedKey::of_id(account, id)) {
+            Some(key) => key,
             None => {
                 let to = filter.to_ms.unwrap_or(u64::MAX);
                 [prefix.as_slice(), &to.to_be_bytes()].concat()
@@ -152,7 +127,7 @@ impl Usage {
 
     /// Every record ever written for an account, oldest first (tests and export).
     pub async fn all(&self, account: &str) -> Result<Vec<UsageRecord>, StoreError> {
-        let prefix = prefix(account);
+        let prefix = TimedKey::prefix(account);
         let rows = self
             .store
             .read(move |r| r.scan_prefix(&USAGE, &prefix, usize::MAX))

@@ -47,12 +47,50 @@ pub struct Gateway {
 /// disk stalls, requests slow down instead of charges piling up in memory.
 const BACKLOG: usize = 8192;
 
+/// Settlements under way.
 #[derive(Default)]
 struct Pending {
     count: AtomicUsize,
+    /// Woken when the last one ends.
     idle: Notify,
-    /// Woken when the backlog falls below [`BACKLOG`].
+    /// Woken when the count falls below [`BACKLOG`].
     room: Notify,
+}
+
+impl Pending {
+    fn enter(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn leave(&self) {
+        match self.count.fetch_sub(1, Ordering::AcqRel) {
+            1 => self.idle.notify_waiters(),
+            BACKLOG => self.room.notify_waiters(),
+            _ => {}
+        }
+    }
+
+    /// Waits until no settlement is under way.
+    async fn settled(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Waits while [`BACKLOG`] or more settlements are under way.
+    async fn room(&self) {
+        while self.count.load(Ordering::Acquire) >= BACKLOG {
+            let room = self.room.notified();
+            if self.count.load(Ordering::Acquire) < BACKLOG {
+                return;
+            }
+            room.await;
+        }
+    }
 }
 
 impl Gateway {
@@ -77,42 +115,18 @@ impl Gateway {
             return;
         };
         let pending = self.pending.clone();
-        pending.count.fetch_add(1, Ordering::AcqRel);
+        pending.enter();
         rt.spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "cannot record a request's usage and charge");
             }
-            match pending.count.fetch_sub(1, Ordering::AcqRel) {
-                1 => pending.idle.notify_waiters(),
-                BACKLOG => pending.room.notify_waiters(),
-                _ => {}
-            }
+            pending.leave();
         });
-    }
-
-    /// Waits while [`BACKLOG`] or more settlements wait for their commit.
-    async fn room(&self) {
-        loop {
-            let room = self.pending.room.notified();
-            if self.pending.count.load(Ordering::Acquire) < BACKLOG {
-                return;
-            }
-            room.await;
-        }
     }
 
     /// Waits (up to `limit`) until every settlement under way is committed.
     pub async fn drain(&self, limit: Duration) {
-        let wait = async {
-            loop {
-                let idle = self.pending.idle.notified();
-                if self.pending.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, wait).await;
+        let _ = tokio::time::timeout(limit, self.pending.settled()).await;
     }
 }
 
@@ -139,7 +153,7 @@ impl Meter {
         model: &str,
         amount: i64,
     ) -> Result<Meter, ApiError> {
-        gateway.room().await;
+        gateway.pending.room().await;
         let key = caller.key().map(|(id, budget)| KeyLimit {
             id: id.to_string(),
             budget: budget.map(budget_micro),
@@ -357,7 +371,28 @@ pub(crate) fn backoff(base_ms: u64, attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{BACKLOG, Pending, backoff};
+    use futures_util::FutureExt;
+
+    #[test]
+    fn new_requests_wait_while_the_charge_backlog_is_full() {
+        let p = Pending::default();
+        for _ in 0..BACKLOG - 1 {
+            p.enter();
+        }
+        assert!(
+            p.room().now_or_never().is_some(),
+            "below the backlog: no wait"
+        );
+        p.enter();
+        let mut waiting = Box::pin(p.room());
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "a full backlog waits"
+        );
+        p.leave();
+        assert!(waiting.now_or_never().is_some(), "one commit makes room");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_below_the_full_pause() {

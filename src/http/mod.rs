@@ -187,3 +187,35 @@ pub fn tls_config(
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    fn nodelay(fd: i32) -> libc::c_int {
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a c_int of the size passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw mut on).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        on
+    }
+
+    #[test]
+    fn accepted_connections_inherit_no_delay_from_the_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        super::no_delay(&listener);
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert_ne!(nodelay(accepted.as_raw_fd()), 0, "Nagle is still on");
+    }
+}

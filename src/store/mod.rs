@@ -815,8 +815,14 @@ mod tests {
     #[tokio::test]
     async fn background_writes_share_one_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_with_delay(dir.path(), 300);
-        let tasks: Vec<_> = (0..20).map(|i| background(&store, i)).collect();
+        // Spread over ~100 ms: without the wait, each would find the writer idle and
+        // get a commit of its own.
+        let store = open_with_delay(dir.path(), 500);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            tasks.push(background(&store, i));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         for t in tasks {
             t.await.expect("joins").expect("written");
         }

@@ -221,13 +221,10 @@ impl Server {
         }
     }
 
-    fn proc(&self, file: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
-    }
-
     /// User plus system CPU time of every thread, in microseconds.
     fn cpu_us(&self) -> u64 {
-        let stat = self.proc("stat");
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<u64> = after
             .split_whitespace()
@@ -240,12 +237,7 @@ impl Server {
 
     /// A `/proc/PID/status` figure in MiB.
     fn mib(&self, field: &str) -> f64 {
-        self.proc("status")
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        common::status_kib(self.child.id(), field) as f64 / 1024.0
     }
 }
 
@@ -437,11 +429,7 @@ fn main() {
     rt.block_on(async {
         let up = upstream().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = common::free_port();
         let file = dir.path().join("easel.toml");
         std::fs::write(&file, config(&up, port)).expect("config");
         let (_, key) = prepare(&file).await;
@@ -470,11 +458,7 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let bare_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let bare_port = common::free_port();
         let bare = Server::bare(&up, bare_port);
         let bare_url = format!("{}/v1/chat/completions", bare.base);
         while client.get(&bare.base).send().await.is_err() {

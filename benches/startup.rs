@@ -1,6 +1,8 @@
 //! Start-up to ready and idle memory of the real binary. Run: cargo bench --bench startup
 //! Targets (issue 2): ready <= 100 ms after exec, idle RSS <= 25 MiB.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -23,18 +25,6 @@ fn ready(addr: &str) -> bool {
     buf.starts_with("HTTP/1.1 200")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -43,11 +33,7 @@ fn main() {
     let mut rss = Vec::new();
     for round in 0..ROUNDS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = common::free_port();
         let addr = format!("127.0.0.1:{port}");
         let fresh = round % 2 == 0;
         let data = dir.path().join("data");
@@ -84,7 +70,7 @@ fn main() {
         }
         ready_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(2));
-        rss.push(rss_kib(child.id()) as f64 / 1024.0);
+        rss.push(common::status_kib(child.id(), "VmRSS:") as f64 / 1024.0);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();

@@ -1,4 +1,5 @@
-//! Helpers shared by the benches.
+//! Helpers shared by the benches (each uses some).
+#![allow(dead_code)]
 
 /// Creates a member account and an API key for it with the server's own services;
 /// returns the account id and the key's token.
@@ -33,4 +34,23 @@ pub async fn member_with_key(services: &easel::app::Services) -> (String, String
         .await
         .expect("key");
     (account.id, key.expose().clone())
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A figure of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB; 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

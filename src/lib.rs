@@ -14,6 +14,7 @@ pub mod control;
 pub mod crypto;
 pub mod gateway;
 pub mod http;
+pub mod imaging;
 pub mod keys;
 pub mod ledger;
 pub mod providers;

@@ -2,6 +2,7 @@
 //! to the one JSON shape, and wraps every request in [`middleware::observe`].
 
 pub mod error;
+pub mod fetch;
 pub mod metrics;
 pub mod middleware;
 pub mod net;

@@ -1,0 +1,363 @@
+//! Image intake: the one way an image from outside becomes pixels. Used by alt text,
+//! and later by the asset library and skills.
+//!
+//! The bytes stay in memory; nothing here touches the disk. In order:
+//! 1. refuse empty input and input over the byte limit;
+//! 2. tell the format from the first bytes (never from a file name or a declared
+//!    type): JPEG, PNG, GIF, WebP and BMP are read; SVG, HEIC/AVIF, TIFF and anything
+//!    else are refused with a message that says what to send instead;
+//! 3. read the dimensions from the header and refuse more than the pixel limit
+//!    *before* decoding, so a small file declaring a huge image (a decompression
+//!    bomb) costs nothing; the decoder also gets an allocation limit;
+//! 4. decode (the first frame of an animated GIF) and apply the EXIF orientation.
+
+use crate::http::ApiError;
+use actix_web::http::StatusCode;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use std::io::Cursor;
+
+/// What intake accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_pixels: u64,
+}
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the image is empty (0 bytes)")]
+    Empty,
+    #[error("the image is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the image is {width}×{height} pixels ({pixels} in all); the limit is {limit} pixels")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the image cannot be read: {0}")]
+    Broken(String),
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> ApiError {
+        let (status, code) = match &e {
+            IntakeError::Empty => (StatusCode::BAD_REQUEST, "empty_image"),
+            IntakeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+            IntakeError::TooManyPixels { .. } => (StatusCode::BAD_REQUEST, "image_too_many_pixels"),
+            IntakeError::Unsupported(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image")
+            }
+            IntakeError::Broken(_) => (StatusCode::BAD_REQUEST, "invalid_image"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// The formats intake reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Gif,
+    Webp,
+    Bmp,
+}
+
+impl Format {
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Gif => ImageFormat::Gif,
+            Format::Webp => ImageFormat::WebP,
+            Format::Bmp => ImageFormat::Bmp,
+        }
+    }
+
+    /// The media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Gif => "image/gif",
+            Format::Webp => "image/webp",
+            Format::Bmp => "image/bmp",
+        }
+    }
+}
+
+const SEND_INSTEAD: &str = "send a JPEG, PNG, GIF, WebP or BMP image";
+
+/// Tells the format from the first bytes.
+pub fn sniff(bytes: &[u8]) -> Result<Format, IntakeError> {
+    let starts = |m: &[u8]| bytes.starts_with(m);
+    if starts(&[0xFF, 0xD8, 0xFF]) {
+        return Ok(Format::Jpeg);
+    }
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        return Ok(Format::Png);
+    }
+    if starts(b"GIF87a") || starts(b"GIF89a") {
+        return Ok(Format::Gif);
+    }
+    if bytes.len() >= 12 && starts(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        return Ok(Format::Webp);
+    }
+    if starts(b"BM") && bytes.len() >= 26 {
+        return Ok(Format::Bmp);
+    }
+    let head = &bytes[..bytes.len().min(1024)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let what = if text.contains("<svg") {
+        format!(
+            "SVG images are not supported (they are drawings, and can carry scripts); export it as PNG, or {SEND_INSTEAD}"
+        )
+    } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        format!("HEIC and AVIF images are not supported; {SEND_INSTEAD}")
+    } else if starts(b"II*\0") || starts(b"MM\0*") {
+        format!("TIFF images are not supported; {SEND_INSTEAD}")
+    } else if text.trim_start().starts_with('<') {
+        format!("this is HTML or XML, not an image; {SEND_INSTEAD}")
+    } else {
+        format!("this is not an image format Easel reads; {SEND_INSTEAD}")
+    };
+    Err(IntakeError::Unsupported(what))
+}
+
+/// A decoded image, upright.
+pub struct Intake {
+    pub image: DynamicImage,
+    pub format: Format,
+}
+
+/// Checks, decodes and orients `bytes`.
+pub fn decode(bytes: &[u8], limits: Limits) -> Result<Intake, IntakeError> {
+    if bytes.is_empty() {
+        return Err(IntakeError::Empty);
+    }
+    let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(IntakeError::TooLarge {
+            size,
+            limit: limits.max_bytes,
+        });
+    }
+    let format = sniff(bytes)?;
+    let broken = |e: image::ImageError| IntakeError::Broken(e.to_string());
+    let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut decoder = reader.into_decoder().map_err(broken)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(IntakeError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(IntakeError::Broken("it has no pixels".into()));
+    }
+    // Defence in depth: the decoder may not allocate more than the pixels allowed at
+    // 16 bytes each (RGBA at 32 bits a channel), plus room for its own buffers.
+    let mut dl = image::Limits::default();
+    dl.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(16)
+            .saturating_add(64 << 20),
+    );
+    decoder.set_limits(dl).map_err(broken)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(broken)?;
+    image.apply_orientation(orientation);
+    Ok(Intake { image, format })
+}
+
+/// `image` scaled down (never up) so its longest side is at most `longest`, keeping
+/// its proportions. Area-averaging, which is fast and sharp for large reductions.
+pub fn downscale(image: DynamicImage, longest: u32) -> DynamicImage {
+    let longest = longest.max(1);
+    if image.width().max(image.height()) <= longest {
+        return image;
+    }
+    image.thumbnail(longest, longest)
+}
+
+/// The pixels as RGB, any transparency laid over white.
+pub fn flatten(image: &DynamicImage) -> image::RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = u16::from(p[3]);
+        let mix = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
+    })
+}
+
+/// `image` as a JPEG of `quality` (1-100): the compact form sent to providers.
+pub fn to_jpeg(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, IntakeError> {
+    let rgb = flatten(image);
+    let mut out = Vec::with_capacity((rgb.width() * rgb.height() / 4) as usize);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode_image(&rgb)
+        .map_err(|e| IntakeError::Broken(format!("cannot re-encode it: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1 << 20,
+        max_pixels: 1_000_000,
+    };
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_supported_format_decodes() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            20,
+            10,
+            image::Rgb([200, 10, 10]),
+        ));
+        for (f, fmt) in [
+            (Format::Jpeg, ImageFormat::Jpeg),
+            (Format::Png, ImageFormat::Png),
+            (Format::Gif, ImageFormat::Gif),
+            (Format::Webp, ImageFormat::WebP),
+            (Format::Bmp, ImageFormat::Bmp),
+        ] {
+            let mut out = Vec::new();
+            img.write_to(&mut Cursor::new(&mut out), fmt).unwrap();
+            let got = decode(&out, LIMITS).unwrap();
+            assert_eq!(got.format, f);
+            assert_eq!((got.image.width(), got.image.height()), (20, 10), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_size_is_refused_before_decoding() {
+        // A valid PNG header declaring 100000×100000, then garbage: nothing is decoded.
+        let mut bomb = png(1, 1);
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // The header's CRC no longer matches; fix it so the header is read.
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode(&bomb, LIMITS).err().expect("refused");
+        assert!(
+            matches!(err, IntakeError::TooManyPixels { width: 100_000, .. }),
+            "{err}"
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        assert!(matches!(decode(&[], LIMITS), Err(IntakeError::Empty)));
+        let big = vec![0u8; (LIMITS.max_bytes + 1) as usize];
+        assert!(matches!(
+            decode(&big, LIMITS),
+            Err(IntakeError::TooLarge { .. })
+        ));
+        let svg = b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"/>";
+        let err = decode(svg, LIMITS).err().unwrap().to_string();
+        assert!(err.contains("SVG"), "{err}");
+        let html = b"<!doctype html><html></html>";
+        let err = decode(html, LIMITS).err().unwrap().to_string();
+        assert!(err.contains("HTML"), "{err}");
+        let full = png(50, 50);
+        let err = decode(&full[..full.len() / 2], LIMITS).err().unwrap();
+        assert!(matches!(err, IntakeError::Broken(_)), "{err}");
+    }
+
+    /// `jpeg` with an EXIF APP1 segment carrying `orientation`.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = Vec::new();
+        tiff.extend_from_slice(b"II*\0");
+        tiff.extend_from_slice(&8u32.to_le_bytes());
+        tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes());
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn the_exif_orientation_is_applied() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(20, 10));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        let upright = decode(&jpeg, LIMITS).unwrap().image;
+        assert_eq!((upright.width(), upright.height()), (20, 10));
+        let turned = decode(&with_orientation(&jpeg, 6), LIMITS).unwrap().image;
+        assert_eq!((turned.width(), turned.height()), (10, 20));
+    }
+
+    #[test]
+    fn downscale_keeps_proportions_and_never_enlarges() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(400, 100));
+        let d = downscale(img.clone(), 200);
+        assert_eq!((d.width(), d.height()), (200, 50));
+        let same = downscale(img, 1000);
+        assert_eq!((same.width(), same.height()), (400, 100));
+    }
+
+    #[test]
+    fn transparency_is_laid_over_white() {
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            2,
+            2,
+            image::Rgba([0, 0, 0, 0]),
+        ));
+        assert_eq!(flatten(&img).get_pixel(0, 0).0, [255, 255, 255]);
+        let jpeg = to_jpeg(&img, 85).unwrap();
+        assert_eq!(sniff(&jpeg).unwrap(), Format::Jpeg);
+    }
+}

@@ -17,6 +17,7 @@ pub mod http;
 pub mod imaging;
 pub mod keys;
 pub mod ledger;
+pub mod local_model;
 pub mod providers;
 pub mod store;
 pub mod system;

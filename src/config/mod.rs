@@ -369,6 +369,12 @@ pub struct LocalModelConfig {
     pub dir: PathBuf,
     /// `cpu`, or `cuda` in a build with the `cuda` feature.
     pub device: String,
+    /// Captions computed at once (each uses every CPU core).
+    pub workers: usize,
+    /// Requests allowed to wait for a worker; more are answered 503.
+    pub queue: usize,
+    /// Tokens a caption may have (the decoding step cap).
+    pub max_tokens: usize,
 }
 
 impl Default for LocalModelConfig {
@@ -376,6 +382,9 @@ impl Default for LocalModelConfig {
         LocalModelConfig {
             dir: PathBuf::from("./easel-data/models/blip-large"),
             device: "cpu".into(),
+            workers: 1,
+            queue: 16,
+            max_tokens: 30,
         }
     }
 }

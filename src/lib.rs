@@ -5,6 +5,7 @@
 //! them together at start-up.
 
 pub mod accounts;
+pub mod alt_text;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod logging;
 
 use crate::accounts::Accounts;
+use crate::alt_text::AltText;
 use crate::auth::{Directory, SessionTimes};
 use crate::config::{self, Config, Live, Loaded};
 use crate::control;
@@ -14,6 +15,7 @@ use crate::gateway::Gateway;
 use crate::http::{self, Metrics, Shared};
 use crate::keys::Keys;
 use crate::ledger::Ledger;
+use crate::local_model::LocalModel;
 use crate::providers::Providers;
 use crate::store::{Migration, Store, StoreError, StoreOptions, WriteTx};
 use crate::usage::Usage;
@@ -180,6 +182,7 @@ pub struct Running {
     shared: web::Data<Shared>,
     log: LogHandle,
     services: Services,
+    alt_text: AltText,
     flusher: tokio::task::JoinHandle<()>,
 }
 
@@ -205,7 +208,14 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     let live = Arc::new(Live::new(loaded));
     let services = Services::new(&store, &keyring, live.clone());
     services.load().await?;
+    let local = LocalModel::new(live.clone());
+    let alt_text = AltText::new(services.gateway.clone(), local.clone(), store.clone())
+        .map_err(anyhow::Error::msg)?;
+    if config.alt_text.model == "local" {
+        local.preload();
+    }
     let routes = {
+        let alt_text = web::Data::new(alt_text.clone());
         let store = web::Data::new(store.clone());
         let keyring = web::Data::new(keyring.clone());
         let live = web::Data::from(live.clone());
@@ -229,8 +239,10 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .app_data(providers.clone())
                 .app_data(usage.clone())
                 .app_data(gateway.clone())
+                .app_data(alt_text.clone())
                 // The router tries resources in order: the hot API paths go first.
                 .configure(crate::gateway::routes)
+                .configure(crate::alt_text::routes)
                 .configure(crate::system::routes)
                 .configure(crate::accounts::routes)
                 .configure(crate::keys::routes)
@@ -299,6 +311,7 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         shared,
         log,
         services,
+        alt_text,
         flusher,
     })
 }
@@ -344,6 +357,13 @@ impl Running {
             .max_body_bytes
             .store(new.server.max_body_bytes, Ordering::Relaxed);
         self.services.directory.set_times(session_times(&new));
+        if let Err(e) = self
+            .alt_text
+            .fetcher()
+            .set_allowlist(&new.alt_text.url_allowlist)
+        {
+            tracing::error!(error = %e, "cannot apply alt_text.url_allowlist");
+        }
         self.live.set(new);
         // Provider keys come from the environment and files: read them again.
         let providers = self.services.providers.clone();

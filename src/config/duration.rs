@@ -98,6 +98,13 @@ pub enum Rule {
     UntilRevoked,
 }
 
+impl Rule {
+    /// Whether the rule is `0`: records of the class are not kept at all.
+    pub fn keeps_nothing(&self) -> bool {
+        matches!(self, Rule::For(span) if span.get().is_zero())
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

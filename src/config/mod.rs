@@ -345,6 +345,8 @@ pub struct AltTextConfig {
     /// Hosts that URL fetches may reach even though they resolve to private addresses.
     pub url_allowlist: Vec<String>,
     pub url_timeout: Span,
+    /// Images of one batch request described at once.
+    pub batch_parallelism: usize,
 }
 
 impl Default for AltTextConfig {
@@ -358,6 +360,7 @@ impl Default for AltTextConfig {
             downscale_to: 1024,
             url_allowlist: Vec::new(),
             url_timeout: Span::secs(10),
+            batch_parallelism: 4,
         }
     }
 }
@@ -705,6 +708,27 @@ impl Config {
             return Err(invalid(
                 "storage.background_commit_ms".into(),
                 "must be at most 1000: a crash loses the charges of requests answered in this window".into(),
+            ));
+        }
+        if let Err(e) = crate::http::fetch::check_allowlist(&self.alt_text.url_allowlist) {
+            return Err(invalid("alt_text.url_allowlist".into(), e));
+        }
+        if !(1..=16).contains(&self.alt_text.batch_parallelism) {
+            return Err(invalid(
+                "alt_text.batch_parallelism".into(),
+                "must be between 1 and 16".into(),
+            ));
+        }
+        if self.alt_text.max_chars == 0 || self.alt_text.max_chars > 1000 {
+            return Err(invalid(
+                "alt_text.max_chars".into(),
+                "must be between 1 and 1000".into(),
+            ));
+        }
+        if self.local_model.workers == 0 || !(1..=200).contains(&self.local_model.max_tokens) {
+            return Err(invalid(
+                "local_model".into(),
+                "workers must be at least 1 and max_tokens between 1 and 200".into(),
             ));
         }
         if self.storage.max_batch == 0 {

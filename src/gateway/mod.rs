@@ -8,7 +8,7 @@
 //! actual cost with a usage record in one transaction. The response does not wait for
 //! that commit: it joins the next group commit (see docs/architecture.md, "Credits").
 
-mod catalog;
+pub(crate) mod catalog;
 mod chat;
 mod files;
 mod images;
@@ -174,9 +174,25 @@ impl Meter {
         })
     }
 
+    /// Micro-credits held for the request (what it may be charged at most).
+    pub fn held(&self) -> i64 {
+        self.hold.as_ref().map_or(0, Hold::amount)
+    }
+
     /// Charges `cost` (never more than was held) and writes the usage record, in the
     /// background. Does nothing the second time.
     pub fn finish(&mut self, status: u16, usage: Usage, images: u32, cost: i64) {
+        self.finish_with(status, usage, images, cost, |_| Ok(()));
+    }
+
+    /// [`Meter::finish`], with `also` written in the same transaction as the charge
+    /// and the usage record (a capability's own record of the request).
+    pub fn finish_with<F>(&mut self, status: u16, usage: Usage, images: u32, cost: i64, mut also: F)
+    where
+        F: FnMut(&crate::store::WriteTx<'_>) -> Result<(), crate::store::StoreError>
+            + Send
+            + 'static,
+    {
         let Some(hold) = self.hold.take() else {
             return;
         };
@@ -210,7 +226,8 @@ impl Meter {
             actor: None,
         };
         let fut = hold.settle(charged, posting, move |tx, _| {
-            crate::usage::record(tx, &rk, &record)
+            crate::usage::record(tx, &rk, &record)?;
+            also(tx)
         });
         self.gateway.spawn_settle(fut);
     }

@@ -129,6 +129,20 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, IntakeError> {
     Err(IntakeError::Unsupported(what))
 }
 
+/// Whether a JPEG's last scan is followed by its end-of-image marker. JPEG decoders
+/// fill a cut-off image with grey rather than fail, so a truncated upload would
+/// otherwise be described as if it were whole. Inside entropy-coded data every 0xFF
+/// is followed by 0x00, so the last start-of-scan marker (FF DA) found is the real
+/// one, and an end marker (FF D9) must come after it (trailing bytes after it are
+/// fine; an embedded thumbnail's own markers come earlier).
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
+}
+
 /// A decoded image, upright.
 pub struct Intake {
     pub image: DynamicImage,
@@ -148,6 +162,11 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Intake, IntakeError> {
         });
     }
     let format = sniff(bytes)?;
+    if format == Format::Jpeg && !jpeg_complete(bytes) {
+        return Err(IntakeError::Broken(
+            "the JPEG is truncated (its data ends before the end-of-image marker)".into(),
+        ));
+    }
     let broken = |e: image::ImageError| IntakeError::Broken(e.to_string());
     let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut decoder = reader.into_decoder().map_err(broken)?;
@@ -304,6 +323,15 @@ mod tests {
         let full = png(50, 50);
         let err = decode(&full[..full.len() / 2], LIMITS).err().unwrap();
         assert!(matches!(err, IntakeError::Broken(_)), "{err}");
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(image::RgbImage::new(64, 64))
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        let err = decode(&jpeg[..jpeg.len() - 40], LIMITS).err().unwrap();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"trailing bytes some cameras add");
+        assert!(decode(&trailing, LIMITS).is_ok());
     }
 
     /// `jpeg` with an EXIF APP1 segment carrying `orientation`.

@@ -159,6 +159,17 @@ fn last_user_text(body: &Value) -> String {
     }
 }
 
+/// The language tag of Easel's alt text prompt, when the request carries one.
+fn alt_text_language(body: &Value) -> Option<String> {
+    let system = body["messages"][0]["content"].as_str()?;
+    if !system.starts_with("You write alt text") {
+        return None;
+    }
+    let at = system.find("BCP-47 tag `")? + "BCP-47 tag `".len();
+    let rest = &system[at..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
 /// A stream that breaks after its first chunk.
 fn dropping(first: String) -> HttpResponse {
     let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
@@ -261,7 +272,16 @@ async fn handle(
             .json(json!({"error": {"message": "Incorrect API key provided", "type": "auth"}}));
     }
     let stream = json["stream"].as_bool().unwrap_or(false);
-    let text = format!("echo: {}", last_user_text(&json));
+    let text = match alt_text_language(&json) {
+        // Easel's alt text prompt: answer as a vision model would, with the filler
+        // opening Easel must strip.
+        Some(lang) => {
+            json!({"alt_text": format!("Image of a red SALE sign in a shop window ({lang})"),
+            "decorative": false, "text_in_image": "SALE"})
+            .to_string()
+        }
+        None => format!("echo: {}", last_user_text(&json)),
+    };
     if path.ends_with("/chat/completions") {
         if !stream {
             return HttpResponse::Ok().json(json!({

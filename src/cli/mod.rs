@@ -66,9 +66,30 @@ enum Command {
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCmd),
+    /// Download and list local captioning models.
+    #[command(subcommand)]
+    Models(ModelsCmd),
     /// Tools for tests and benchmarks.
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Download a BLIP captioning model (blip-base or blip-large) from the model hub,
+    /// checking every file's checksum.
+    Pull {
+        /// blip-base or blip-large.
+        name: String,
+        /// Convert the weights to quantised GGUF (q4k): smaller and faster on a CPU.
+        #[arg(long)]
+        quantized: bool,
+        /// Folder to put it in (default: beside [local_model] dir, named NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the models in the models folder; * marks the one [local_model] dir names.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -277,6 +298,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 note,
             };
             runtime()?.block_on(admin_command(&loaded, req, true))
+        }
+        Command::Models(ModelsCmd::Pull {
+            name,
+            quantized,
+            dir,
+        }) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            runtime()?
+                .block_on(models_pull(&loaded, &name, quantized, dir))
+                .map_err(Failure::from)
+        }
+        Command::Models(ModelsCmd::List) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            models_list(&loaded);
+            Ok(())
         }
         Command::Debug(DebugCmd::WriteBurst {
             writers,
@@ -499,4 +535,61 @@ async fn write_burst(
     store::burst::burst(&store, writers, count, payload, None, ack).await?;
     store.close().await;
     Ok(())
+}
+
+/// The folder models live in: the parent of `[local_model] dir`.
+fn models_dir(config: &config::Config) -> PathBuf {
+    config
+        .local_model
+        .dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+async fn models_pull(
+    loaded: &Loaded,
+    name: &str,
+    quantized: bool,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let target = dir.unwrap_or_else(|| models_dir(config).join(name));
+    let files =
+        crate::local_model::pull::pull(&config.local_model.hub_url, name, &target, quantized)
+            .await?;
+    println!("{} is ready in {}", files.name(), target.display());
+    if app::absolute(&target) != app::absolute(&config.local_model.dir) {
+        println!(
+            "to use it, set in the config:\n[local_model]\ndir = \"{}\"",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+fn models_list(loaded: &Loaded) {
+    let config = &loaded.config;
+    let listed = crate::local_model::pull::list(&models_dir(config), &config.local_model.dir);
+    if listed.is_empty() {
+        println!(
+            "no local models in {}; `easel models pull blip-large` downloads one",
+            models_dir(config).display()
+        );
+    }
+    for m in listed {
+        println!(
+            "{} {:<20} {:<28} {:>8.1} MiB  {}",
+            if m.in_use { "*" } else { " " },
+            m.name,
+            m.weights,
+            m.bytes as f64 / f64::from(1 << 20),
+            m.dir.display()
+        );
+    }
+    let names: Vec<&str> = crate::local_model::pull::KNOWN
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    println!("can be pulled: {}", names.join(", "));
 }

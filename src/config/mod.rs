@@ -378,6 +378,8 @@ pub struct LocalModelConfig {
     pub queue: usize,
     /// Tokens a caption may have (the decoding step cap).
     pub max_tokens: usize,
+    /// Where `easel models pull` downloads from (Hugging Face, or a mirror).
+    pub hub_url: String,
 }
 
 impl Default for LocalModelConfig {
@@ -388,6 +390,7 @@ impl Default for LocalModelConfig {
             workers: 1,
             queue: 16,
             max_tokens: 30,
+            hub_url: "https://huggingface.co".into(),
         }
     }
 }

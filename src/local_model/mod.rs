@@ -9,6 +9,7 @@
 
 pub mod blip;
 pub mod fixture;
+pub mod pull;
 
 pub mod weights;
 

@@ -490,6 +490,7 @@ async function route() {
     else if (section === "admin") await renderAdmin(main);
     else if (section === "providers") await renderProviders(main);
     else if (section === "usage") await renderUsage(main);
+    else if (section === "alt-text") await renderAltText(main);
     else renderSection(main, section);
   } finally {
     main.setAttribute("data-ready", section);

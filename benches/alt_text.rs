@@ -7,8 +7,9 @@
 //! and a whole 20-token caption. Then it times the intake of a 12 MP JPEG (decode,
 //! orient, scale down to 1024, re-encode).
 //!
-//! `EASEL_BENCH_ARCH=base` or `large` runs one architecture; `EASEL_BENCH_RUNS` sets
-//! the timed runs per cell (default 3, after one warm-up).
+//! `EASEL_BENCH_ARCH=base` or `large` runs one architecture (`none`: intake only);
+//! `EASEL_BENCH_WEIGHTS=q4k` (or a comma list of f32, q8_0, q4k) some weight formats;
+//! `EASEL_BENCH_RUNS` sets the timed runs per cell (default 3, after one warm-up).
 
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
@@ -35,12 +36,19 @@ fn caption_cells(arch: &str, config: BlipConfig, runs: usize, dir: &std::path::P
         params as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
-    let st = dir.join(format!("{arch}.safetensors"));
-    let map: std::collections::HashMap<_, _> = tensors.iter().cloned().collect();
-    candle_core::safetensors::save(&map, &st).expect("save safetensors");
-    drop(map);
-    let mut files = vec![("f32", st)];
+    let only = std::env::var("EASEL_BENCH_WEIGHTS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| w == name);
+    let mut files = Vec::new();
+    if wanted("f32") {
+        let st = dir.join(format!("{arch}.safetensors"));
+        let map: std::collections::HashMap<_, _> = tensors.iter().cloned().collect();
+        candle_core::safetensors::save(&map, &st).expect("save safetensors");
+        files.push(("f32", st));
+    }
     for (name, dtype) in [("q8_0", GgmlDType::Q8_0), ("q4k", GgmlDType::Q4K)] {
+        if !wanted(name) {
+            continue;
+        }
         let p = dir.join(format!("{arch}-{name}.gguf"));
         write_gguf(&p, &tensors, dtype).expect("write gguf");
         files.push((name, p));
@@ -127,25 +135,28 @@ fn intake(runs: usize) {
         max_bytes: 64 << 20,
         max_pixels: 50_000_000,
     };
-    let (mut dec, mut all) = (Vec::new(), Vec::new());
+    let (mut dec, mut scale, mut all) = (Vec::new(), Vec::new(), Vec::new());
     let mut out_len = 0;
     for run in 0..=runs {
         let t0 = Instant::now();
         let got = easel::imaging::decode(&jpeg, limits).expect("decode");
         let t1 = Instant::now();
         let small = easel::imaging::downscale(got.image, 1024);
-        let out = easel::imaging::to_jpeg(&small, 85).expect("re-encode");
         let t2 = Instant::now();
+        let out = easel::imaging::to_jpeg(&small, 85).expect("re-encode");
+        let t3 = Instant::now();
         out_len = out.len();
         if run > 0 {
             dec.push(ms(t1 - t0));
-            all.push(ms(t2 - t0));
+            scale.push(ms(t2 - t1));
+            all.push(ms(t3 - t0));
         }
     }
     println!(
-        "intake of a {w}×{h} JPEG ({:.1} MiB): decode + orient {:.0} ms, total with scale to 1024 and re-encode {:.0} ms (→ {} KiB)",
+        "intake of a {w}×{h} JPEG ({:.1} MiB): decode + orient {:.0} ms, scale to 1024 {:.0} ms, total with re-encode {:.0} ms (→ {} KiB)",
         jpeg.len() as f64 / (1 << 20) as f64,
         median(dec),
+        median(scale),
         median(all),
         out_len / 1024
     );

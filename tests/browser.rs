@@ -578,3 +578,88 @@ async fn a_person_adds_their_own_provider_key_and_sees_usage_after_a_request() {
     server.stop().await;
     mock.stop().await;
 }
+
+#[tokio::test]
+async fn a_person_gets_alt_text_for_dropped_images_from_the_local_model() {
+    use easel::local_model::fixture::{Store, TINY_CAPTION, write_tiny};
+    let files = tempfile::tempdir().unwrap();
+    let model = files.path().join("blip-tiny");
+    write_tiny(&model, Store::Safetensors).unwrap();
+    let server = TestServer::start(&format!(
+        "\n[alt_text]\nmodel = \"local\"\n[local_model]\ndir = \"{}\"\n",
+        model.display()
+    ))
+    .await;
+    server
+        .make_account("ada@example.com", easel::auth::Role::Member, PASSWORD)
+        .await;
+    let mut paths = Vec::new();
+    for (i, (w, h)) in [(64u32, 48u32), (30, 90)].iter().enumerate() {
+        let p = files.path().join(format!("photo-{i}.png"));
+        image::RgbImage::from_fn(*w, *h, |x, y| image::Rgb([x as u8 * 3, y as u8 * 2, 90]))
+            .save(&p)
+            .unwrap();
+        paths.push(p.display().to_string());
+    }
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/alt-text")).await;
+    s.wait_ready("alt-text").await;
+
+    // Two files chosen (as a drop or the file picker gives them), plus a URL Easel
+    // must refuse.
+    let input = s.element("#alt-files").await;
+    s.post(
+        &format!("/element/{input}/value"),
+        json!({"text": paths.join("\n")}),
+    )
+    .await;
+    s.wait_for(
+        "return document.getElementById('alt-chosen').textContent",
+        json!("2 images: photo-0.png, photo-1.png"),
+    )
+    .await;
+    s.type_into("#alt-urls", "http://127.0.0.1/private.png")
+        .await;
+    s.click("#alt-submit").await;
+    s.wait_for(
+        "return [...document.querySelectorAll('#alt-results [data-state]')].map(e => e.dataset.state).join(',')",
+        json!("done,done,error"),
+    )
+    .await;
+    let mut want = TINY_CAPTION.to_string();
+    want[..1].make_ascii_uppercase();
+    let texts = s
+        .js("return [...document.querySelectorAll('#alt-results textarea')].map(t => t.value)")
+        .await;
+    assert_eq!(texts, json!([want, want, ""]));
+    let problem = s
+        .js("return document.querySelector('#alt-results li[data-index=\"2\"] .meta').textContent")
+        .await;
+    assert!(
+        problem.as_str().unwrap_or("").contains("loopback"),
+        "{problem}"
+    );
+    let copy_enabled = s
+        .js("return [...document.querySelectorAll('#alt-results button.copy')].map(b => !b.disabled)")
+        .await;
+    assert_eq!(copy_enabled, json!([true, true, false]));
+    // What was kept is listed, without the images.
+    s.wait_for(
+        "return document.querySelectorAll('#alt-history tbody tr').length",
+        json!(2),
+    )
+    .await;
+    s.screenshot("alt-text").await;
+    let problems = s.console_problems().await;
+    // The refused URL is an expected 400 in the console; nothing else may appear.
+    let unexpected: Vec<_> = problems
+        .iter()
+        .filter(|p| !p.contains("/v1/alt-text") || !p.contains("400"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    s.end().await;
+    server.stop().await;
+}

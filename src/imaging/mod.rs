@@ -214,25 +214,36 @@ pub fn downscale(image: DynamicImage, longest: u32) -> DynamicImage {
     let f = side / longest;
     let image = if f >= 2 {
         match image {
-            DynamicImage::ImageRgb8(i) => DynamicImage::ImageRgb8(box_reduce(&i, f)),
-            DynamicImage::ImageRgba8(i) => DynamicImage::ImageRgba8(box_reduce(&i, f)),
-            DynamicImage::ImageLuma8(i) => DynamicImage::ImageLuma8(box_reduce(&i, f)),
-            DynamicImage::ImageLumaA8(i) => DynamicImage::ImageLumaA8(box_reduce(&i, f)),
+            DynamicImage::ImageRgb8(i) => DynamicImage::ImageRgb8(box_reduce::<_, 3>(&i, f)),
+            DynamicImage::ImageRgba8(i) => DynamicImage::ImageRgba8(box_reduce::<_, 4>(&i, f)),
+            DynamicImage::ImageLuma8(i) => DynamicImage::ImageLuma8(box_reduce::<_, 1>(&i, f)),
+            DynamicImage::ImageLumaA8(i) => DynamicImage::ImageLumaA8(box_reduce::<_, 2>(&i, f)),
             other => other,
         }
     } else {
         image
     };
-    image.thumbnail(longest, longest)
+    // The rest (a factor below 2) with a triangle filter, which is exact enough there.
+    let (w, h) = (image.width(), image.height());
+    let scale = f64::from(longest) / f64::from(w.max(h));
+    if scale >= 1.0 {
+        return image;
+    }
+    let nw = ((f64::from(w) * scale).round() as u32).clamp(1, longest);
+    let nh = ((f64::from(h) * scale).round() as u32).clamp(1, longest);
+    image.resize_exact(nw, nh, image::imageops::FilterType::Triangle)
 }
 
 /// Averages each `f`×`f` block into one pixel (a remainder of fewer than `f` pixels
-/// at the right and bottom edges is dropped).
-fn box_reduce<P>(img: &image::ImageBuffer<P, Vec<u8>>, f: u32) -> image::ImageBuffer<P, Vec<u8>>
+/// at the right and bottom edges is dropped). `C` is the pixel's channel count.
+fn box_reduce<P, const C: usize>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    f: u32,
+) -> image::ImageBuffer<P, Vec<u8>>
 where
     P: image::Pixel<Subpixel = u8>,
 {
-    let c = usize::from(P::CHANNEL_COUNT);
+    let c = C;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let f = f as usize;
     let (ow, oh) = ((w / f).max(1), (h / f).max(1));
@@ -243,12 +254,16 @@ where
         let mut acc = vec![0u32; ow * c];
         for y in oy * f..((oy + 1) * f).min(h) {
             let line = &src[y * w * c..(y + 1) * w * c];
-            for (ox, a) in acc.chunks_exact_mut(c).enumerate() {
-                let block = &line[ox * f * c..((ox + 1) * f).min(w) * c];
-                for px in block.chunks_exact(c) {
-                    for (s, v) in a.iter_mut().zip(px) {
-                        *s += u32::from(*v);
+            for (ox, a) in acc.chunks_exact_mut(C).enumerate() {
+                let block = &line[ox * f * C..((ox + 1) * f).min(w) * C];
+                let mut sum = [0u32; C];
+                for px in block.chunks_exact(C) {
+                    for k in 0..C {
+                        sum[k] += u32::from(px[k]);
                     }
+                }
+                for k in 0..C {
+                    a[k] += sum[k];
                 }
             }
         }
@@ -256,7 +271,9 @@ where
             *d = ((s + area / 2) / area) as u8;
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(oh);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(oh);
     let per = oh.div_ceil(threads.max(1));
     std::thread::scope(|scope| {
         for (i, band) in out.chunks_mut(per * ow * c).enumerate() {

@@ -144,6 +144,8 @@ async function renderAltText(main) {
     try {
       await describeAll(items, altOptions(f), list);
       files.length = 0; urls.value = ""; input.value = ""; showChosen();
+      // Records join the next group commit, a few milliseconds after the answers.
+      await new Promise((resolve) => setTimeout(resolve, 300));
       await altHistory(history);
     } finally {
       submit.disabled = false;

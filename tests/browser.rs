@@ -652,6 +652,8 @@ async fn a_person_gets_alt_text_for_dropped_images_from_the_local_model() {
         json!(2),
     )
     .await;
+    s.js("document.getElementById('alt-results').scrollIntoView(); return true")
+        .await;
     s.screenshot("alt-text").await;
     let problems = s.console_problems().await;
     // The refused URL is an expected 400 in the console; nothing else may appear.

@@ -116,11 +116,11 @@ impl BlipConfig {
         let t = &self.text_config;
         let v = &self.vision_config;
         let ok = t.num_attention_heads > 0
-            && t.hidden_size % t.num_attention_heads == 0
+            && t.hidden_size.is_multiple_of(t.num_attention_heads)
             && v.num_attention_heads > 0
-            && v.hidden_size % v.num_attention_heads == 0
+            && v.hidden_size.is_multiple_of(v.num_attention_heads)
             && v.patch_size > 0
-            && v.image_size % v.patch_size == 0
+            && v.image_size.is_multiple_of(v.patch_size)
             && t.encoder_hidden_size == v.hidden_size
             && (t.bos_token_id as usize) < t.vocab_size
             && (t.sep_token_id as usize) < t.vocab_size

@@ -188,7 +188,7 @@ impl Weights {
 /// split into whole blocks of `dtype`.
 fn quantisable(name: &str, t: &Tensor, dtype: GgmlDType) -> bool {
     let dims = t.dims();
-    dims.len() == 2 && name.ends_with(".weight") && dims[1] % dtype.block_size() == 0
+    dims.len() == 2 && name.ends_with(".weight") && dims[1].is_multiple_of(dtype.block_size())
 }
 
 /// Writes `tensors` as a GGUF file: matrices in `dtype`, the rest in f32.

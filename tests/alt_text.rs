@@ -52,11 +52,17 @@ struct Setup {
 }
 
 async fn setup_with(extra: &str, store: Store) -> Setup {
+    setup_local(extra, store, "").await
+}
+
+/// A server with `extra` config, the tiny model stored as `store`, and
+/// `local_model` lines added to its `[local_model]` section.
+async fn setup_local(extra: &str, store: Store, local_model: &str) -> Setup {
     let model = tempfile::tempdir().expect("tempdir");
     let dir = model.path().join("blip-tiny");
     write_tiny(&dir, store).expect("tiny model");
     let config = format!(
-        "{extra}\n[local_model]\ndir = \"{}\"\n",
+        "{extra}\n[local_model]\ndir = \"{}\"\n{local_model}",
         dir.display().to_string().replace('\\', "/")
     );
     let s = TestServer::start(&config).await;
@@ -769,4 +775,36 @@ async fn a_missing_local_model_says_how_to_install_one() {
     assert_eq!(code(&v), "local_model_missing", "{v}");
     assert!(message(&v).contains("easel models pull"), "{v}");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_local_queue_answers_503_with_retry_after() {
+    // The tiny model is too quick to be caught in flight, so the queue is sized to
+    // let nothing in.
+    let t = setup_local(
+        &format!("{}\n[alt_text]\nmodel = \"local\"\n", common::FAST),
+        Store::Safetensors,
+        "queue = 0\n",
+    )
+    .await;
+    let r = common::http()
+        .post(t.s.url("/v1/alt-text"))
+        .bearer_auth(&t.key)
+        .json(&json!({"image_base64": b64(&png(10, 10))}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "2");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(code(&v), "local_model_busy", "{v}");
+    // The refused request's usage record is written before the database closes,
+    // without waiting out the drain limit.
+    let started = Instant::now();
+    t.s.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -1,7 +1,7 @@
 //! The alt text routes.
 
 use super::{AltText, AltTextRecord, AltTextRequest, AltTextResult, MAX_BATCH, Source};
-use crate::auth::{Caller, Scoped, need};
+use crate::auth::{Scoped, need};
 use crate::gateway::parse_body;
 use crate::http::{ApiError, rfc3339};
 use actix_web::http::StatusCode;
@@ -309,7 +309,7 @@ struct HistoryQuery {
 #[utoipa::path(tag = "alt-text", params(("limit" = Option<usize>, Query, description = "at most this many (default 50, up to 500)")), responses((status = 200, body = Vec<RecordView>)), security(("api_key" = [])))]
 #[get("/api/alt-text")]
 async fn history(
-    caller: Caller,
+    caller: Scoped<need::AltText>,
     svc: web::Data<AltText>,
     q: web::Query<HistoryQuery>,
 ) -> Result<web::Json<Vec<RecordView>>, ApiError> {
@@ -321,7 +321,7 @@ async fn history(
             "`limit` must be between 1 and 500",
         ));
     }
-    let records = svc.list(&caller.account, limit).await?;
+    let records = svc.list(&caller.0.account, limit).await?;
     Ok(web::Json(
         records.into_iter().map(RecordView::from).collect(),
     ))

@@ -374,7 +374,8 @@ pub struct LocalModelConfig {
     pub device: String,
     /// Captions computed at once (each uses every CPU core).
     pub workers: usize,
-    /// Requests allowed to wait for a worker; more are answered 503.
+    /// Requests allowed in at once (running or waiting for a worker); more are
+    /// answered 503.
     pub queue: usize,
     /// Tokens a caption may have (the decoding step cap).
     pub max_tokens: usize,

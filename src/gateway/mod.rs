@@ -41,6 +41,10 @@ pub struct Gateway {
     pub live: Arc<Live>,
     pub files: Arc<ImageFiles>,
     pending: Arc<Pending>,
+    /// The runtime settlements run on: the one the gateway was made on, which
+    /// outlives the HTTP workers (a task spawned on a worker's runtime would be
+    /// dropped, unfinished, when the worker stops at shutdown).
+    rt: Option<tokio::runtime::Handle>,
 }
 
 /// Charges waiting for their commit beyond which new paid requests wait: when the
@@ -102,6 +106,7 @@ impl Gateway {
             live,
             files: Arc::new(ImageFiles::default()),
             pending: Arc::default(),
+            rt: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -111,7 +116,11 @@ impl Gateway {
         F: Future<Output = Result<T, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let Some(rt) = self
+            .rt
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
             return;
         };
         let pending = self.pending.clone();

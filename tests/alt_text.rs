@@ -7,7 +7,6 @@ mod common;
 use base64::Engine;
 use common::TestServer;
 use common::mock::{Mock, catalog};
-use easel::auth::Role;
 use easel::ledger::{EntryKind, MICRO, Posting};
 use easel::local_model::fixture::{Store, TINY_CAPTION, write_tiny};
 use reqwest::StatusCode;
@@ -66,27 +65,11 @@ async fn setup_local(extra: &str, store: Store, local_model: &str) -> Setup {
         dir.display().to_string().replace('\\', "/")
     );
     let s = TestServer::start(&config).await;
-    let account = s
-        .make_account("ada@example.com", Role::Member, PASSWORD)
-        .await;
-    let services = s.running.as_ref().expect("running").services();
-    let (_, key) = services
-        .keys
-        .create(
-            &account,
-            Role::Member,
-            easel::keys::NewKey {
-                name: "alt".into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("key");
+    let (account, key) = s.member_with_key("ada@example.com", PASSWORD).await;
     Setup {
         s,
         account,
-        key: key.expose().clone(),
+        key,
         _model: model,
     }
 }
@@ -743,29 +726,10 @@ async fn a_missing_local_model_says_how_to_install_one() {
         common::FAST
     ))
     .await;
-    let account = s
-        .make_account("bo@example.com", Role::Member, PASSWORD)
-        .await;
-    let (_, key) = s
-        .running
-        .as_ref()
-        .expect("running")
-        .services()
-        .keys
-        .create(
-            &account,
-            Role::Member,
-            easel::keys::NewKey {
-                name: "k".into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("key");
+    let (_, key) = s.member_with_key("bo@example.com", PASSWORD).await;
     let r = common::http()
         .post(s.url("/v1/alt-text"))
-        .bearer_auth(key.expose())
+        .bearer_auth(&key)
         .json(&json!({"image_base64": b64(&png(10, 10))}))
         .send()
         .await

@@ -28,23 +28,7 @@ async fn setup(credits: f64) -> Setup {
     let mock = Mock::start().await;
     let keys = tempfile::tempdir().expect("tempdir");
     let s = TestServer::start(&catalog(&mock, keys.path())).await;
-    let account = s
-        .make_account("ada@example.com", Role::Member, PASSWORD)
-        .await;
-    let services = s.running.as_ref().expect("running").services();
-    let (_, key) = services
-        .keys
-        .create(
-            &account,
-            Role::Member,
-            easel::keys::NewKey {
-                name: "sdk".into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("key");
+    let (account, key) = s.member_with_key("ada@example.com", PASSWORD).await;
     if credits > 0.0 {
         grant(&s, &account, credits).await;
     }
@@ -53,7 +37,7 @@ async fn setup(credits: f64) -> Setup {
         mock,
         _keys: keys,
         account,
-        key: key.expose().clone(),
+        key,
     }
 }
 

@@ -117,6 +117,30 @@ impl TestServer {
             .id
     }
 
+    /// Creates a member (see [`TestServer::make_account`]) with one API key of the
+    /// default scopes; returns the account id and the key.
+    pub async fn member_with_key(&self, email: &str, password: &str) -> (String, String) {
+        let account = self
+            .make_account(email, easel::auth::Role::Member, password)
+            .await;
+        let running = self.running.as_ref().expect("running");
+        let (_, key) = running
+            .services()
+            .keys
+            .create(
+                &account,
+                easel::auth::Role::Member,
+                easel::keys::NewKey {
+                    name: "test".into(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .expect("key");
+        (account, key.expose().clone())
+    }
+
     /// Stops the server cleanly.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

@@ -211,3 +211,79 @@ pub fn write_gguf(path: &Path, tensors: &[(String, Tensor)], dtype: GgmlDType) -
     file.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(rows: usize, cols: usize, scale: f32) -> Tensor {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
+            .collect();
+        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn gguf_keeps_whole_block_matrices_quantised_and_the_rest_float() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.gguf");
+        let tensors = vec![
+            ("big.weight".to_string(), ramp(16, 256, 0.2)),
+            (
+                "big.bias".to_string(),
+                ramp(1, 16, 1.0).flatten_all().unwrap(),
+            ),
+            // 64 columns do not fill a q4k block (256): stored as f32.
+            ("small.weight".to_string(), ramp(8, 64, 0.2)),
+        ];
+        write_gguf(&path, &tensors, GgmlDType::Q4K).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        assert_eq!(
+            content.tensor_infos["big.weight"].ggml_dtype,
+            GgmlDType::Q4K
+        );
+        assert_eq!(content.tensor_infos["big.bias"].ggml_dtype, GgmlDType::F32);
+        assert_eq!(
+            content.tensor_infos["small.weight"].ggml_dtype,
+            GgmlDType::F32
+        );
+
+        // The quantised layer multiplies with its blocks and stays close to float.
+        let w = Weights::from_gguf(&path, &Device::Cpu).unwrap();
+        let quant = w.linear("big", 256, 16).unwrap();
+        assert!(matches!(quant, Lin::Quant { .. }));
+        let float = candle_nn::Linear::new(tensors[0].1.clone(), Some(tensors[1].1.clone()));
+        let x = ramp(3, 256, 1.0).unsqueeze(0).unwrap();
+        let got = quant.forward(&x).unwrap();
+        let want = float.forward(&x).unwrap();
+        let err = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let size = want
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            err < 0.05 * size,
+            "q4k error {err} against outputs up to {size}"
+        );
+        // A shape config.json does not match is named.
+        let e = w.linear("big", 128, 16).err().unwrap().to_string();
+        assert!(e.contains("big.weight") && e.contains("config.json"), "{e}");
+    }
+}

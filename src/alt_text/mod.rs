@@ -524,13 +524,16 @@ impl AltText {
     /// The records of `account`, newest first, up to `limit`.
     pub async fn list(&self, account: &str, limit: usize) -> Result<Vec<AltTextRecord>, ApiError> {
         let prefix = TimedKey::prefix(account);
-        self.store
-            .read(move |r| {
-                r.scan_prefix_rev(&RECORDS, &prefix, None, limit)
-                    .map(|v| v.into_iter().map(|(_, rec)| rec).collect::<Vec<_>>())
+        let records = self
+            .store
+            .read(move |r| -> Result<Vec<_>, StoreError> {
+                Ok(r.scan_prefix_rev(&RECORDS, &prefix, None, limit)?
+                    .into_iter()
+                    .map(|(_, rec)| rec)
+                    .collect())
             })
-            .await
-            .map_err(|e: StoreError| ApiError::internal(e.to_string()))
+            .await?;
+        Ok(records)
     }
 }
 

@@ -365,8 +365,7 @@ impl AltText {
         })
         .await
         .map_err(|e| ApiError::internal(format!("the image task ended: {e}")))??;
-        let key = TimedKey::new(&caller.account, now_ms())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let key = TimedKey::new(&caller.account, now_ms())?;
         match writer {
             Writer::Local => self.local(caller, &opts, image, key, url).await,
             Writer::Provider(model) => self.provider(caller, &opts, &model, image, key, url).await,

@@ -19,6 +19,7 @@ pub mod imaging;
 pub mod keys;
 pub mod ledger;
 pub mod local_model;
+pub mod privacy;
 pub mod providers;
 pub mod store;
 pub mod system;

@@ -2,6 +2,7 @@
 //! sign-up in the modes `[signup]` allows, sign-in with throttling, the person's own
 //! profile, password and sessions, and what admins do to users.
 
+mod deletion;
 mod error;
 mod model;
 pub mod passwords;
@@ -9,7 +10,11 @@ mod routes;
 mod service;
 mod throttle;
 
+pub use deletion::{
+    DeletionRequest, LegalHold, TABLES, erase_account, erase_credentials, expire_invites,
+    expire_sessions_in,
+};
 pub use error::AccountError;
 pub use model::{Account, Invite, StoredSession};
-pub use routes::routes;
+pub use routes::{cleared_cookie, routes};
 pub use service::{Accounts, Actor, AdminChange, NewAccount, NewSession, Signup, normalize_email};

@@ -103,7 +103,8 @@ fn secure(req: &HttpRequest) -> bool {
     tls || public_https
 }
 
-fn cleared_cookie(req: &HttpRequest) -> Cookie<'static> {
+/// The session cookie, removed (sign-out, and a deletion request, which ends every session).
+pub fn cleared_cookie(req: &HttpRequest) -> Cookie<'static> {
     let mut c = Cookie::build(SESSION_COOKIE, "")
         .path("/")
         .http_only(true)

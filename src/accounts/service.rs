@@ -10,14 +10,15 @@ use crate::audit;
 use crate::auth::{ClientInfo, Directory, Role, SessionEntry, Status, csrf_token_for};
 use crate::config::{Live, SignupMode};
 use crate::crypto::{self, Keyring, PasswordParams, Secret};
-use crate::store::{Reader, Store, Table, WriteTx, now_ms};
+use crate::store::{Class, Reader, Store, Table, WriteTx, now_ms};
 use std::sync::Arc;
 
-const ACCOUNTS: Table<String, Account> = Table::new("accounts");
-const EMAILS: Table<String, String> = Table::new("account_emails");
+pub(super) const ACCOUNTS: Table<String, Account> = Table::new("accounts", Class::Account);
+pub(super) const EMAILS: Table<String, String> = Table::new("account_emails", Class::Account);
 /// Keyed by `account id / SHA-256 of the token` (see [`session_key`]).
-const SESSIONS: Table<Vec<u8>, StoredSession> = Table::new("sessions");
-const INVITES: Table<Vec<u8>, Invite> = Table::new("invites");
+pub(super) const SESSIONS: Table<Vec<u8>, StoredSession> =
+    Table::new("sessions", Class::Credentials);
+pub(super) const INVITES: Table<Vec<u8>, Invite> = Table::new("invites", Class::Credentials);
 
 const MAX_NAME: usize = 100;
 
@@ -62,7 +63,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn id(&self) -> Option<&str> {
+    pub fn id(&self) -> Option<&str> {
         match self {
             Actor::Account(id) => Some(id),
             _ => None,
@@ -162,13 +163,13 @@ fn session_key(account: &str, token_hash: &[u8; 32]) -> Vec<u8> {
 }
 
 /// The token hash at the end of a session key.
-fn token_hash_of(key: &[u8]) -> Option<[u8; 32]> {
+pub(super) fn token_hash_of(key: &[u8]) -> Option<[u8; 32]> {
     key.get(key.len().checked_sub(32)?..)?.try_into().ok()
 }
 
 /// Removes the stored sessions of an account (all, or the one with public id `only`)
 /// inside a write; returns their token hashes for the directory.
-fn end_sessions(
+pub(super) fn end_sessions(
     tx: &WriteTx<'_>,
     account: &str,
     only: Option<&str>,
@@ -253,14 +254,22 @@ impl Inner {
     /// One change to a stored account in one write. `change` edits the account and may
     /// write more in the same transaction (audit entries, ended sessions, whose token
     /// hashes it returns); the directory follows once the write is durable.
-    async fn update<F>(&self, id: &str, mut change: F) -> Result<Account, AccountError>
+    async fn update<F>(&self, id: &str, change: F) -> Result<Account, AccountError>
+    where
+        F: FnMut(&WriteTx<'_>, &mut Account, u64) -> Result<Vec<[u8; 32]>, AccountError>
+            + Send
+            + 'static,
+    {
+        self.update_at(id, now_ms(), change).await
+    }
+
+    async fn update_at<F>(&self, id: &str, now: u64, mut change: F) -> Result<Account, AccountError>
     where
         F: FnMut(&WriteTx<'_>, &mut Account, u64) -> Result<Vec<[u8; 32]>, AccountError>
             + Send
             + 'static,
     {
         let id = id.to_string();
-        let now = now_ms();
         let (account, ended) = self
             .store
             .write(move |tx| {
@@ -289,6 +298,28 @@ impl Inner {
 }
 
 impl Accounts {
+    pub(super) async fn update_at<F>(
+        &self,
+        id: &str,
+        now: u64,
+        change: F,
+    ) -> Result<Account, AccountError>
+    where
+        F: FnMut(&WriteTx<'_>, &mut Account, u64) -> Result<Vec<[u8; 32]>, AccountError>
+            + Send
+            + 'static,
+    {
+        self.inner.update_at(id, now, change).await
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(super) fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
     /// The service over one store; call [`Accounts::load`] before serving.
     pub fn new(store: Store, keyring: Keyring, directory: Arc<Directory>, live: Arc<Live>) -> Self {
         Accounts {
@@ -362,6 +393,20 @@ impl Accounts {
         let ended: Vec<[u8; 32]> = ended.into_iter().map(|(_, h)| h).collect();
         i.directory.remove_sessions(&ended);
         Ok(())
+    }
+
+    /// Checks the password of `id` (a deletion request asks for it again).
+    pub async fn confirm_password(
+        &self,
+        id: &str,
+        password: &Secret<String>,
+    ) -> Result<(), AccountError> {
+        let a = self.inner.get(id).await?;
+        if self.inner.verify(password, a.password_hash).await? {
+            Ok(())
+        } else {
+            Err(AccountError::WrongPassword)
+        }
     }
 
     /// One account by id.
@@ -633,17 +678,33 @@ impl Accounts {
                 return Err(AccountError::InvalidCredentials);
             }
         };
-        match account.status {
-            Status::Active => {}
+        // Signing in during the recovery window cancels a pending deletion.
+        let cancels = match account.status {
+            Status::Active => false,
             Status::Disabled => return Err(AccountError::Disabled),
-            Status::PendingDeletion => return Err(AccountError::PendingDeletion),
-        }
+            Status::PendingDeletion => true,
+        };
         i.throttle.succeed(&email_key);
         let opening = i.opening(&account.id, now)?;
         let (key, stored) = (opening.key(), opening.stored.clone());
         let id = account.id.clone();
-        i.store
+        let account = i
+            .store
             .write(move |tx| {
+                let mut account = tx
+                    .get(&ACCOUNTS, &id)?
+                    .ok_or(AccountError::NotFound("account"))?;
+                if cancels {
+                    super::deletion::cancel_in(
+                        tx,
+                        &mut account,
+                        now,
+                        Some(&id),
+                        "deletion cancelled by the person signing in",
+                    )
+                    .map_err(|_| AccountError::PendingDeletion)?;
+                    tx.insert(&ACCOUNTS, &id, &account)?;
+                }
                 tx.insert(&SESSIONS, &key, &stored)?;
                 audit::record(
                     tx,
@@ -654,9 +715,12 @@ impl Accounts {
                     "signed in with a password",
                 )?;
                 audit::access(tx, now, &client, "sign_in", Some(&id))?;
-                Ok::<_, AccountError>(())
+                Ok::<_, AccountError>(account)
             })
             .await?;
+        if cancels {
+            i.directory.put_account(&account.id, account.state());
+        }
         Ok((account, i.opened(opening)))
     }
 

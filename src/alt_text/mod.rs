@@ -28,7 +28,7 @@ use crate::imaging::{self, Limits};
 use crate::local_model::{LocalError, LocalModel};
 use crate::providers::wire::{ChatRequest, Content, ImageUrl, Message, Part, Usage};
 use crate::providers::{ChatOutput, UpstreamError};
-use crate::store::{Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
 use base64::Engine;
 use prompt::{Ask, Style};
@@ -37,9 +37,21 @@ use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`.
-const RECORDS: Table<Vec<u8>, AltTextRecord> = Table::new("alt_text");
+const RECORDS: Table<Vec<u8>, AltTextRecord> = Table::new("alt_text", Class::AltText);
 /// Records by time, for the `alt_text` retention window.
-const RECORDS_BY_TIME: TimeIndex = TimeIndex::new("alt_text_by_time");
+const RECORDS_BY_TIME: TimeIndex = TimeIndex::new("alt_text_by_time", Class::AltText);
+
+/// How many alt text records `account` has.
+pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
+    r.count_prefix(&RECORDS, &TimedKey::prefix(account))
+}
+
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 2] = [RECORDS.decl(), RECORDS_BY_TIME.decl()];
+
+/// Alt text records expire by age (`[retention] alt_text`); an erasure removes an
+/// account's records through the same description.
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&RECORDS, &RECORDS_BY_TIME);
 
 /// The longest `context` accepted, in bytes.
 pub const MAX_CONTEXT: usize = 2048;
@@ -515,7 +527,7 @@ impl AltText {
             language: result.language.clone(),
             model: result.model.clone(),
             credits: cost.clamp(0, meter.held()),
-            at_ms: now_ms(),
+            at_ms: key.at_ms,
         };
         meter.finish_with(200, usage, 0, cost, move |tx| record_in(tx, &key, &record));
     }
@@ -539,7 +551,7 @@ impl AltText {
 /// Writes a record and its time index entry.
 fn record_in(tx: &WriteTx<'_>, key: &TimedKey, rec: &AltTextRecord) -> Result<(), StoreError> {
     tx.insert(&RECORDS, &key.key, rec)?;
-    RECORDS_BY_TIME.insert(tx, rec.at_ms, &key.key)
+    RECORDS_BY_TIME.insert(tx, key.at_ms, &key.key)
 }
 
 /// The chat request that asks a vision model for alt text.

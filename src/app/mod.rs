@@ -16,8 +16,9 @@ use crate::http::{self, Metrics, Shared};
 use crate::keys::Keys;
 use crate::ledger::Ledger;
 use crate::local_model::LocalModel;
+use crate::privacy::{Privacy, Scheduler};
 use crate::providers::Providers;
-use crate::store::{Migration, Store, StoreError, StoreOptions, WriteTx};
+use crate::store::{Clock, Migration, Store, StoreError, StoreOptions, WriteTx};
 use crate::usage::Usage;
 use actix_web::web;
 use anyhow::{Context, bail};
@@ -183,11 +184,23 @@ pub struct Running {
     log: LogHandle,
     services: Services,
     alt_text: AltText,
+    privacy: Privacy,
+    scheduler: Scheduler,
+    catch_up: tokio::task::JoinHandle<()>,
     flusher: tokio::task::JoinHandle<()>,
 }
 
 /// Starts everything and returns once the server accepts connections.
 pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
+    start_with_clock(loaded, log, Clock::default()).await
+}
+
+/// [`start`] with the clock the privacy engine's jobs go by (tests move it forward).
+pub async fn start_with_clock(
+    loaded: &Loaded,
+    log: LogHandle,
+    clock: Clock,
+) -> anyhow::Result<Running> {
     let started = Instant::now();
     let config = &loaded.config;
     let store = open_store(config).await?;
@@ -200,8 +213,9 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
     let shared = web::Data::new(Shared {
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes.into(),
         tls: tls.is_some(),
     });
@@ -214,7 +228,19 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
     if config.alt_text.model == "local" {
         local.preload();
     }
+    let privacy = Privacy::new(crate::privacy::Parts {
+        store: store.clone(),
+        live: live.clone(),
+        clock,
+        accounts: services.accounts.clone(),
+        keys: services.keys.clone(),
+        ledger: services.ledger.clone(),
+        providers: services.providers.clone(),
+        keyring: keyring.clone(),
+        metrics,
+    });
     let routes = {
+        let privacy = web::Data::new(privacy.clone());
         let alt_text = web::Data::new(alt_text.clone());
         let store = web::Data::new(store.clone());
         let keyring = web::Data::new(keyring.clone());
@@ -240,6 +266,7 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .app_data(usage.clone())
                 .app_data(gateway.clone())
                 .app_data(alt_text.clone())
+                .app_data(privacy.clone())
                 // The router tries resources in order: the hot API paths go first.
                 .configure(crate::gateway::routes)
                 .configure(crate::alt_text::routes)
@@ -250,6 +277,7 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
                 .configure(crate::ledger::routes)
                 .configure(crate::usage::routes)
                 .configure(crate::providers::routes)
+                .configure(crate::privacy::routes)
                 .configure(crate::web::routes);
         }
     };
@@ -291,6 +319,13 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         })
     };
 
+    let scheduler = Scheduler::start(&privacy).await?;
+    // Runs missed while Easel was stopped go first, off the start-up path.
+    let catch_up = {
+        let privacy = privacy.clone();
+        tokio::spawn(async move { privacy.catch_up().await })
+    };
+
     tracing::info!(
         %addr,
         tls = shared.tls,
@@ -312,6 +347,9 @@ pub async fn start(loaded: &Loaded, log: LogHandle) -> anyhow::Result<Running> {
         log,
         services,
         alt_text,
+        privacy,
+        scheduler,
+        catch_up,
         flusher,
     })
 }
@@ -320,6 +358,11 @@ impl Running {
     /// The accounts and keys services (tests and embedders create the first admin here).
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// The privacy engine (tests run its jobs and move its clock).
+    pub fn privacy(&self) -> &Privacy {
+        &self.privacy
     }
 
     /// Re-reads the config file. Live settings apply at once; settings that need a
@@ -388,6 +431,19 @@ impl Running {
         let _ = self.server.await;
         self.control.abort();
         self.flusher.abort();
+        self.privacy.stop();
+        self.scheduler.stop().await;
+        self.catch_up.abort();
+        // A job part-way through finishes its current write and stops at the next
+        // batch boundary; everything it does is idempotent, so the next run resumes.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.privacy.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a privacy job was still running at shutdown; it resumes at the next start"
+            );
+        }
         // Charges of requests already answered go in before the database closes.
         self.services
             .gateway

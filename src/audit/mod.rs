@@ -5,7 +5,7 @@
 
 use crate::auth::AdminRead;
 use crate::http::{ApiError, rfc3339};
-use crate::store::{Reader, Store, StoreError, Table, WriteTx};
+use crate::store::{Class, Reader, Store, StoreError, Table, WriteTx};
 use actix_web::{get, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -35,8 +35,29 @@ pub struct AccessEntry {
     pub account: Option<String>,
 }
 
-const AUDIT: Table<Vec<u8>, AuditEntry> = Table::new("audit");
-const ACCESS: Table<Vec<u8>, AccessEntry> = Table::new("access_log");
+const AUDIT: Table<Vec<u8>, AuditEntry> = Table::new("audit", Class::Audit);
+const ACCESS: Table<Vec<u8>, AccessEntry> = Table::new("access_log", Class::AccessLog);
+
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 2] = [AUDIT.decl(), ACCESS.decl()];
+
+/// Audit entries expire by age (`[retention] audit`).
+pub const AUDIT_EXPIRY: crate::store::Expiry = crate::store::Expiry::time_keyed(&AUDIT);
+/// Access-log entries expire by age (`[retention] access_log`, 24 hours by default).
+pub const ACCESS_EXPIRY: crate::store::Expiry = crate::store::Expiry::time_keyed(&ACCESS);
+
+/// Removes every access-log entry of `account` (client addresses are personal data);
+/// returns how many went.
+pub fn erase_access_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (k, e) in tx.scan_all(&ACCESS)? {
+        if e.account.as_deref() == Some(account) {
+            tx.remove(&ACCESS, &k)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
 
 fn time_key(at_ms: u64) -> Result<Vec<u8>, StoreError> {
     let salt = crate::crypto::random_bytes::<4>().map_err(|e| StoreError::Db(e.to_string()))?;

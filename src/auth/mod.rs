@@ -264,6 +264,11 @@ impl Directory {
         write(&self.accounts).insert(id.to_string(), state);
     }
 
+    /// Forgets an erased account (its sessions and keys went before).
+    pub fn remove_account(&self, id: &str) {
+        write(&self.accounts).remove(id);
+    }
+
     /// An account's state.
     pub fn account(&self, id: &str) -> Option<AccountState> {
         read(&self.accounts).get(id).copied()
@@ -360,6 +365,11 @@ impl Directory {
             saved_used: AtomicU64::new(used),
         };
         write(&self.keys).insert(id, Arc::new(entry));
+    }
+
+    /// Removes every key of an account.
+    pub fn remove_keys_of(&self, account: &str) {
+        write(&self.keys).retain(|_, k| k.key.account != account);
     }
 
     /// Removes keys by public id.

@@ -438,8 +438,14 @@ impl Default for RetentionConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
+    /// Removes records older than their class's window.
     pub retention_sweep: String,
+    /// Erases accounts whose deletion deadline has passed.
     pub deletion_requests: String,
+    /// Removes ended sessions, expired API keys and invites.
+    pub expiry: String,
+    /// Records a sweep removes per write, so requests keep flowing during a sweep.
+    pub sweep_batch: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -447,8 +453,22 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             retention_sweep: "0 0 * * * *".into(),
             deletion_requests: "0 30 * * * *".into(),
+            expiry: "0 */10 * * * *".into(),
+            sweep_batch: 1000,
         }
     }
+}
+
+/// Parses a schedule as the scheduler reads it: six fields, seconds first.
+pub fn cron(pattern: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(pattern)
+        .map_err(|e| {
+            format!("`{pattern}` is not a schedule ({e}); write six fields, seconds first: `0 0 * * * *` is hourly")
+        })
 }
 
 /// `[backup]`: scheduled online backups (off unless `dir` is set).
@@ -733,6 +753,31 @@ impl Config {
             return Err(invalid(
                 "local_model".into(),
                 "workers must be at least 1 and max_tokens between 1 and 200".into(),
+            ));
+        }
+        for (key, pattern) in [
+            ("scheduler.retention_sweep", &self.scheduler.retention_sweep),
+            (
+                "scheduler.deletion_requests",
+                &self.scheduler.deletion_requests,
+            ),
+            ("scheduler.expiry", &self.scheduler.expiry),
+            ("backup.schedule", &self.backup.schedule),
+        ] {
+            if let Err(e) = cron(pattern) {
+                return Err(invalid(key.into(), e));
+            }
+        }
+        if !(1..=100_000).contains(&self.scheduler.sweep_batch) {
+            return Err(invalid(
+                "scheduler.sweep_batch".into(),
+                "must be between 1 and 100000".into(),
+            ));
+        }
+        if self.backup.keep == 0 {
+            return Err(invalid(
+                "backup.keep".into(),
+                "must be at least 1 (how many scheduled backups are kept)".into(),
             ));
         }
         if self.storage.max_batch == 0 {

@@ -4,14 +4,17 @@
 
 use super::master::write_key_file;
 use super::{CryptoError, DataKey, KeySource, MasterKey, SymKey, read_key_file};
-use crate::store::{Reader, Store, StoreError, Table, WriteTx};
+use crate::store::{Class, Reader, Store, StoreError, Table, WriteTx};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const DATA_KEYS: Table<String, Vec<u8>> = Table::new("data_keys");
+const DATA_KEYS: Table<String, Vec<u8>> = Table::new("data_keys", Class::Account);
 const CHECK: &str = "master_key_check";
 const CHECK_AAD: &[u8] = b"easel/master-key-check/v1";
+
+/// The table of data keys: class `account`, erased with the account.
+pub const TABLES: [crate::store::Decl; 1] = [DATA_KEYS.decl()];
 
 fn aad(owner: &str) -> Vec<u8> {
     format!("easel/data-key/v1/{owner}").into_bytes()

@@ -40,6 +40,17 @@ pub struct Metrics {
     /// Config reloads, by outcome.
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    jobs: Mutex<BTreeMap<&'static str, JobStats>>,
+}
+
+/// Counters of one scheduled job.
+#[derive(Default, Clone, Copy)]
+struct JobStats {
+    runs: u64,
+    failures: u64,
+    removed: u64,
+    last_seconds: f64,
+    last_end_s: u64,
 }
 
 impl Metrics {
@@ -69,6 +80,64 @@ impl Metrics {
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
             if secs <= *le {
                 h.buckets[i] += 1;
+            }
+        }
+    }
+
+    /// Records one run of a scheduled job: how it went, how long it took and how many
+    /// records it removed.
+    pub fn observe_job(&self, job: &'static str, ok: bool, elapsed: Duration, removed: u64) {
+        let Ok(mut jobs) = self.jobs.lock() else {
+            return;
+        };
+        let j = jobs.entry(job).or_default();
+        j.runs += 1;
+        j.failures += u64::from(!ok);
+        j.removed += removed;
+        j.last_seconds = elapsed.as_secs_f64();
+        j.last_end_s = crate::store::now_ms() / 1000;
+    }
+
+    fn render_jobs(&self, out: &mut String) {
+        let Ok(jobs) = self.jobs.lock() else {
+            return;
+        };
+        let families: [(&str, &str, &str, fn(&JobStats) -> String); 5] = [
+            (
+                "easel_job_runs_total",
+                "counter",
+                "Runs of each scheduled job.",
+                |j| j.runs.to_string(),
+            ),
+            (
+                "easel_job_failures_total",
+                "counter",
+                "Runs of each scheduled job that failed.",
+                |j| j.failures.to_string(),
+            ),
+            (
+                "easel_job_records_removed_total",
+                "counter",
+                "Records each job removed (swept, expired or erased).",
+                |j| j.removed.to_string(),
+            ),
+            (
+                "easel_job_last_duration_seconds",
+                "gauge",
+                "How long the last run of each job took.",
+                |j| j.last_seconds.to_string(),
+            ),
+            (
+                "easel_job_last_run_timestamp_seconds",
+                "gauge",
+                "When the last run of each job ended.",
+                |j| j.last_end_s.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (job, j) in jobs.iter() {
+                let _ = writeln!(out, "{name}{{job=\"{}\"}} {}", escape(job), value(j));
             }
         }
     }
@@ -190,6 +259,7 @@ impl Metrics {
         for (name, help, value) in counters {
             counter(&mut out, name, help, value);
         }
+        self.render_jobs(&mut out);
         out
     }
 }

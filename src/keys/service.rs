@@ -5,13 +5,13 @@ use crate::audit;
 use crate::auth::{Directory, KEY_PREFIX, KeyFacts, Role, Scope, ScopeSet};
 use crate::crypto::{self, Secret};
 use crate::http::ApiError;
-use crate::store::{Reader, Store, StoreError, Table, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, WriteTx, now_ms};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Keyed by `account id / public id` (see [`storage_key`]): an account's keys are one
 /// prefix scan, and another account's key is simply not there.
-const KEYS: Table<String, ApiKey> = Table::new("api_keys");
+const KEYS: Table<String, ApiKey> = Table::new("api_keys", Class::Credentials);
 /// Most keys one account may hold.
 pub const MAX_KEYS_PER_ACCOUNT: usize = 100;
 
@@ -110,7 +110,47 @@ fn keys_of(r: &impl Reader, account: &str) -> Result<Vec<ApiKey>, StoreError> {
     Ok(rows.into_iter().map(|(_, v)| v).collect())
 }
 
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 1] = [KEYS.decl()];
+
+/// How many API keys `account` has.
+pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
+    r.count_prefix(&KEYS, account_prefix(account).as_bytes())
+}
+
+/// Removes every key of `account` inside a write (a deletion request, an erasure);
+/// returns how many went.
+pub fn revoke_all_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
+    let rows = tx.scan_prefix(&KEYS, account_prefix(account).as_bytes(), usize::MAX)?;
+    for (k, _) in &rows {
+        tx.remove(&KEYS, k)?;
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Removes keys whose expiry time has passed; returns their ids.
+pub fn expire_in(tx: &WriteTx<'_>, now: u64) -> Result<Vec<String>, StoreError> {
+    let mut gone = Vec::new();
+    for (k, key) in tx.scan_all(&KEYS)? {
+        if key.expires_ms.is_some_and(|e| e <= now) {
+            tx.remove(&KEYS, &k)?;
+            gone.push(key.id);
+        }
+    }
+    Ok(gone)
+}
+
 impl Keys {
+    /// Drops keys from the directory after a write removed them.
+    pub fn forget(&self, ids: &[String]) {
+        self.directory.remove_keys(ids);
+    }
+
+    /// Drops every key of an account from the directory.
+    pub fn forget_account(&self, account: &str) {
+        self.directory.remove_keys_of(account);
+    }
+
     /// The service over one store; call [`Keys::load`] before serving.
     pub fn new(store: Store, directory: Arc<Directory>) -> Self {
         Keys { store, directory }

@@ -14,7 +14,10 @@ mod routes;
 mod service;
 
 pub use routes::routes;
-pub use service::{Entry, EntryKind, Hold, KeyLimit, Ledger, LedgerError, Posting, budget_micro};
+pub use service::{
+    EXPIRY, Entry, EntryKind, Hold, KeyLimit, Ledger, LedgerError, Posting, TABLES, budget_micro,
+    count_of, detach_in,
+};
 
 /// Micro-credits per credit.
 pub const MICRO: i64 = 1_000_000;

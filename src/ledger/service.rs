@@ -3,7 +3,7 @@
 
 use super::{MICRO, to_credits};
 use crate::http::ApiError;
-use crate::store::{Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -13,13 +13,13 @@ use utoipa::ToSchema;
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`: an account's entries are
 /// one range, oldest first.
-const ENTRIES: Table<Vec<u8>, Entry> = Table::new("ledger");
+const ENTRIES: Table<Vec<u8>, Entry> = Table::new("ledger", Class::Billing);
 /// Entries by time, for the `billing` retention window.
-const ENTRIES_BY_TIME: TimeIndex = TimeIndex::new("ledger_by_time");
+const ENTRIES_BY_TIME: TimeIndex = TimeIndex::new("ledger_by_time", Class::Billing);
 /// Balance of each account, in micro-credits.
-const BALANCES: Table<String, i64> = Table::new("balances");
+const BALANCES: Table<String, i64> = Table::new("balances", Class::Billing);
 /// Micro-credits spent through each API key, for per-key budgets.
-const KEY_SPEND: Table<String, i64> = Table::new("key_spend");
+const KEY_SPEND: Table<String, i64> = Table::new("key_spend", Class::Credentials);
 
 /// Why credits moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -164,7 +164,7 @@ fn post(
             available: to_credits(balance),
         });
     }
-    let TimedKey { key, id } = TimedKey::new(account, at_ms)?;
+    let TimedKey { key, id, .. } = TimedKey::new(account, at_ms)?;
     let entry = Entry {
         id,
         account: account.to_string(),
@@ -208,7 +208,66 @@ fn record_posting(tx: &WriteTx<'_>, entry: &Entry) -> Result<(), StoreError> {
     )
 }
 
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 4] = [
+    ENTRIES.decl(),
+    ENTRIES_BY_TIME.decl(),
+    BALANCES.decl(),
+    KEY_SPEND.decl(),
+];
+
+/// How many billing entries `account` has.
+pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
+    r.count_prefix(&ENTRIES, &TimedKey::prefix(account))
+}
+
+/// Billing entries expire by age (`[retention] billing`, seven years by default).
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&ENTRIES, &ENTRIES_BY_TIME);
+
+/// Detaches up to `limit` billing entries of an erased account: each moves under
+/// `pseudonym` with no key, and the spend of its key goes. The balance follows with
+/// the last batch, so the books still add up. Returns how many entries moved.
+pub fn detach_in(
+    tx: &WriteTx<'_>,
+    account: &str,
+    pseudonym: &str,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let prefix = TimedKey::prefix(account);
+    let rows = tx.scan_prefix(&ENTRIES, &prefix, limit)?;
+    for (old, mut entry) in rows.iter().cloned() {
+        let rest = &old[prefix.len()..];
+        let at = rest
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(entry.at_ms);
+        let mut new = TimedKey::prefix(pseudonym);
+        new.extend_from_slice(rest);
+        if let Some(k) = entry.key.take() {
+            tx.remove(&KEY_SPEND, &k)?;
+        }
+        entry.account = pseudonym.to_string();
+        tx.remove(&ENTRIES, &old)?;
+        ENTRIES_BY_TIME.remove(tx, at, &old)?;
+        tx.insert(&ENTRIES, &new, &entry)?;
+        ENTRIES_BY_TIME.insert(tx, at, &new)?;
+    }
+    if rows.len() < limit
+        && let Some(balance) = tx.get(&BALANCES, &account.to_string())?
+    {
+        tx.remove(&BALANCES, &account.to_string())?;
+        tx.insert(&BALANCES, &pseudonym.to_string(), &balance)?;
+    }
+    Ok(rows.len() as u64)
+}
+
 impl Ledger {
+    /// Drops an erased account from the in-memory books.
+    pub fn forget(&self, account: &str) {
+        self.books().accounts.remove(account);
+    }
+
     /// The ledger over one store; call [`Ledger::load`] before serving.
     pub fn new(store: Store) -> Self {
         Ledger {

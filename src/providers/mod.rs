@@ -13,6 +13,6 @@ mod upstream;
 pub mod wire;
 
 pub use routes::routes;
-pub use service::Reachable;
 pub use service::{NewProvider, ProviderError, Providers, StoredProvider, TestResult, describe};
+pub use service::{Reachable, TABLES, count_of, erase_in};
 pub use upstream::{ChatOutput, Connection, StreamEvent, UpstreamError};

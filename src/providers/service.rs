@@ -7,7 +7,7 @@ use super::upstream::{self, Breaker, Connection, Owner, UpstreamError};
 use crate::config::{self, Live, ProviderKind};
 use crate::crypto::{CryptoError, Keyring, Secret};
 use crate::http::ApiError;
-use crate::store::{Reader, Store, StoreError, Table, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, now_ms};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -15,12 +15,30 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Keyed by `owner / name`; the owner is an account id or [`ORG`].
-const PROVIDER_KEYS: Table<String, StoredProvider> = Table::new("provider_keys");
+const PROVIDER_KEYS: Table<String, StoredProvider> =
+    Table::new("provider_keys", Class::ProviderKeys);
 /// The owner of connections an admin enters for the organisation (not hex, so never
 /// an account id).
 const ORG: &str = "~org";
 /// Time allowed to connections entered in the UI.
 const UI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 1] = [PROVIDER_KEYS.decl()];
+
+/// How many personal connections `account` has.
+pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
+    r.count_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes())
+}
+
+/// Removes every personal connection of `account`; returns how many went.
+pub fn erase_in(tx: &crate::store::WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
+    let rows = tx.scan_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes(), usize::MAX)?;
+    for (k, _) in &rows {
+        tx.remove(&PROVIDER_KEYS, k)?;
+    }
+    Ok(rows.len() as u64)
+}
 
 /// A connection entered in the UI, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -327,7 +345,8 @@ impl Providers {
         Ok(map)
     }
 
-    fn forget(&self, account: &str) {
+    /// Drops the cached personal connections of an account.
+    pub fn forget(&self, account: &str) {
         self.inner
             .personal
             .write()

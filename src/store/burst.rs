@@ -8,7 +8,7 @@ use std::time::Instant;
 
 /// Where burst records go: sequence number → payload. Only the benchmark and the crash
 /// test write here, always in a data dir of their own.
-pub const BURST: Table<u64, Vec<u8>> = Table::new("debug_burst");
+pub const BURST: Table<u64, Vec<u8>> = Table::new("debug_burst", super::Class::System);
 
 /// Writes up to `count` records of `payload` bytes from `writers` concurrent tasks, each
 /// one its own durable write, stopping early at `deadline`; `on_ack` is called with a

@@ -131,23 +131,117 @@ impl Key for u64 {
     }
 }
 
+/// The data class of the privacy policy a table's records belong to (SPEC.md's table).
+/// Every table declares one; retention rules, erasure, export and the privacy report
+/// are all per class.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Account,
+    Credentials,
+    ProviderKeys,
+    Usage,
+    AccessLog,
+    AltText,
+    Billing,
+    Skills,
+    Assets,
+    Analytics,
+    Audit,
+    /// Not about any person: schema version, key checks, job bookkeeping, scratch data.
+    System,
+}
+
+impl Class {
+    /// Every class that holds records about people, in the policy's order.
+    pub const PERSONAL: [Class; 11] = [
+        Class::Account,
+        Class::Credentials,
+        Class::ProviderKeys,
+        Class::Usage,
+        Class::AccessLog,
+        Class::AltText,
+        Class::Billing,
+        Class::Skills,
+        Class::Assets,
+        Class::Analytics,
+        Class::Audit,
+    ];
+
+    /// The name used in the config's `[retention]` table and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Account => "account",
+            Class::Credentials => "credentials",
+            Class::ProviderKeys => "provider_keys",
+            Class::Usage => "usage",
+            Class::AccessLog => "access_log",
+            Class::AltText => "alt_text",
+            Class::Billing => "billing",
+            Class::Skills => "skills",
+            Class::Assets => "assets",
+            Class::Analytics => "analytics",
+            Class::Audit => "audit",
+            Class::System => "system",
+        }
+    }
+}
+
+/// A table's name and data class, as capabilities declare them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decl {
+    pub name: &'static str,
+    pub class: Class,
+    /// A [`TimeIndex`]: it points at records of another table and is not counted.
+    pub index: bool,
+}
+
+impl Decl {
+    /// How many entries the table holds.
+    pub fn count(&self, r: &impl Reader) -> Result<u64, StoreError> {
+        r.raw_len(self.name)
+    }
+}
+
 /// A typed table: keys of type `K`, records of type `V` stored with the versioned codec.
 pub struct Table<K, V> {
     name: &'static str,
+    class: Class,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> Table<K, V> {
-    /// Declares a table; it is created on first write.
-    pub const fn new(name: &'static str) -> Self {
+    /// Declares a table of a data class; it is created on first write.
+    pub const fn new(name: &'static str, class: Class) -> Self {
         Table {
             name,
+            class,
             _types: PhantomData,
         }
     }
     /// The table's name in the database.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+    /// Its name and class.
+    pub const fn decl(&self) -> Decl {
+        Decl {
+            name: self.name,
+            class: self.class,
+            index: false,
+        }
     }
 }
 
@@ -156,6 +250,8 @@ impl<K, V> Table<K, V> {
 pub struct TimedKey {
     pub key: Vec<u8>,
     pub id: String,
+    /// The time in the key; a time index entry of the record must use this one.
+    pub at_ms: u64,
 }
 
 impl TimedKey {
@@ -168,7 +264,7 @@ impl TimedKey {
         key.extend_from_slice(&at_ms.to_be_bytes());
         key.extend_from_slice(&rand);
         let id = crate::crypto::hex(&key[owner.len() + 1..]);
-        Ok(TimedKey { key, id })
+        Ok(TimedKey { key, id, at_ms })
     }
 
     /// `owner/`: what every key of `owner` starts with.
@@ -192,12 +288,22 @@ impl TimedKey {
 /// older than a cutoff is a range scan from the start.
 pub struct TimeIndex {
     name: &'static str,
+    class: Class,
 }
 
 impl TimeIndex {
-    /// Declares a time index table.
-    pub const fn new(name: &'static str) -> Self {
-        TimeIndex { name }
+    /// Declares a time index table; its class is that of the records it indexes.
+    pub const fn new(name: &'static str, class: Class) -> Self {
+        TimeIndex { name, class }
+    }
+
+    /// Its name and class.
+    pub const fn decl(&self) -> Decl {
+        Decl {
+            name: self.name,
+            class: self.class,
+            index: true,
+        }
     }
 
     fn key(at_ms: u64, id: &[u8]) -> Vec<u8> {
@@ -242,6 +348,100 @@ impl TimeIndex {
     }
 }
 
+/// The meta table (schema version, key check, job bookkeeping).
+pub const META_TABLE: Decl = Decl {
+    name: META,
+    class: Class::System,
+    index: false,
+};
+
+/// How the records of a table that expires are found by age, so a sweep is a range
+/// scan from the oldest end in bounded batches.
+#[derive(Clone, Copy)]
+pub enum Expiry {
+    /// Keys begin with the big-endian write time (audit, access log).
+    TimeKeyed { table: &'static str },
+    /// Keys are [`TimedKey`]s (`owner/time/random`) with a [`TimeIndex`] beside them.
+    Indexed {
+        table: &'static str,
+        index: &'static str,
+    },
+}
+
+impl Expiry {
+    /// A table keyed by time.
+    pub const fn time_keyed<K, V>(t: &Table<K, V>) -> Self {
+        Expiry::TimeKeyed { table: t.name }
+    }
+
+    /// A table of [`TimedKey`]s and its time index.
+    pub const fn indexed<K, V>(t: &Table<K, V>, index: &TimeIndex) -> Self {
+        Expiry::Indexed {
+            table: t.name,
+            index: index.name,
+        }
+    }
+
+    fn ordered(&self) -> &'static str {
+        match self {
+            Expiry::TimeKeyed { table } => table,
+            Expiry::Indexed { index, .. } => index,
+        }
+    }
+
+    /// Removes up to `limit` records written before `cutoff_ms`, oldest first; returns
+    /// how many went.
+    pub fn sweep(&self, tx: &WriteTx<'_>, cutoff_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        let end = cutoff_ms.to_be_bytes();
+        let rows = tx.raw_range(self.ordered(), None, Some(&end), limit)?;
+        for (k, _) in &rows {
+            tx.raw_remove(self.ordered(), k)?;
+            if let Expiry::Indexed { table, .. } = self
+                && let Some(record) = k.get(8..)
+            {
+                tx.raw_remove(table, record)?;
+            }
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// The write time of the oldest record, if any.
+    pub fn oldest(&self, r: &impl Reader) -> Result<Option<u64>, StoreError> {
+        let rows = r.raw_range(self.ordered(), None, None, 1)?;
+        Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
+    }
+
+    /// How many records the table holds.
+    pub fn count(&self, r: &impl Reader) -> Result<u64, StoreError> {
+        r.raw_len(self.ordered())
+    }
+
+    /// Removes up to `limit` records of `owner` (an [`Expiry::Indexed`] table, whose
+    /// keys begin with `owner/`), with their index entries; returns how many went.
+    pub fn erase_owner(
+        &self,
+        tx: &WriteTx<'_>,
+        owner: &str,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let Expiry::Indexed { table, index } = self else {
+            return Ok(0);
+        };
+        let prefix = TimedKey::prefix(owner);
+        let end = prefix_end(&prefix);
+        let rows = tx.raw_range(table, Some(&prefix), end.as_deref(), limit)?;
+        for (k, _) in &rows {
+            tx.raw_remove(table, k)?;
+            if let Some(at) = k.get(prefix.len()..prefix.len() + 8) {
+                let mut ik = at.to_vec();
+                ik.extend_from_slice(k);
+                tx.raw_remove(index, &ik)?;
+            }
+        }
+        Ok(rows.len() as u64)
+    }
+}
+
 /// Read access shared by read and write transactions.
 pub trait Reader {
     #[doc(hidden)]
@@ -263,6 +463,13 @@ pub trait Reader {
     ) -> Result<Rows, StoreError>;
     #[doc(hidden)]
     fn raw_len(&self, table: &str) -> Result<u64, StoreError>;
+    #[doc(hidden)]
+    fn raw_count(&self, table: &str, start: &[u8], end: Option<&[u8]>) -> Result<u64, StoreError>;
+
+    /// How many records have keys that start with `prefix` (counted, not read out).
+    fn count_prefix<K, V>(&self, t: &Table<K, V>, prefix: &[u8]) -> Result<u64, StoreError> {
+        self.raw_count(t.name, prefix, prefix_end(prefix).as_deref())
+    }
 
     /// One record by key.
     fn get<K: Key, V: DeserializeOwned>(
@@ -415,6 +622,21 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(out)
 }
 
+fn count_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<u64, StoreError> {
+    use std::ops::Bound;
+    let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut n = 0;
+    for row in t.range::<&[u8]>((Bound::Included(start), hi))? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 type RawTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 
 /// A write transaction, lent to a closure run by the writer. Each table is opened
@@ -508,6 +730,9 @@ impl Reader for WriteTx<'_> {
     fn raw_len(&self, table: &str) -> Result<u64, StoreError> {
         self.with(table, |t| Ok(t.len()?))
     }
+    fn raw_count(&self, table: &str, start: &[u8], end: Option<&[u8]>) -> Result<u64, StoreError> {
+        self.with(table, |t| count_of(t, start, end))
+    }
 }
 
 /// A consistent read snapshot.
@@ -560,6 +785,12 @@ impl Reader for ReadTx {
             return Ok(0);
         };
         Ok(t.len()?)
+    }
+    fn raw_count(&self, table: &str, start: &[u8], end: Option<&[u8]>) -> Result<u64, StoreError> {
+        let Some(t) = self.table(table)? else {
+            return Ok(0);
+        };
+        count_of(&t, start, end)
     }
 }
 
@@ -725,6 +956,39 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The time the privacy engine's jobs go by: the system clock, which tests move
+/// forward to see windows pass and deadlines fall due. Cheap to clone; clones share
+/// one offset.
+#[derive(Clone, Default)]
+pub struct Clock {
+    ahead_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Clock {
+    /// Milliseconds since the Unix epoch, as this clock tells it.
+    pub fn now_ms(&self) -> u64 {
+        now_ms() + self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves this clock (and its clones) forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.ahead_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Names of the tables in the database, for checks that every one is declared.
+pub async fn table_names(store: &Store) -> Result<Vec<String>, StoreError> {
+    let db = store.inner.db.clone();
+    tokio::task::spawn_blocking(move || {
+        use redb::TableHandle;
+        let txn = db.begin_read()?;
+        Ok(txn.list_tables()?.map(|h| h.name().to_string()).collect())
+    })
+    .await
+    .map_err(|e| StoreError::Db(format!("read task failed: {e}")))?
+}
+
 /// The schema version the given migrations bring a database to.
 pub fn latest_version(migrations: &[Migration]) -> u32 {
     migrations.iter().map(|m| m.version).max().unwrap_or(0)
@@ -734,8 +998,8 @@ pub fn latest_version(migrations: &[Migration]) -> u32 {
 mod tests {
     use super::*;
 
-    const ITEMS: Table<String, u32> = Table::new("items");
-    const BY_TIME: TimeIndex = TimeIndex::new("items_by_time");
+    const ITEMS: Table<String, u32> = Table::new("items", Class::System);
+    const BY_TIME: TimeIndex = TimeIndex::new("items_by_time", Class::System);
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, &StoreOptions::default(), &[]).expect("opens")

@@ -9,13 +9,25 @@ mod routes;
 
 pub use routes::routes;
 
-use crate::store::{Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx};
 use serde::{Deserialize, Serialize};
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`.
-const USAGE: Table<Vec<u8>, UsageRecord> = Table::new("usage");
+const USAGE: Table<Vec<u8>, UsageRecord> = Table::new("usage", Class::Usage);
 /// Records by time, for the `usage` retention window.
-const USAGE_BY_TIME: TimeIndex = TimeIndex::new("usage_by_time");
+const USAGE_BY_TIME: TimeIndex = TimeIndex::new("usage_by_time", Class::Usage);
+
+/// The tables of this capability and their classes.
+pub const TABLES: [crate::store::Decl; 2] = [USAGE.decl(), USAGE_BY_TIME.decl()];
+
+/// Usage records expire by age (`[retention] usage`); an erasure removes an account's
+/// records through the same description.
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&USAGE, &USAGE_BY_TIME);
+
+/// How many usage records `account` has.
+pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
+    r.count_prefix(&USAGE, &TimedKey::prefix(account))
+}
 
 /// One metered request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -44,7 +56,7 @@ pub struct UsageRecord {
 /// Writes a record inside the caller's transaction.
 pub fn record(tx: &WriteTx<'_>, key: &TimedKey, rec: &UsageRecord) -> Result<(), StoreError> {
     tx.insert(&USAGE, &key.key, rec)?;
-    USAGE_BY_TIME.insert(tx, rec.at_ms, &key.key)
+    USAGE_BY_TIME.insert(tx, key.at_ms, &key.key)
 }
 
 /// Which records to read.

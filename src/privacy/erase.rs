@@ -1,0 +1,127 @@
+//! Erasure of an account whose deletion deadline has passed. Large classes go in
+//! bounded batches, each its own write, so requests keep flowing; every batch is
+//! idempotent, so a crash part-way is finished by the next run. The last write
+//! removes the account itself, destroys its data key (crypto-shredding) and records
+//! an audit entry that holds counts only.
+
+use super::Privacy;
+use crate::accounts::DeletionRequest;
+use crate::http::ApiError;
+use crate::store::{Store, StoreError, WriteTx};
+use std::collections::BTreeMap;
+
+/// Records removed (or, for billing, detached) per class.
+pub type Counts = BTreeMap<String, u64>;
+
+/// Runs `step` in writes of at most `batch` records until it returns fewer.
+async fn in_batches<F>(store: &Store, batch: usize, step: F) -> Result<u64, StoreError>
+where
+    F: Fn(&WriteTx<'_>, usize) -> Result<u64, StoreError> + Send + Sync + Clone + 'static,
+{
+    let mut total = 0;
+    loop {
+        let s = step.clone();
+        let n = store.write(move |tx| s(tx, batch)).await?;
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Privacy {
+    /// Erases every due, unheld deletion request; returns counts over all of them.
+    pub(super) async fn process_deletions(&self, now: u64) -> Result<Counts, ApiError> {
+        let p = self.parts();
+        let mut totals = Counts::new();
+        let held: Vec<String> = p
+            .accounts
+            .holds()
+            .await?
+            .into_iter()
+            .map(|h| h.account)
+            .collect();
+        for req in p.accounts.deletion_requests().await? {
+            if req.deadline_ms > now || held.contains(&req.account) {
+                continue;
+            }
+            let Some(req) = p.accounts.start_erasure(&req.account).await? else {
+                continue;
+            };
+            let counts = self.erase(&req).await?;
+            *totals.entry("accounts".into()).or_default() += 1;
+            for (k, v) in counts {
+                *totals.entry(k).or_default() += v;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Erases one account: everything of it in every class; billing entries are kept
+    /// under the request's pseudonym.
+    pub(super) async fn erase(&self, req: &DeletionRequest) -> Result<Counts, ApiError> {
+        let p = self.parts();
+        let batch = p.live.get().scheduler.sweep_batch;
+        let mut counts = Counts::new();
+        let owner = req.account.clone();
+        for (class, expiry) in [
+            ("usage", crate::usage::EXPIRY),
+            ("alt_text", crate::alt_text::EXPIRY),
+        ] {
+            let o = owner.clone();
+            let n = in_batches(&p.store, batch, move |tx, limit| {
+                expiry.erase_owner(tx, &o, limit)
+            })
+            .await?;
+            counts.insert(class.into(), n);
+        }
+        let (o, pseudonym) = (owner.clone(), req.pseudonym.clone());
+        let n = in_batches(&p.store, batch, move |tx, limit| {
+            crate::ledger::detach_in(tx, &o, &pseudonym, limit)
+        })
+        .await?;
+        counts.insert("billing_detached".into(), n);
+
+        let keyring = p.keyring.clone();
+        let o = owner.clone();
+        let last = p
+            .store
+            .write(move |tx| {
+                let mut c = counts.clone();
+                c.insert("provider_keys".into(), crate::providers::erase_in(tx, &o)?);
+                let credentials = crate::keys::revoke_all_in(tx, &o)?
+                    + crate::accounts::erase_credentials(tx, &o, usize::MAX)?;
+                c.insert("credentials".into(), credentials);
+                c.insert("access_log".into(), crate::audit::erase_access_in(tx, &o)?);
+                let key = keyring
+                    .destroy_data_key(tx, &o)
+                    .map_err(|e| StoreError::Db(e.to_string()))?;
+                c.insert(
+                    "account".into(),
+                    crate::accounts::erase_account(tx, &o)? + u64::from(key),
+                );
+                let detail = c
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                crate::audit::record(
+                    tx,
+                    crate::store::now_ms(),
+                    None,
+                    "account_erased",
+                    None,
+                    &format!("an account was erased after its recovery window: {detail}"),
+                )?;
+                Ok::<_, StoreError>(c)
+            })
+            .await?;
+        p.accounts.forget(&owner);
+        p.keys.forget_account(&owner);
+        p.ledger.forget(&owner);
+        p.providers.forget(&owner);
+        tracing::info!(pseudonym = %req.pseudonym, "an account was erased");
+        Ok(last)
+    }
+}

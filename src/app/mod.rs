@@ -360,6 +360,11 @@ impl Running {
         &self.services
     }
 
+    /// The open store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The privacy engine (tests run its jobs and move its clock).
     pub fn privacy(&self) -> &Privacy {
         &self.privacy

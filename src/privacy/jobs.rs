@@ -324,11 +324,13 @@ impl Scheduler {
             let Some(schedule) = job.schedule(&cfg) else {
                 continue;
             };
-            let engine = privacy.clone();
+            let engine = privacy.downgrade();
             let cron = tokio_cron_scheduler::Job::new_async(schedule.as_str(), move |_, _| {
-                let engine = engine.clone();
+                let engine = Privacy::upgrade(&engine);
                 Box::pin(async move {
-                    let _ = engine.run(job).await;
+                    if let Some(engine) = engine {
+                        let _ = engine.run(job).await;
+                    }
                 })
             })
             .map_err(|e| anyhow::anyhow!("cannot schedule the {} job: {e}", job.name()))?;

@@ -91,7 +91,8 @@ pub struct Privacy {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+#[doc(hidden)]
+pub struct Inner {
     p: Parts,
     /// One lock per job: a run that finds its job running is skipped.
     running: [tokio::sync::Mutex<()>; Job::ALL.len()],
@@ -109,6 +110,17 @@ impl Privacy {
                 stopping: Default::default(),
             }),
         }
+    }
+
+    /// A handle that does not keep the engine (and the store) alive: the scheduler
+    /// holds these, so a stopped server releases its database.
+    pub fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The engine behind a [`Privacy::downgrade`] handle, while it lives.
+    pub fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Privacy> {
+        weak.upgrade().map(|inner| Privacy { inner })
     }
 
     fn parts(&self) -> &Parts {

@@ -36,11 +36,21 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+async fn boot(loaded: &easel::config::Loaded, clock: &easel::store::Clock) -> easel::app::Running {
+    let log = easel::app::logging::init(&loaded.config.log);
+    easel::app::start_with_clock(loaded, log, clock.clone())
+        .await
+        .expect("server starts")
+}
+
 /// An in-process server.
 pub struct TestServer {
     pub running: Option<easel::app::Running>,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The clock the privacy engine goes by; move it forward to let windows pass.
+    pub clock: easel::store::Clock,
+    loaded: easel::config::Loaded,
 }
 
 impl TestServer {
@@ -58,16 +68,32 @@ impl TestServer {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let loaded = easel::config::load_from(Some(&file), env).expect("config");
-        let log = easel::app::logging::init(&loaded.config.log);
-        let running = easel::app::start(&loaded, log)
-            .await
-            .expect("server starts");
+        let clock = easel::store::Clock::default();
+        let running = boot(&loaded, &clock).await;
         let base = format!("http://{}", running.addr);
         TestServer {
             running: Some(running),
             base,
             dir,
+            clock,
+            loaded,
         }
+    }
+
+    /// Stops the server and starts it again on the same data dir and config (and
+    /// clock: move it forward in between to play downtime).
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let running = boot(&self.loaded, &self.clock).await;
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    /// The running server.
+    pub fn app(&self) -> &easel::app::Running {
+        self.running.as_ref().expect("running")
     }
 
     /// A URL on this server.

@@ -1,0 +1,642 @@
+//! The privacy engine over real HTTP with a real redb file: every table has a data
+//! class, records stay inside their window and go after it (the clock is moved, not
+//! waited for), deletion requests disable at once and erase at the deadline (holds
+//! postpone, signing in cancels), and a restart loses nothing and catches up.
+
+mod common;
+
+use common::TestServer;
+use common::api::{Browser, code};
+use easel::ledger::{EntryKind, MICRO, Posting};
+use easel::local_model::fixture::{Store, write_tiny};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3_600);
+
+/// A server with the tiny local model for alt text, an admin and a member with a key.
+struct Setup {
+    s: TestServer,
+    admin: Browser,
+    member: String,
+    key: String,
+    _model: tempfile::TempDir,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let model = tempfile::tempdir().expect("tempdir");
+    let dir = model.path().join("blip-tiny");
+    write_tiny(&dir, Store::Safetensors).expect("tiny model");
+    // `extra` follows the `[auth]` section of FAST: plain keys land there.
+    let config = format!(
+        "{}{extra}\n[alt_text]\nmodel = \"local\"\n[local_model]\ndir = \"{}\"\n",
+        common::FAST,
+        dir.display().to_string().replace('\\', "/")
+    );
+    let s = TestServer::start(&config).await;
+    s.make_account("root@example.com", easel::auth::Role::Admin, PASSWORD)
+        .await;
+    let admin = Browser::login(&s, "root@example.com", PASSWORD).await;
+    let (member, key) = s.member_with_key("ada@example.com", PASSWORD).await;
+    Setup {
+        s,
+        admin,
+        member,
+        key,
+        _model: model,
+    }
+}
+
+fn png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]));
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode");
+    out
+}
+
+impl Setup {
+    /// One alt text request on the member's key: a usage and an alt text record.
+    async fn alt_text(&self) -> StatusCode {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(png());
+        common::http()
+            .post(self.s.url("/v1/alt-text"))
+            .bearer_auth(&self.key)
+            .json(&json!({"image_base64": b64, "context": "Ada's shop"}))
+            .send()
+            .await
+            .expect("send")
+            .status()
+    }
+
+    async fn grant(&self, account: &str, credits: i64) {
+        self.s
+            .app()
+            .services()
+            .ledger
+            .post(
+                account,
+                EntryKind::Grant,
+                credits * MICRO,
+                Posting {
+                    note: "welcome".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("grant");
+    }
+
+    async fn admin(&self, m: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let a = self.admin.send(&self.s, m, path, body).await;
+        (a.status, a.body)
+    }
+
+    async fn run(&self, job: &str) -> Value {
+        let (status, v) = self
+            .admin(Method::POST, &format!("/api/admin/jobs/{job}/run"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        v
+    }
+
+    async fn report(&self) -> Value {
+        let (status, v) = self
+            .admin(Method::GET, "/api/admin/privacy/report", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn class(&self, name: &str) -> Value {
+        let r = self.report().await;
+        r["classes"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .find(|c| c["class"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no class {name} in {r}"))
+    }
+
+    async fn key_status(&self) -> StatusCode {
+        common::http()
+            .get(self.s.url("/v1/models"))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("send")
+            .status()
+    }
+
+    /// Waits for the background commit of usage records and charges.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_table_in_the_database_has_a_class() {
+    let t = setup("").await;
+    // A workload that touches every capability: sign-in, keys, credits, alt text,
+    // a deletion request and a hold, each job once.
+    let _member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    t.grant(&t.member, 5).await;
+    assert_eq!(t.alt_text().await, StatusCode::OK);
+    t.settle().await;
+    let (bob, _) = t.s.member_with_key("bob@example.com", PASSWORD).await;
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{bob}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (status, v) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/admin/users/{bob}/hold"),
+            Some(json!({"reason": "tax audit 2026"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    for job in ["retention_sweep", "expiry", "deletion_requests"] {
+        t.run(job).await;
+    }
+
+    let declared = easel::privacy::tables();
+    let names = easel::store::table_names(t.s.app().store())
+        .await
+        .expect("tables");
+    assert!(names.len() >= 15, "the workload made the tables: {names:?}");
+    for name in &names {
+        assert!(
+            declared.iter().any(|d| d.name == name),
+            "table `{name}` has no data class: add it to easel::privacy::tables()"
+        );
+    }
+
+    // And every table the source declares, whether or not this run made it.
+    let mut missing = Vec::new();
+    for file in rust_files(std::path::Path::new("src")) {
+        let text = std::fs::read_to_string(&file).expect("source");
+        let live = text.split("#[cfg(test)]").next().unwrap_or("");
+        for marker in ["Table::new(\"", "TimeIndex::new(\""] {
+            for part in live.split(marker).skip(1) {
+                let name = part.split('"').next().unwrap_or("");
+                if !declared.iter().any(|d| d.name == name) {
+                    missing.push(format!("{name} ({})", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tables without a registered class: {missing:?}"
+    );
+    t.s.stop().await;
+}
+
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("src dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn records_stay_inside_their_window_and_are_gone_after_it() {
+    let t = setup(
+        "[retention]\naccess_log = \"1d\"\nusage = \"2d\"\nalt_text = \"3d\"\naudit = \"5d\"\nbilling = \"6d\"\n",
+    )
+    .await;
+    let _member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    t.grant(&t.member, 5).await;
+    for _ in 0..2 {
+        assert_eq!(t.alt_text().await, StatusCode::OK);
+    }
+    t.settle().await;
+    let count = |v: &Value| v["records"].as_u64().expect("records");
+    let before: Vec<(&str, u64)> = {
+        let mut out = Vec::new();
+        for class in ["access_log", "usage", "alt_text", "audit", "billing"] {
+            let c = t.class(class).await;
+            assert!(count(&c) > 0, "{class}: {c}");
+            assert_eq!(c["within_window"], true, "{c}");
+            out.push((class, count(&c)));
+        }
+        out
+    };
+    assert_eq!(before[1], ("usage", 2));
+    assert_eq!(before[2], ("alt_text", 2));
+
+    // One hour short of each window, a sweep keeps everything; one hour past it, the
+    // class is empty (audit keeps only the entries the sweeps themselves wrote, which
+    // are inside the window).
+    let windows = [
+        ("access_log", 1),
+        ("usage", 2),
+        ("alt_text", 3),
+        ("audit", 5),
+        ("billing", 6),
+    ];
+    let mut elapsed = Duration::ZERO;
+    for (i, (class, days)) in windows.iter().enumerate() {
+        let short = DAY * *days - HOUR;
+        t.s.clock.advance(short - elapsed);
+        elapsed = short;
+        t.run("retention_sweep").await;
+        let c = t.class(class).await;
+        assert!(
+            count(&c) >= before[i].1,
+            "{class} kept inside its window: {c}"
+        );
+
+        t.s.clock.advance(HOUR * 2);
+        elapsed += HOUR * 2;
+        let run = t.run("retention_sweep").await;
+        let swept = run["counts"][class].as_u64().expect("count");
+        assert!(swept > 0, "{class} swept: {run}");
+        let c = t.class(class).await;
+        assert_eq!(c["within_window"], true, "{c}");
+        match *class {
+            // Every entry from before went; the sweeps' own entries, written by the
+            // moved clock, are inside the window.
+            "audit" => {
+                assert!(swept >= before[i].1, "{run}");
+                assert!(c["oldest_age_seconds"].as_u64() < Some(5 * 86_400), "{c}");
+            }
+            // The balance stays: it is the account's, not a dated record.
+            "billing" => {
+                assert_eq!(swept, before[i].1 - 1, "{run}");
+                assert_eq!((count(&c), &c["oldest_at"]), (1, &Value::Null), "{c}");
+            }
+            _ => {
+                assert_eq!(swept, before[i].1, "{run}");
+                assert_eq!(
+                    (count(&c), &c["oldest_at"]),
+                    (0, &Value::Null),
+                    "{class}: {c}"
+                );
+            }
+        }
+    }
+    // The sweeps are recorded: in the job history, the audit log and the metrics.
+    let r = t.report().await;
+    let sweep = r["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["job"] == "retention_sweep")
+        .expect("sweep job");
+    assert!(
+        sweep["last_run_at"].is_string() && sweep["next_run_at"].is_string(),
+        "{sweep}"
+    );
+    let (_, audit) = t
+        .admin(Method::GET, "/api/admin/audit?limit=500", None)
+        .await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["action"] == "retention_sweep"
+                && e["detail"].as_str().unwrap_or("").contains("usage")),
+        "{audit}"
+    );
+    assert!(
+        t.s.metric("easel_job_runs_total{job=\"retention_sweep\"}")
+            .await
+            >= Some(10)
+    );
+    t.s.stop().await;
+}
+
+#[tokio::test]
+async fn expired_keys_sessions_and_invites_are_removed_by_the_expiry_job() {
+    let t = setup("session_idle = \"1h\"\nsession_max = \"2h\"\n").await;
+    let member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let (status, v) = member
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/keys",
+            Some(json!({"name": "short", "expires_days": 1})),
+        )
+        .await
+        .pipe(|a| (a.status, a.body));
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let short = v["secret"].as_str().expect("secret").to_string();
+    let (status, v) = t
+        .admin(Method::POST, "/api/admin/invites", Some(json!({})))
+        .await;
+    assert!(status.is_success(), "{v}");
+
+    let mut t = t;
+    t.s.clock.advance(DAY + HOUR);
+    let run = t.run("expiry").await;
+    assert_eq!(run["counts"]["api_keys"], 1, "{run}");
+    assert_eq!(
+        run["counts"]["sessions"], 2,
+        "the admin's and the member's: {run}"
+    );
+    assert_eq!(run["counts"]["invites"], 0, "{run}");
+    t.admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let status = common::http()
+        .get(t.s.url("/v1/models"))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired key is gone");
+    assert_eq!(
+        t.key_status().await,
+        StatusCode::OK,
+        "a key without expiry stays"
+    );
+    let (status, _) = member
+        .send(&t.s, Method::GET, "/api/account", None)
+        .await
+        .pipe(|a| (a.status, a.body));
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an ended session is gone");
+
+    t.s.clock.advance(DAY * 7);
+    let run = t.run("expiry").await;
+    assert_eq!(run["counts"]["invites"], 1, "{run}");
+    t.s.stop().await;
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+#[tokio::test]
+async fn a_deletion_request_disables_at_once_and_signing_in_cancels_it() {
+    let t = setup("").await;
+    let mut member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let wrong = member
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/privacy/deletion",
+            Some(json!({"password": "not it"})),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.body);
+    assert_eq!(code(&wrong), "wrong_password");
+
+    let me = member
+        .send(&t.s, Method::GET, "/api/privacy/me", None)
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.body["email"], "ada@example.com");
+    assert!(me.body["deletion"].is_null());
+
+    let req = member
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/privacy/deletion",
+            Some(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(req.status, StatusCode::ACCEPTED, "{}", req.body);
+    assert!(req.body["erase_at"].is_string(), "{}", req.body);
+    assert!(
+        req.set_cookie
+            .as_deref()
+            .unwrap_or("")
+            .contains("easel_session=;")
+    );
+    // Disabled at once: the session, the API key and sign-in without cancelling.
+    let after = member.send(&t.s, Method::GET, "/api/account", None).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
+    assert_eq!(t.key_status().await, StatusCode::UNAUTHORIZED);
+    let r = t.report().await;
+    assert_eq!(r["deletions"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["deletions"][0]["by_admin"], false, "{r}");
+
+    // Signing in within the window cancels the request; the revoked key stays revoked.
+    member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let me = member
+        .send(&t.s, Method::GET, "/api/privacy/me", None)
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert!(me.body["deletion"].is_null(), "{}", me.body);
+    assert_eq!(t.key_status().await, StatusCode::UNAUTHORIZED);
+    let r = t.report().await;
+    assert_eq!(r["deletions"].as_array().map(Vec::len), Some(0), "{r}");
+    t.s.clock.advance(DAY * 31);
+    let run = t.run("deletion_requests").await;
+    assert!(run["counts"].get("accounts").is_none(), "{run}");
+
+    // An admin asks, then cancels.
+    let id = &t.member;
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a second request is refused: {v}"
+    );
+    let (status, _) = t
+        .admin(
+            Method::DELETE,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = t
+        .admin(
+            Method::DELETE,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+
+    // The only admin cannot ask for their own deletion.
+    let (status, v) = t.admin(Method::GET, "/api/account", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let root = v["account"]["id"].as_str().expect("id").to_string();
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{root}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let (status, v) = t
+        .admin(Method::POST, "/api/admin/jobs/nope/run", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/admin/users/{id}/hold"),
+            Some(json!({"reason": " "})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    t.s.stop().await;
+}
+
+#[tokio::test]
+async fn erasure_at_the_deadline_removes_everything_but_detached_billing() {
+    let t = setup("").await;
+    let _member = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    t.grant(&t.member, 7).await;
+    for _ in 0..3 {
+        assert_eq!(t.alt_text().await, StatusCode::OK);
+    }
+    t.settle().await;
+    let billing_before = t.class("billing").await["records"].as_u64().expect("n");
+
+    let id = t.member.clone();
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (status, v) = t
+        .admin(
+            Method::PUT,
+            &format!("/api/admin/users/{id}/hold"),
+            Some(json!({"reason": "court order 17/2026"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+
+    // Past the deadline, the hold postpones erasure and the report says why.
+    t.s.clock.advance(DAY * 31);
+    let run = t.run("deletion_requests").await;
+    assert!(run["counts"].get("accounts").is_none(), "{run}");
+    let r = t.report().await;
+    assert_eq!(r["deletions"][0]["held"], "court order 17/2026", "{r}");
+    assert_eq!(r["holds"][0]["reason"], "court order 17/2026", "{r}");
+
+    let (status, _) = t
+        .admin(Method::DELETE, &format!("/api/admin/users/{id}/hold"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let run = t.run("deletion_requests").await;
+    assert_eq!(run["counts"]["accounts"], 1, "{run}");
+    assert_eq!(run["counts"]["usage"], 3, "{run}");
+    assert_eq!(run["counts"]["alt_text"], 3, "{run}");
+
+    // Gone: the account, its sign-in, its records; billing kept under a pseudonym.
+    let (_, users) = t.admin(Method::GET, "/api/admin/users", None).await;
+    assert!(!users.to_string().contains("ada@example.com"), "{users}");
+    let login = common::api::anonymous_post(
+        &t.s,
+        "/api/auth/login",
+        json!({"email": "ada@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED);
+    for class in ["usage", "alt_text"] {
+        assert_eq!(t.class(class).await["records"], 0, "{class}");
+    }
+    assert_eq!(
+        t.class("billing").await["records"].as_u64(),
+        Some(billing_before)
+    );
+    let (_, balances) = t.admin(Method::GET, "/api/admin/credits", None).await;
+    assert!(!balances.to_string().contains(&id), "{balances}");
+    let r = t.report().await;
+    assert_eq!(r["deletions"].as_array().map(Vec::len), Some(0), "{r}");
+
+    // The audit entry of the erasure holds counts, no personal data.
+    let (_, audit) = t
+        .admin(Method::GET, "/api/admin/audit?limit=500", None)
+        .await;
+    let erased = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "account_erased")
+        .cloned()
+        .expect("an erasure entry");
+    let text = erased.to_string();
+    assert!(
+        erased["target"].is_null() && !text.contains("ada") && !text.contains(&id),
+        "{text}"
+    );
+    t.s.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_a_pending_deletion_and_catches_up_a_missed_deadline() {
+    let mut t = setup("").await;
+    let id = t.member.clone();
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{id}/deletion"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+
+    // Restarted inside the window: still pending, still disabled.
+    t.s.restart().await;
+    t.admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let r = t.report().await;
+    assert_eq!(r["deletions"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(t.key_status().await, StatusCode::UNAUTHORIZED);
+
+    // Down past the deadline: the start-up catch-up erases it without waiting for
+    // the schedule.
+    t.s.clock.advance(DAY * 30 + HOUR);
+    t.s.restart().await;
+    t.admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = t.report().await;
+        if r["deletions"].as_array().map(Vec::len) == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not caught up: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, users) = t.admin(Method::GET, "/api/admin/users", None).await;
+    assert!(!users.to_string().contains("ada@example.com"), "{users}");
+    t.s.stop().await;
+}

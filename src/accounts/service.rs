@@ -943,6 +943,12 @@ impl Accounts {
         let admins = i.directory.active_admins();
         i.update(id, move |tx, a, now| {
             let before = a.clone();
+            if before.status == Status::PendingDeletion && change.status.is_some() {
+                return Err(AccountError::Invalid(
+                    "this account has a pending deletion request: cancel the request instead"
+                        .into(),
+                ));
+            }
             if let Some(r) = change.role {
                 a.role = r;
             }

@@ -186,7 +186,7 @@ pub struct Running {
     alt_text: AltText,
     privacy: Privacy,
     scheduler: Scheduler,
-    catch_up: tokio::task::JoinHandle<()>,
+    catch_up: Option<tokio::task::JoinHandle<()>>,
     flusher: tokio::task::JoinHandle<()>,
 }
 
@@ -349,7 +349,7 @@ pub async fn start_with_clock(
         alt_text,
         privacy,
         scheduler,
-        catch_up,
+        catch_up: Some(catch_up),
         flusher,
     })
 }
@@ -363,6 +363,14 @@ impl Running {
     /// The open store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Waits until the jobs missed while stopped have run (tests start from a quiet
+    /// server this way; `serve` does not wait).
+    pub async fn caught_up(&mut self) {
+        if let Some(c) = self.catch_up.take() {
+            let _ = c.await;
+        }
     }
 
     /// The privacy engine (tests run its jobs and move its clock).
@@ -438,7 +446,9 @@ impl Running {
         self.flusher.abort();
         self.privacy.stop();
         self.scheduler.stop().await;
-        self.catch_up.abort();
+        if let Some(c) = &self.catch_up {
+            c.abort();
+        }
         // A job part-way through finishes its current write and stops at the next
         // batch boundary; everything it does is idempotent, so the next run resumes.
         if tokio::time::timeout(std::time::Duration::from_secs(10), self.privacy.idle())

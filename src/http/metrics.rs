@@ -43,6 +43,9 @@ pub struct Metrics {
     jobs: Mutex<BTreeMap<&'static str, JobStats>>,
 }
 
+/// A metric family of the jobs: name, type, help, and the value of one job.
+type JobFamily = (&'static str, &'static str, &'static str, fn(&JobStats) -> String);
+
 /// Counters of one scheduled job.
 #[derive(Default, Clone, Copy)]
 struct JobStats {
@@ -102,7 +105,7 @@ impl Metrics {
         let Ok(jobs) = self.jobs.lock() else {
             return;
         };
-        let families: [(&str, &str, &str, fn(&JobStats) -> String); 5] = [
+        let families: [JobFamily; 5] = [
             (
                 "easel_job_runs_total",
                 "counter",

@@ -96,9 +96,12 @@ pub fn next_after(pattern: &str, after_ms: u64) -> Option<u64> {
 
 impl Privacy {
     /// Runs a job now and records the run. A job already running is not started
-    /// twice: the answer says so.
+    /// twice: this waits up to 30 s for it to end, then says so.
     pub async fn run(&self, job: Job) -> Result<JobRun, ApiError> {
-        let Ok(_guard) = self.inner.running[job.index()].try_lock() else {
+        let lock = &self.inner.running[job.index()];
+        let Ok(_guard) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), lock.lock()).await
+        else {
             return Err(ApiError::conflict(
                 "job_running",
                 format!("the {} job is running; try again when it ends", job.name()),

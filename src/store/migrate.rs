@@ -68,7 +68,7 @@ mod tests {
     use super::super::{Reader, Store, StoreOptions, Table};
     use super::*;
 
-    const NOTES: Table<String, String> = Table::new("notes", super::Class::System);
+    const NOTES: Table<String, String> = Table::new("notes", crate::store::Class::System);
 
     fn v1(tx: &WriteTx<'_>) -> Result<(), StoreError> {
         tx.insert(&NOTES, &"welcome".to_string(), &"v1".to_string())

@@ -38,9 +38,11 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 async fn boot(loaded: &easel::config::Loaded, clock: &easel::store::Clock) -> easel::app::Running {
     let log = easel::app::logging::init(&loaded.config.log);
-    easel::app::start_with_clock(loaded, log, clock.clone())
+    let mut running = easel::app::start_with_clock(loaded, log, clock.clone())
         .await
-        .expect("server starts")
+        .expect("server starts");
+    running.caught_up().await;
+    running
 }
 
 /// An in-process server.

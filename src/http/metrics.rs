@@ -44,7 +44,12 @@ pub struct Metrics {
 }
 
 /// A metric family of the jobs: name, type, help, and the value of one job.
-type JobFamily = (&'static str, &'static str, &'static str, fn(&JobStats) -> String);
+type JobFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&JobStats) -> String,
+);
 
 /// Counters of one scheduled job.
 #[derive(Default, Clone, Copy)]

@@ -97,6 +97,30 @@ impl Setup {
         (a.status, a.body)
     }
 
+    /// An admin asks for the deletion of `id`.
+    async fn request_deletion(&self, id: &str) {
+        let (status, v) = self
+            .admin(
+                Method::POST,
+                &format!("/api/admin/users/{id}/deletion"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    }
+
+    /// An admin puts a legal hold on `id`.
+    async fn hold(&self, id: &str, reason: &str) {
+        let (status, v) = self
+            .admin(
+                Method::PUT,
+                &format!("/api/admin/users/{id}/hold"),
+                Some(json!({ "reason": reason })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+
     async fn run(&self, job: &str) -> Value {
         let (status, v) = self
             .admin(Method::POST, &format!("/api/admin/jobs/{job}/run"), None)
@@ -151,22 +175,8 @@ async fn every_table_in_the_database_has_a_class() {
     assert_eq!(t.alt_text().await, StatusCode::OK);
     t.settle().await;
     let (bob, _) = t.s.member_with_key("bob@example.com", PASSWORD).await;
-    let (status, v) = t
-        .admin(
-            Method::POST,
-            &format!("/api/admin/users/{bob}/deletion"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
-    let (status, v) = t
-        .admin(
-            Method::PUT,
-            &format!("/api/admin/users/{bob}/hold"),
-            Some(json!({"reason": "tax audit 2026"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    t.request_deletion(&bob).await;
+    t.hold(&bob, "tax audit 2026").await;
     for job in ["retention_sweep", "expiry", "deletion_requests"] {
         t.run(job).await;
     }
@@ -450,14 +460,7 @@ async fn a_deletion_request_disables_at_once_and_signing_in_cancels_it() {
 
     // An admin asks, then cancels.
     let id = &t.member;
-    let (status, v) = t
-        .admin(
-            Method::POST,
-            &format!("/api/admin/users/{id}/deletion"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    t.request_deletion(&id).await;
     let (status, v) = t
         .admin(
             Method::POST,
@@ -527,22 +530,8 @@ async fn erasure_at_the_deadline_removes_everything_but_detached_billing() {
     let billing_before = t.class("billing").await["records"].as_u64().expect("n");
 
     let id = t.member.clone();
-    let (status, v) = t
-        .admin(
-            Method::POST,
-            &format!("/api/admin/users/{id}/deletion"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
-    let (status, v) = t
-        .admin(
-            Method::PUT,
-            &format!("/api/admin/users/{id}/hold"),
-            Some(json!({"reason": "court order 17/2026"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    t.request_deletion(&id).await;
+    t.hold(&id, "court order 17/2026").await;
 
     // Past the deadline, the hold postpones erasure and the report says why.
     t.s.clock.advance(DAY * 31);
@@ -606,14 +595,7 @@ async fn erasure_at_the_deadline_removes_everything_but_detached_billing() {
 async fn a_restart_keeps_a_pending_deletion_and_catches_up_a_missed_deadline() {
     let mut t = setup("").await;
     let id = t.member.clone();
-    let (status, v) = t
-        .admin(
-            Method::POST,
-            &format!("/api/admin/users/{id}/deletion"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    t.request_deletion(&id).await;
 
     // Restarted inside the window: still pending, still disabled.
     t.s.restart().await;
@@ -638,5 +620,36 @@ async fn a_restart_keeps_a_pending_deletion_and_catches_up_a_missed_deadline() {
     }
     let (_, users) = t.admin(Method::GET, "/api/admin/users", None).await;
     assert!(!users.to_string().contains("ada@example.com"), "{users}");
+    t.s.stop().await;
+}
+
+#[tokio::test]
+async fn the_backup_job_writes_backups_and_keeps_the_newest() {
+    let t = setup("[backup]\ndir = \"backups\"\nkeep = 2\n").await;
+    let dir = t.s.dir.path().join("backups");
+    // The catch-up at start wrote the first one.
+    let names = || {
+        let mut n: Vec<String> = std::fs::read_dir(&dir)
+            .expect("backup dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names().len(), 1, "{:?}", names());
+    let first = names()[0].clone();
+    for i in 0..2 {
+        t.s.clock.advance(DAY);
+        let run = t.run("backup").await;
+        assert_eq!(run["counts"]["written"], 1, "{run}");
+        assert_eq!(run["counts"]["removed"], i, "{run}");
+    }
+    let kept = names();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(!kept.contains(&first), "the oldest went: {kept:?}");
+    assert!(
+        kept.iter()
+            .all(|n| n.starts_with("easel-") && n.ends_with(".redb"))
+    );
     t.s.stop().await;
 }

@@ -27,7 +27,9 @@ pub enum AccountError {
     Locked(u64),
     #[error("this account is disabled; ask an admin")]
     Disabled,
-    #[error("this account is scheduled for deletion; ask an admin to cancel it")]
+    #[error(
+        "this account is being erased after its deletion request and can no longer be signed in to"
+    )]
     PendingDeletion,
     #[error("sign-up is closed here; ask an admin to create an account for you")]
     SignupClosed,

@@ -63,6 +63,7 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// The acting account, when an account acted.
     pub fn id(&self) -> Option<&str> {
         match self {
             Actor::Account(id) => Some(id),

@@ -460,7 +460,7 @@ async fn a_deletion_request_disables_at_once_and_signing_in_cancels_it() {
 
     // An admin asks, then cancels.
     let id = &t.member;
-    t.request_deletion(&id).await;
+    t.request_deletion(id).await;
     let (status, v) = t
         .admin(
             Method::POST,

@@ -51,21 +51,11 @@ pub const TABLES: [crate::store::Decl; 6] = [
     INVITES.decl(),
 ];
 
-/// Removes up to `limit` sessions and invites of `account` (class `credentials`).
+/// Removes up to `limit` sessions, and the invites, of `account` (class `credentials`).
 pub fn erase_credentials(tx: &WriteTx<'_>, account: &str, limit: usize) -> Result<u64, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    let mut n = 0u64;
-    for (k, _) in tx.scan_prefix(&SESSIONS, &prefix, limit)? {
-        tx.remove(&SESSIONS, &k)?;
-        n += 1;
-    }
-    for (k, inv) in tx.scan_all(&INVITES)? {
-        if inv.created_by == account {
-            tx.remove(&INVITES, &k)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    let sessions = tx.remove_prefix(&SESSIONS, &TimedKey::prefix(account), limit)?;
+    let invites = tx.remove_where(&INVITES, |inv| inv.created_by == account)?;
+    Ok(sessions + invites.len() as u64)
 }
 
 /// Removes the account record, its email, its deletion request and any hold (class
@@ -85,27 +75,19 @@ pub fn erase_account(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError>
 
 /// Invites whose time is up, removed (class `credentials`, swept by the expiry job).
 pub fn expire_invites(tx: &WriteTx<'_>, now: u64) -> Result<u64, StoreError> {
-    let mut n = 0;
-    for (k, inv) in tx.scan_all(&INVITES)? {
-        if inv.expires_ms <= now {
-            tx.remove(&INVITES, &k)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    Ok(tx
+        .remove_where(&INVITES, |inv| inv.expires_ms <= now)?
+        .len() as u64)
 }
 
 /// Sessions past their end (idle or maximum lifetime as stored), removed; returns
 /// their token hashes for the directory.
 pub fn expire_sessions_in(tx: &WriteTx<'_>, now: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-    let mut gone = Vec::new();
-    for (k, s) in tx.scan_all(&SESSIONS)? {
-        if s.expires_ms <= now {
-            tx.remove(&SESSIONS, &k)?;
-            gone.extend(super::service::token_hash_of(&k));
-        }
-    }
-    Ok(gone)
+    let gone = tx.remove_where(&SESSIONS, |s| s.expires_ms <= now)?;
+    Ok(gone
+        .iter()
+        .filter_map(|(k, _)| super::service::token_hash_of(k))
+        .collect())
 }
 
 impl Accounts {

@@ -49,14 +49,8 @@ pub const ACCESS_EXPIRY: crate::store::Expiry = crate::store::Expiry::time_keyed
 /// Removes every access-log entry of `account` (client addresses are personal data);
 /// returns how many went.
 pub fn erase_access_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
-    let mut n = 0;
-    for (k, e) in tx.scan_all(&ACCESS)? {
-        if e.account.as_deref() == Some(account) {
-            tx.remove(&ACCESS, &k)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    let gone = tx.remove_where(&ACCESS, |e| e.account.as_deref() == Some(account))?;
+    Ok(gone.len() as u64)
 }
 
 fn time_key(at_ms: u64) -> Result<Vec<u8>, StoreError> {

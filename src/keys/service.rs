@@ -121,23 +121,13 @@ pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
 /// Removes every key of `account` inside a write (a deletion request, an erasure);
 /// returns how many went.
 pub fn revoke_all_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
-    let rows = tx.scan_prefix(&KEYS, account_prefix(account).as_bytes(), usize::MAX)?;
-    for (k, _) in &rows {
-        tx.remove(&KEYS, k)?;
-    }
-    Ok(rows.len() as u64)
+    tx.remove_prefix(&KEYS, account_prefix(account).as_bytes(), usize::MAX)
 }
 
 /// Removes keys whose expiry time has passed; returns their ids.
 pub fn expire_in(tx: &WriteTx<'_>, now: u64) -> Result<Vec<String>, StoreError> {
-    let mut gone = Vec::new();
-    for (k, key) in tx.scan_all(&KEYS)? {
-        if key.expires_ms.is_some_and(|e| e <= now) {
-            tx.remove(&KEYS, &k)?;
-            gone.push(key.id);
-        }
-    }
-    Ok(gone)
+    let gone = tx.remove_where(&KEYS, |k| k.expires_ms.is_some_and(|e| e <= now))?;
+    Ok(gone.into_iter().map(|(_, k)| k.id).collect())
 }
 
 impl Keys {

@@ -33,11 +33,7 @@ pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
 
 /// Removes every personal connection of `account`; returns how many went.
 pub fn erase_in(tx: &crate::store::WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
-    let rows = tx.scan_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes(), usize::MAX)?;
-    for (k, _) in &rows {
-        tx.remove(&PROVIDER_KEYS, k)?;
-    }
-    Ok(rows.len() as u64)
+    tx.remove_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes(), usize::MAX)
 }
 
 /// A connection entered in the UI, as stored.

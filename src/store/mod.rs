@@ -322,30 +322,6 @@ impl TimeIndex {
     pub fn remove(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
         tx.raw_remove(self.name, &Self::key(at_ms, id)).map(|_| ())
     }
-
-    /// Up to `limit` entries written before `cutoff_ms`, oldest first.
-    pub fn before(
-        &self,
-        r: &impl Reader,
-        cutoff_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let end = cutoff_ms.to_be_bytes();
-        r.raw_range(self.name, None, Some(&end), limit).map(|rows| {
-            rows.into_iter()
-                .filter_map(|(k, _)| {
-                    let (ts, id) = k.split_at_checked(8)?;
-                    Some((u64::decode(ts)?, id.to_vec()))
-                })
-                .collect()
-        })
-    }
-
-    /// The time of the oldest entry, if any.
-    pub fn oldest(&self, r: &impl Reader) -> Result<Option<u64>, StoreError> {
-        let rows = r.raw_range(self.name, None, None, 1)?;
-        Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
-    }
 }
 
 /// The meta table (schema version, key check, job bookkeeping).
@@ -409,11 +385,6 @@ impl Expiry {
     pub fn oldest(&self, r: &impl Reader) -> Result<Option<u64>, StoreError> {
         let rows = r.raw_range(self.ordered(), None, None, 1)?;
         Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
-    }
-
-    /// How many records the table holds.
-    pub fn count(&self, r: &impl Reader) -> Result<u64, StoreError> {
-        r.raw_len(self.ordered())
     }
 
     /// Removes up to `limit` records of `owner` (an [`Expiry::Indexed`] table, whose
@@ -697,6 +668,38 @@ impl<'a> WriteTx<'a> {
     /// Removes a record; says whether it existed.
     pub fn remove<K: Key, V>(&self, t: &Table<K, V>, key: &K) -> Result<bool, StoreError> {
         self.raw_remove(t.name, &key.encode())
+    }
+
+    /// Removes up to `limit` records whose keys start with `prefix` (one owner's
+    /// records); returns how many went.
+    pub fn remove_prefix<K, V>(
+        &self,
+        t: &Table<K, V>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let end = prefix_end(prefix);
+        let rows = self.raw_range(t.name, Some(prefix), end.as_deref(), limit)?;
+        for (k, _) in &rows {
+            self.raw_remove(t.name, k)?;
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// Removes every record of a (small) table for which `doomed` holds; returns them.
+    pub fn remove_where<K: Key, V: DeserializeOwned>(
+        &self,
+        t: &Table<K, V>,
+        mut doomed: impl FnMut(&V) -> bool,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let mut gone = Vec::new();
+        for (k, v) in self.scan_all(t)? {
+            if doomed(&v) {
+                self.remove(t, &k)?;
+                gone.push((k, v));
+            }
+        }
+        Ok(gone)
     }
 
     /// Sets a value in the meta table.
@@ -1144,25 +1147,58 @@ mod tests {
         assert_eq!(got, Some(2));
     }
 
+    const RECS: Table<Vec<u8>, u64> = Table::new("recs", Class::System);
+    const EXPIRY: Expiry = Expiry::indexed(&RECS, &BY_TIME);
+
     #[tokio::test]
-    async fn time_index_finds_entries_older_than_a_cutoff_in_order() {
+    async fn expiry_sweeps_what_is_older_than_a_cutoff_and_erases_an_owner() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         store
             .write(|tx| {
-                for (at, id) in [(300u64, "c"), (100, "a"), (200, "b")] {
-                    BY_TIME.insert(tx, at, id.as_bytes())?;
+                for (owner, at) in [("a", 300u64), ("a", 100), ("b", 200), ("b", 400)] {
+                    let k = TimedKey::new(owner, at)?;
+                    tx.insert(&RECS, &k.key, &at)?;
+                    BY_TIME.insert(tx, k.at_ms, &k.key)?;
                 }
-                BY_TIME.remove(tx, 200, b"b")
+                Ok::<_, StoreError>(())
             })
             .await
             .expect("writes");
-        let (old, oldest) = store
-            .read(|r| Ok::<_, StoreError>((BY_TIME.before(r, 300, 10)?, BY_TIME.oldest(r)?)))
+        // A sweep in batches of one: the oldest first, nothing at or after the cutoff.
+        let first = store
+            .write(|tx| EXPIRY.sweep(tx, 300, 1))
+            .await
+            .expect("sweeps");
+        let (left, oldest) = store
+            .read(|r| Ok::<_, StoreError>((r.scan_all(&RECS)?, EXPIRY.oldest(r)?)))
             .await
             .expect("reads");
-        assert_eq!(old, vec![(100, b"a".to_vec())]);
-        assert_eq!(oldest, Some(100));
+        assert_eq!(first, 1);
+        assert_eq!(oldest, Some(200));
+        let mut times: Vec<u64> = left.iter().map(|(_, at)| *at).collect();
+        times.sort();
+        assert_eq!(times, [200, 300, 400]);
+        let second = store
+            .write(|tx| EXPIRY.sweep(tx, 300, 10))
+            .await
+            .expect("sweeps");
+        assert_eq!(second, 1, "200 went; 300 is not before the cutoff");
+        // Erasing an owner takes its records and their index entries.
+        let erased = store
+            .write(|tx| EXPIRY.erase_owner(tx, "b", 10))
+            .await
+            .expect("erases");
+        let (left, index) = store
+            .read(|r| Ok::<_, StoreError>((r.scan_all(&RECS)?, BY_TIME.decl().count(r)?)))
+            .await
+            .expect("reads");
+        assert_eq!(erased, 1);
+        assert_eq!(
+            left.into_iter().map(|(_, at)| at).collect::<Vec<_>>(),
+            [300]
+        );
+        assert_eq!(index, 1);
     }
 
     #[tokio::test]

@@ -264,6 +264,7 @@ async fn records_stay_inside_their_window_and_are_gone_after_it() {
         ("billing", 6),
     ];
     let mut elapsed = Duration::ZERO;
+    let mut swept_in_all = 0;
     for (i, (class, days)) in windows.iter().enumerate() {
         let short = DAY * *days - HOUR;
         t.s.clock.advance(short - elapsed);
@@ -279,6 +280,7 @@ async fn records_stay_inside_their_window_and_are_gone_after_it() {
         elapsed += HOUR * 2;
         let run = t.run("retention_sweep").await;
         let swept = run["counts"][class].as_u64().expect("count");
+        swept_in_all += swept;
         assert!(swept > 0, "{class} swept: {run}");
         let c = t.class(class).await;
         assert_eq!(c["within_window"], true, "{c}");
@@ -332,6 +334,11 @@ async fn records_stay_inside_their_window_and_are_gone_after_it() {
         t.s.metric("easel_job_runs_total{job=\"retention_sweep\"}")
             .await
             >= Some(10)
+    );
+    assert!(
+        t.s.metric("easel_job_records_removed_total{job=\"retention_sweep\"}")
+            .await
+            >= Some(swept_in_all)
     );
     t.s.stop().await;
 }

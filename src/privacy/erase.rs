@@ -7,34 +7,53 @@
 use super::Privacy;
 use crate::accounts::DeletionRequest;
 use crate::http::ApiError;
-use crate::store::{Store, StoreError, WriteTx};
+use crate::store::{StoreError, WriteTx};
 use std::collections::BTreeMap;
 
 /// Records removed (or, for billing, detached) per class.
 pub type Counts = BTreeMap<String, u64>;
 
-/// Runs `step` in writes of at most `batch` records until it returns fewer.
-async fn in_batches<F>(store: &Store, batch: usize, step: F) -> Result<u64, StoreError>
-where
-    F: Fn(&WriteTx<'_>, usize) -> Result<u64, StoreError> + Send + Sync + Clone + 'static,
-{
-    let mut total = 0;
-    loop {
-        let s = step.clone();
-        let n = store.write(move |tx| s(tx, batch)).await?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
+/// What a job did: counts per class or kind for its record and the audit log, and
+/// how many stored records it removed, for the metrics.
+#[derive(Default)]
+pub(super) struct Done {
+    pub counts: Counts,
+    pub removed: u64,
 }
 
 impl Privacy {
+    /// Runs `step` in writes of at most `[scheduler] sweep_batch` records until it
+    /// returns fewer, yielding between writes so requests keep flowing. Stops at a
+    /// batch boundary when the server shuts down; every step is idempotent, so the
+    /// next run resumes.
+    pub(super) async fn in_batches<F>(&self, step: F) -> Result<u64, ApiError>
+    where
+        F: Fn(&WriteTx<'_>, usize) -> Result<u64, StoreError> + Send + Sync + Clone + 'static,
+    {
+        let batch = self.parts().live.get().scheduler.sweep_batch;
+        let mut total = 0;
+        loop {
+            let s = step.clone();
+            let n = self.parts().store.write(move |tx| s(tx, batch)).await?;
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+            if self.stopping() {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "stopped for shutdown at a batch boundary; the next run resumes",
+                ));
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Erases every due, unheld deletion request; returns counts over all of them.
-    pub(super) async fn process_deletions(&self, now: u64) -> Result<Counts, ApiError> {
+    pub(super) async fn process_deletions(&self, now: u64) -> Result<Done, ApiError> {
         let p = self.parts();
-        let mut totals = Counts::new();
+        let mut done = Done::default();
         let held: Vec<String> = p
             .accounts
             .holds()
@@ -50,19 +69,22 @@ impl Privacy {
                 continue;
             };
             let counts = self.erase(&req).await?;
-            *totals.entry("accounts".into()).or_default() += 1;
+            *done.counts.entry("accounts".into()).or_default() += 1;
             for (k, v) in counts {
-                *totals.entry(k).or_default() += v;
+                // Detached billing entries are kept, not removed.
+                if k != "billing_detached" {
+                    done.removed += v;
+                }
+                *done.counts.entry(k).or_default() += v;
             }
         }
-        Ok(totals)
+        Ok(done)
     }
 
     /// Erases one account: everything of it in every class; billing entries are kept
     /// under the request's pseudonym.
     pub(super) async fn erase(&self, req: &DeletionRequest) -> Result<Counts, ApiError> {
         let p = self.parts();
-        let batch = p.live.get().scheduler.sweep_batch;
         let mut counts = Counts::new();
         let owner = req.account.clone();
         for (class, expiry) in [
@@ -70,17 +92,15 @@ impl Privacy {
             ("alt_text", crate::alt_text::EXPIRY),
         ] {
             let o = owner.clone();
-            let n = in_batches(&p.store, batch, move |tx, limit| {
-                expiry.erase_owner(tx, &o, limit)
-            })
-            .await?;
+            let n = self
+                .in_batches(move |tx, limit| expiry.erase_owner(tx, &o, limit))
+                .await?;
             counts.insert(class.into(), n);
         }
         let (o, pseudonym) = (owner.clone(), req.pseudonym.clone());
-        let n = in_batches(&p.store, batch, move |tx, limit| {
-            crate::ledger::detach_in(tx, &o, &pseudonym, limit)
-        })
-        .await?;
+        let n = self
+            .in_batches(move |tx, limit| crate::ledger::detach_in(tx, &o, &pseudonym, limit))
+            .await?;
         counts.insert("billing_detached".into(), n);
 
         let keyring = p.keyring.clone();

@@ -4,7 +4,7 @@
 //! whose scheduled time passed while Easel was down runs at once.
 
 use super::Privacy;
-use super::erase::Counts;
+use super::erase::{Counts, Done};
 use crate::config::Rule;
 use crate::http::ApiError;
 use crate::store::{Class, Decl, Reader, StoreError, Table};
@@ -117,25 +117,19 @@ impl Privacy {
             Job::Backup => self.backup(started_ms).await,
         };
         let elapsed = began.elapsed();
-        let (ok, counts, error) = match result {
-            Ok(c) => (true, c, None),
-            Err(e) => (false, Counts::new(), Some(e.to_string())),
+        let (ok, done, error) = match result {
+            Ok(d) => (true, d, None),
+            Err(e) => (false, Done::default(), Some(e.to_string())),
         };
         let run = JobRun {
             job,
             started_ms,
             duration_ms: elapsed.as_millis() as u64,
             ok,
-            counts,
+            counts: done.counts,
             error,
         };
-        let removed = run
-            .counts
-            .iter()
-            .filter(|(k, _)| *k != "accounts" && *k != "written")
-            .map(|(_, v)| v)
-            .sum();
-        p.metrics.observe_job(job.name(), ok, elapsed, removed);
+        p.metrics.observe_job(job.name(), ok, elapsed, done.removed);
         let rec = run.clone();
         p.store
             .write(move |tx| {
@@ -205,42 +199,25 @@ impl Privacy {
     }
 
     /// Removes, class by class, records older than the class's window, in batches.
-    async fn sweep(&self, now: u64) -> Result<Counts, ApiError> {
-        let p = self.parts();
-        let cfg = p.live.get();
-        let batch = cfg.scheduler.sweep_batch;
-        let mut counts = Counts::new();
+    async fn sweep(&self, now: u64) -> Result<Done, ApiError> {
+        let cfg = self.parts().live.get();
+        let mut done = Done::default();
         for (class, expiry) in super::expiring() {
             let Some(Rule::For(span)) = super::rule(&cfg.retention, class) else {
                 continue;
             };
             let cutoff = now.saturating_sub(span.get().as_millis() as u64);
-            let mut total = 0;
-            loop {
-                let n = p
-                    .store
-                    .write(move |tx| expiry.sweep(tx, cutoff, batch))
-                    .await?;
-                total += n;
-                if n < batch as u64 {
-                    break;
-                }
-                if self.stopping() {
-                    return Err(ApiError::new(
-                        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "shutting_down",
-                        "the sweep stopped for shutdown; it resumes at the next start",
-                    ));
-                }
-                tokio::task::yield_now().await;
-            }
-            counts.insert(class.name().into(), total);
+            let n = self
+                .in_batches(move |tx, limit| expiry.sweep(tx, cutoff, limit))
+                .await?;
+            done.counts.insert(class.name().into(), n);
+            done.removed += n;
         }
-        Ok(counts)
+        Ok(done)
     }
 
     /// Removes ended sessions, expired API keys and expired invites.
-    async fn expire(&self, now: u64) -> Result<Counts, ApiError> {
+    async fn expire(&self, now: u64) -> Result<Done, ApiError> {
         let p = self.parts();
         let (sessions, keys, invites) = p
             .store
@@ -254,19 +231,23 @@ impl Privacy {
             .await?;
         p.accounts.forget_sessions(&sessions);
         p.keys.forget(&keys);
-        Ok(Counts::from([
+        let counts = Counts::from([
             ("sessions".into(), sessions.len() as u64),
             ("api_keys".into(), keys.len() as u64),
             ("invites".into(), invites),
-        ]))
+        ]);
+        Ok(Done {
+            removed: counts.values().sum(),
+            counts,
+        })
     }
 
     /// Writes a backup into `[backup] dir` and removes the oldest beyond `keep`.
-    async fn backup(&self, now: u64) -> Result<Counts, ApiError> {
+    async fn backup(&self, now: u64) -> Result<Done, ApiError> {
         let p = self.parts();
         let cfg = p.live.get();
         let Some(dir) = cfg.backup.dir.clone() else {
-            return Ok(Counts::new());
+            return Ok(Done::default());
         };
         crate::store::create_private_dir(&dir)?;
         let stamp = ms_to_utc(now)
@@ -278,10 +259,11 @@ impl Privacy {
         let removed = tokio::task::spawn_blocking(move || rotate(&dir, keep))
             .await
             .map_err(|e| ApiError::internal(format!("the backup rotation task ended: {e}")))??;
-        Ok(Counts::from([
-            ("written".into(), 1),
-            ("removed".into(), removed),
-        ]))
+        // Backup files are not records: nothing counts as removed in the metrics.
+        Ok(Done {
+            counts: Counts::from([("written".into(), 1), ("removed".into(), removed)]),
+            removed: 0,
+        })
     }
 }
 

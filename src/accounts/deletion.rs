@@ -111,8 +111,8 @@ impl Accounts {
         F: FnMut(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
     {
         let pseudonym = format!("erased-{}", crate::crypto::random_hex::<8>()?);
-        let by_admin =
-            matches!(actor, Actor::Account(ref a) if a != id) || matches!(actor, Actor::Cli);
+        // Anyone but the person themselves: an admin, or the command line.
+        let by_admin = actor.id() != Some(id);
         let request = DeletionRequest {
             account: id.to_string(),
             requested_ms: now,

@@ -689,13 +689,17 @@ impl Accounts {
         let opening = i.opening(&account.id, now)?;
         let (key, stored) = (opening.key(), opening.stored.clone());
         let id = account.id.clone();
+        let read = account;
         let account = i
             .store
             .write(move |tx| {
-                let mut account = tx
-                    .get(&ACCOUNTS, &id)?
-                    .ok_or(AccountError::NotFound("account"))?;
+                let mut account = read.clone();
+                // Only a cancellation changes the account, and it re-reads it inside
+                // the write; an ordinary sign-in uses the one read above.
                 if cancels {
+                    account = tx
+                        .get(&ACCOUNTS, &id)?
+                        .ok_or(AccountError::NotFound("account"))?;
                     super::deletion::cancel_in(
                         tx,
                         &mut account,

@@ -556,6 +556,10 @@ async fn erasure_at_the_deadline_removes_everything_but_detached_billing() {
     assert_eq!(run["counts"]["accounts"], 1, "{run}");
     assert_eq!(run["counts"]["usage"], 3, "{run}");
     assert_eq!(run["counts"]["alt_text"], 3, "{run}");
+    // The account, its email and its request, and its data key (crypto-shredding);
+    // the client address of its sign-in.
+    assert_eq!(run["counts"]["account"], 4, "{run}");
+    assert_eq!(run["counts"]["access_log"], 1, "{run}");
 
     // Gone: the account, its sign-in, its records; billing kept under a pseudonym.
     let (_, users) = t.admin(Method::GET, "/api/admin/users", None).await;

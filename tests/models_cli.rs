@@ -102,6 +102,22 @@ fn easel(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("run easel")
 }
 
+/// Runs `easel ARGS` off the runtime (the hub mock runs on it) and returns its
+/// stdout, after checking that it succeeded.
+async fn pulled(config: &Path, args: &'static [&'static str]) -> String {
+    let config = config.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || easel(&config, args))
+        .await
+        .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[tokio::test]
 async fn models_pull_downloads_checks_and_quantises() {
     let (base, server) = hub(tiny_files(), false).await;
@@ -110,18 +126,7 @@ async fn models_pull_downloads_checks_and_quantises() {
         dir.path(),
         &format!("\n[local_model]\ndir = \"models/blip-large\"\nhub_url = \"{base}\"\n"),
     );
-    let out = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || easel(&config, &["models", "pull", "blip-large"])
-    })
-    .await
-    .expect("join");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pulled(&config, &["models", "pull", "blip-large"]).await;
     assert!(text.contains("checksum verified"), "{text}");
     let model = dir.path().join("models/blip-large");
     assert!(model.join("model.safetensors").is_file());
@@ -134,18 +139,7 @@ async fn models_pull_downloads_checks_and_quantises() {
     );
 
     // Quantised: a GGUF file replaces the float weights, and it loads.
-    let out = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || easel(&config, &["models", "pull", "blip-base", "--quantized"])
-    })
-    .await
-    .expect("join");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pulled(&config, &["models", "pull", "blip-base", "--quantized"]).await;
     assert!(text.contains("dir = "), "a hint to use it: {text}");
     let base_dir = dir.path().join("models/blip-base");
     assert!(base_dir.join("model-q4k.gguf").is_file());

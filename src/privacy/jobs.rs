@@ -311,7 +311,7 @@ impl Scheduler {
             };
             let engine = privacy.downgrade();
             let cron = tokio_cron_scheduler::Job::new_async(schedule.as_str(), move |_, _| {
-                let engine = Privacy::upgrade(&engine);
+                let engine = engine.upgrade();
                 Box::pin(async move {
                     if let Some(engine) = engine {
                         let _ = engine.run(job).await;

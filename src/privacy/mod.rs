@@ -91,8 +91,18 @@ pub struct Privacy {
     inner: Arc<Inner>,
 }
 
-#[doc(hidden)]
-pub struct Inner {
+/// See [`Privacy::downgrade`].
+#[derive(Clone)]
+struct WeakPrivacy(std::sync::Weak<Inner>);
+
+impl WeakPrivacy {
+    /// The engine, while it lives.
+    fn upgrade(&self) -> Option<Privacy> {
+        self.0.upgrade().map(|inner| Privacy { inner })
+    }
+}
+
+struct Inner {
     p: Parts,
     /// One lock per job: a run that finds its job running is skipped.
     running: [tokio::sync::Mutex<()>; Job::ALL.len()],
@@ -114,13 +124,8 @@ impl Privacy {
 
     /// A handle that does not keep the engine (and the store) alive: the scheduler
     /// holds these, so a stopped server releases its database.
-    pub fn downgrade(&self) -> std::sync::Weak<Inner> {
-        Arc::downgrade(&self.inner)
-    }
-
-    /// The engine behind a [`Privacy::downgrade`] handle, while it lives.
-    pub fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Privacy> {
-        weak.upgrade().map(|inner| Privacy { inner })
+    fn downgrade(&self) -> WeakPrivacy {
+        WeakPrivacy(Arc::downgrade(&self.inner))
     }
 
     fn parts(&self) -> &Parts {

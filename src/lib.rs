@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod alt_text;
+pub mod analytics;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -7,6 +7,7 @@ pub mod logging;
 
 use crate::accounts::Accounts;
 use crate::alt_text::AltText;
+use crate::analytics::Analytics;
 use crate::auth::{Directory, SessionTimes};
 use crate::config::{self, Config, Live, Loaded};
 use crate::control;
@@ -48,6 +49,7 @@ pub struct Services {
     pub providers: Providers,
     pub usage: Usage,
     pub gateway: Gateway,
+    pub analytics: Analytics,
 }
 
 fn session_times(config: &Config) -> SessionTimes {
@@ -63,6 +65,7 @@ impl Services {
         let directory = Arc::new(Directory::new(session_times(&live.get())));
         let ledger = Ledger::new(store.clone());
         let providers = Providers::new(store.clone(), keyring.clone(), live.clone());
+        let analytics = Analytics::new(store.clone());
         Services {
             accounts: Accounts::new(
                 store.clone(),
@@ -71,7 +74,13 @@ impl Services {
                 live.clone(),
             ),
             keys: Keys::new(store.clone(), directory.clone()),
-            gateway: Gateway::new(providers.clone(), ledger.clone(), live),
+            gateway: Gateway::new(
+                providers.clone(),
+                ledger.clone(),
+                analytics.clone(),
+                live,
+            ),
+            analytics,
             usage: Usage::new(store.clone()),
             ledger,
             providers,
@@ -94,6 +103,10 @@ impl Services {
             .load()
             .await
             .context("cannot load provider connections")?;
+        self.analytics
+            .load()
+            .await
+            .context("cannot load analytics consent")?;
         Ok(())
     }
 
@@ -236,6 +249,7 @@ pub async fn start_with_clock(
         keys: services.keys.clone(),
         ledger: services.ledger.clone(),
         providers: services.providers.clone(),
+        analytics: services.analytics.clone(),
         keyring: keyring.clone(),
         metrics,
     });
@@ -253,6 +267,7 @@ pub async fn start_with_clock(
         let providers = web::Data::new(services.providers.clone());
         let usage = web::Data::new(services.usage.clone());
         let gateway = web::Data::new(services.gateway.clone());
+        let analytics = web::Data::new(services.analytics.clone());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
@@ -265,6 +280,7 @@ pub async fn start_with_clock(
                 .app_data(providers.clone())
                 .app_data(usage.clone())
                 .app_data(gateway.clone())
+                .app_data(analytics.clone())
                 .app_data(alt_text.clone())
                 .app_data(privacy.clone())
                 // The router tries resources in order: the hot API paths go first.
@@ -278,6 +294,7 @@ pub async fn start_with_clock(
                 .configure(crate::usage::routes)
                 .configure(crate::providers::routes)
                 .configure(crate::privacy::routes)
+                .configure(crate::analytics::routes)
                 .configure(crate::web::routes);
         }
     };

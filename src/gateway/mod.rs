@@ -18,6 +18,7 @@ pub use catalog::{Resolved, Route};
 pub use files::ImageFiles;
 pub use routes::routes;
 
+use crate::analytics::Analytics;
 use crate::auth::Caller;
 use crate::config::Live;
 use crate::http::ApiError;
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub ledger: Ledger,
     pub live: Arc<Live>,
     pub files: Arc<ImageFiles>,
+    /// Who allows anonymous feature-use counting.
+    pub analytics: Analytics,
     pending: Arc<Pending>,
     /// The runtime settlements run on: the one the gateway was made on, which
     /// outlives the HTTP workers (a task spawned on a worker's runtime would be
@@ -99,11 +102,12 @@ impl Pending {
 
 impl Gateway {
     /// The gateway over its services.
-    pub fn new(providers: Providers, ledger: Ledger, live: Arc<Live>) -> Self {
+    pub fn new(providers: Providers, ledger: Ledger, analytics: Analytics, live: Arc<Live>) -> Self {
         Gateway {
             providers,
             ledger,
             live,
+            analytics,
             files: Arc::new(ImageFiles::default()),
             pending: Arc::default(),
             rt: tokio::runtime::Handle::try_current().ok(),
@@ -234,8 +238,13 @@ impl Meter {
             note: self.endpoint.to_string(),
             actor: None,
         };
+        // Anonymous: a day and a feature, counted only with the person's consent.
+        let counted = self.gateway.analytics.consents(&self.account);
         let fut = hold.settle(charged, posting, move |tx, _| {
             crate::usage::record(tx, &rk, &record)?;
+            if counted {
+                crate::analytics::count_in(tx, at_ms, &record.endpoint)?;
+            }
             also(tx)
         });
         self.gateway.spawn_settle(fut);

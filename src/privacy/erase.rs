@@ -114,6 +114,7 @@ impl Privacy {
                     + crate::accounts::erase_credentials(tx, &o, usize::MAX)?;
                 c.insert("credentials".into(), credentials);
                 c.insert("access_log".into(), crate::audit::erase_access_in(tx, &o)?);
+                c.insert("consent".into(), crate::analytics::erase_in(tx, &o)?);
                 let key = keyring
                     .destroy_data_key(tx, &o)
                     .map_err(|e| StoreError::Db(e.to_string()))?;
@@ -141,6 +142,7 @@ impl Privacy {
         p.keys.forget_account(&owner);
         p.ledger.forget(&owner);
         p.providers.forget(&owner);
+        p.analytics.forget(&owner);
         tracing::info!(pseudonym = %req.pseudonym, "an account was erased");
         Ok(last)
     }

@@ -14,6 +14,7 @@ mod routes;
 pub use jobs::{Job, JobRun, Scheduler};
 pub use routes::routes;
 
+use crate::analytics::Analytics;
 use crate::accounts::{Accounts, Actor, DeletionRequest};
 use crate::config::{Live, RetentionConfig, Rule};
 use crate::crypto::Keyring;
@@ -40,17 +41,19 @@ pub fn tables() -> Vec<Decl> {
     t.extend(crate::ledger::TABLES);
     t.extend(crate::alt_text::TABLES);
     t.extend(crate::audit::TABLES);
+    t.extend(crate::analytics::TABLES);
     t
 }
 
 /// The classes whose records expire by age, and how to find them by age.
-pub fn expiring() -> [(Class, Expiry); 5] {
+pub fn expiring() -> [(Class, Expiry); 6] {
     [
         (Class::Usage, crate::usage::EXPIRY),
         (Class::AltText, crate::alt_text::EXPIRY),
         (Class::Billing, crate::ledger::EXPIRY),
         (Class::Audit, crate::audit::AUDIT_EXPIRY),
         (Class::AccessLog, crate::audit::ACCESS_EXPIRY),
+        (Class::Analytics, crate::analytics::EXPIRY),
     ]
 }
 
@@ -81,6 +84,7 @@ pub struct Parts {
     pub keys: Keys,
     pub ledger: Ledger,
     pub providers: Providers,
+    pub analytics: Analytics,
     pub keyring: Keyring,
     pub metrics: Arc<Metrics>,
 }

@@ -413,6 +413,64 @@ impl Expiry {
     }
 }
 
+/// One page of a person's records for an export, as JSON lines.
+#[derive(Debug, Default)]
+pub struct JsonPage {
+    /// One JSON document per line.
+    pub lines: Vec<u8>,
+    pub records: u64,
+    /// The last key read, when more may follow: the next page starts after it.
+    pub next: Option<Vec<u8>>,
+}
+
+impl JsonPage {
+    /// Reads up to `limit` records of `t` whose keys start with `prefix` (empty: the
+    /// whole table) and sort after `after`; `view` turns each into what is exported,
+    /// or `None` to leave it out (a record of someone else in a shared table).
+    pub fn read<K, V, S, F>(
+        r: &impl Reader,
+        t: &Table<K, V>,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        view: F,
+    ) -> Result<JsonPage, StoreError>
+    where
+        V: DeserializeOwned,
+        S: Serialize,
+        F: Fn(V) -> Option<S>,
+    {
+        let start = match after {
+            Some(a) => {
+                let mut b = a.to_vec();
+                b.push(0); // the smallest key greater than `a`
+                b
+            }
+            None => prefix.to_vec(),
+        };
+        let end = prefix_end(prefix);
+        let rows = r.raw_range(t.name, Some(&start), end.as_deref(), limit)?;
+        let mut page = JsonPage {
+            next: (rows.len() == limit)
+                .then(|| rows.last().map(|(k, _)| k.clone()))
+                .flatten(),
+            ..JsonPage::default()
+        };
+        for (_, v) in rows {
+            let Some(shown) = view(codec::decode(t.name, &v)?) else {
+                continue;
+            };
+            serde_json::to_writer(&mut page.lines, &shown).map_err(|e| StoreError::Corrupt {
+                table: t.name.to_string(),
+                message: format!("cannot write as JSON: {e}"),
+            })?;
+            page.lines.push(b'\n');
+            page.records += 1;
+        }
+        Ok(page)
+    }
+}
+
 /// Read access shared by read and write transactions.
 pub trait Reader {
     #[doc(hidden)]

@@ -664,3 +664,214 @@ async fn the_backup_job_writes_backups_and_keeps_the_newest() {
     );
     t.s.stop().await;
 }
+
+/// The files of an export ZIP, by name.
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a whole ZIP");
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).expect("entry");
+        let mut text = String::new();
+        f.read_to_string(&mut text).expect("utf-8 text");
+        files.insert(f.name().expect("a name").to_string(), text);
+    }
+    files
+}
+
+fn lines(files: &std::collections::BTreeMap<String, String>, name: &str) -> Vec<Value> {
+    files
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in the export"))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+fn ids(v: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .iter()
+        .map(|x| x["id"].as_str().expect("id").to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+async fn download(s: &TestServer, b: &Browser, path: &str) -> (StatusCode, Vec<u8>) {
+    let res = common::http()
+        .get(s.url(path))
+        .header(
+            "cookie",
+            format!("easel_session={}", b.cookie.as_deref().expect("cookie")),
+        )
+        .send()
+        .await
+        .expect("send");
+    let status = res.status();
+    if status == StatusCode::OK {
+        assert_eq!(
+            res.headers()["content-type"], "application/zip",
+            "an export is a ZIP"
+        );
+        let disposition = res.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii");
+        assert!(disposition.starts_with("attachment; filename=\"easel-export-"));
+    }
+    (status, res.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else() {
+    let t = setup("").await;
+    let ada = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let (bob, bob_key) = t.s.member_with_key("bob@example.com", PASSWORD).await;
+    let _bob_browser = Browser::login(&t.s, "bob@example.com", PASSWORD).await;
+    t.grant(&t.member, 5).await;
+    t.grant(&bob, 5).await;
+    for _ in 0..2 {
+        assert_eq!(t.alt_text().await, StatusCode::OK);
+    }
+    let consent = ada
+        .send(
+            &t.s,
+            Method::PUT,
+            "/api/privacy/consent",
+            Some(json!({"analytics": true})),
+        )
+        .await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    // Bob's records share every table with Ada's.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png());
+    let status = common::http()
+        .post(t.s.url("/v1/alt-text"))
+        .bearer_auth(&bob_key)
+        .json(&json!({"image_base64": b64}))
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    t.settle().await;
+
+    let services = t.s.app().services();
+    let truth_usage = services.usage.all(&t.member).await.expect("usage");
+    let truth_ledger = services.ledger.all_entries(&t.member).await.expect("ledger");
+    let bob_usage = services.usage.all(&bob).await.expect("usage");
+    let bob_ledger = services.ledger.all_entries(&bob).await.expect("ledger");
+    assert_eq!(truth_usage.len(), 2);
+    assert_eq!(bob_usage.len(), 1);
+
+    let (status, zip) = download(&t.s, &ada, "/api/privacy/export").await;
+    assert_eq!(status, StatusCode::OK);
+    let files = unzip(&zip);
+    for name in [
+        "README.txt",
+        "account.json",
+        "sessions.jsonl",
+        "api_keys.jsonl",
+        "provider_keys.jsonl",
+        "usage.jsonl",
+        "alt_text.jsonl",
+        "ledger.jsonl",
+        "consent.jsonl",
+        "access_log.jsonl",
+        "audit.jsonl",
+    ] {
+        assert!(files.contains_key(name), "{name} is missing: {:?}", files.keys());
+    }
+
+    // Every record of Ada's.
+    let account: Value = serde_json::from_str(&files["account.json"]).expect("json");
+    assert_eq!(account["email"], "ada@example.com");
+    assert_eq!(account["id"], t.member.as_str());
+    assert!(!files["account.json"].contains("argon2"), "no password hash");
+    let mut want: Vec<String> = truth_usage.iter().map(|u| u.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids(&lines(&files, "usage.jsonl")), want);
+    let alt = lines(&files, "alt_text.jsonl");
+    assert_eq!(alt.len(), 2);
+    assert!(alt.iter().all(|a| !a["alt_text"].as_str().unwrap_or("").is_empty()));
+    let mut want: Vec<String> = truth_ledger.iter().map(|e| e.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids(&lines(&files, "ledger.jsonl")), want);
+    let keys = lines(&files, "api_keys.jsonl");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(t.key.contains(keys[0]["id"].as_str().expect("key id")));
+    assert!(!files["api_keys.jsonl"].contains(&t.key), "never the secret");
+    let consent = lines(&files, "consent.jsonl");
+    assert_eq!(consent.len(), 1);
+    assert_eq!(consent[0]["analytics"], true);
+    assert_eq!(lines(&files, "sessions.jsonl").len(), 1);
+    let access = lines(&files, "access_log.jsonl");
+    assert!(
+        access.iter().any(|a| a["event"] == "sign_in" && a["account"] == t.member.as_str()),
+        "{access:?}"
+    );
+
+    // Nothing of anyone else's.
+    let everything: String = files.values().cloned().collect();
+    let mut foreign: Vec<String> = vec![
+        "bob@example.com".into(),
+        "root@example.com".into(),
+        bob.clone(),
+        bob_key.clone(),
+    ];
+    foreign.extend(bob_usage.iter().map(|u| u.id.clone()));
+    foreign.extend(bob_ledger.iter().map(|e| e.id.clone()));
+    for f in &foreign {
+        assert!(!everything.contains(f.as_str()), "{f} is someone else's");
+    }
+
+    // An admin's access request gives the same records and is audited; a member
+    // cannot export someone else.
+    let (status, zip) = download(&t.s, &t.admin, &format!("/api/admin/users/{}/export", t.member)).await;
+    assert_eq!(status, StatusCode::OK);
+    let by_admin = unzip(&zip);
+    assert_eq!(by_admin["usage.jsonl"], files["usage.jsonl"]);
+    let (status, _) = download(&t.s, &ada, &format!("/api/admin/users/{bob}/export")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = download(&t.s, &t.admin, "/api/admin/users/0000/export").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, audit) = t.admin(Method::GET, "/api/admin/audit?limit=500", None).await;
+    let exports = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "data_exported" && e["target"] == t.member.as_str())
+        .count();
+    assert_eq!(exports, 2, "{audit}");
+
+    // And the CLI, through the running server's admin socket (run off this runtime,
+    // which serves that socket).
+    let out = t.s.dir.path().join("ada.zip");
+    let config = t.s.dir.path().join("easel.toml");
+    let cli = |out: std::path::PathBuf| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            common::run(
+                &[
+                    "--config",
+                    config.to_str().expect("utf-8"),
+                    "export",
+                    "--email",
+                    "ada@example.com",
+                    "--out",
+                    out.to_str().expect("utf-8"),
+                ],
+                &[],
+            )
+        })
+    };
+    let (code, stdout, stderr) = cli(out.clone()).await.expect("cli");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("admin socket") || stdout.contains("admin socket"), "{stdout}{stderr}");
+    let by_cli = unzip(&std::fs::read(&out).expect("the file"));
+    assert_eq!(by_cli["usage.jsonl"], files["usage.jsonl"]);
+    // A second run never overwrites the file.
+    let (code, _, stderr) = cli(out).await.expect("cli");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot create"), "{stderr}");
+    t.s.stop().await;
+}

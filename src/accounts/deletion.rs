@@ -16,6 +16,44 @@ pub(super) const DELETIONS: Table<String, DeletionRequest> =
     Table::new("deletion_requests", Class::Account);
 pub(super) const HOLDS: Table<String, LegalHold> = Table::new("legal_holds", Class::Account);
 
+/// `account.json` of an export: the account (never its password hash), with its
+/// pending deletion request; `None` when there is no such account.
+pub fn export_account(
+    r: &crate::store::ReadTx,
+    account: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let Some(a) = r.get(&ACCOUNTS, &account.to_string())? else {
+        return Ok(None);
+    };
+    let deletion = r.get(&DELETIONS, &account.to_string())?;
+    let mut v = serde_json::to_value(super::routes::AccountView::from(a))
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+    v["deletion_requested"] = serde_json::json!(deletion.map(|d| serde_json::json!({
+        "requested_at": crate::http::rfc3339(d.requested_ms),
+        "erase_at": crate::http::rfc3339(d.deadline_ms),
+        "by_admin": d.by_admin,
+    })));
+    Ok(Some(v))
+}
+
+/// One page of `account`'s web sessions (never their tokens) for an export.
+pub fn export_sessions_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    let prefix = TimedKey::prefix(account);
+    crate::store::JsonPage::read(r, &SESSIONS, &prefix, after, limit, |s: super::StoredSession| {
+        Some(serde_json::json!({
+            "id": s.id,
+            "created_at": crate::http::rfc3339(s.created_ms),
+            "last_seen_at": crate::http::rfc3339(s.last_seen_ms),
+            "expires_at": crate::http::rfc3339(s.expires_ms),
+        }))
+    })
+}
+
 /// A pending deletion request, keyed by account id.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DeletionRequest {

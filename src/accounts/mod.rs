@@ -12,7 +12,7 @@ mod throttle;
 
 pub use deletion::{
     DeletionRequest, LegalHold, TABLES, erase_account, erase_credentials, expire_invites,
-    expire_sessions_in,
+    expire_sessions_in, export_account, export_sessions_page,
 };
 pub use error::AccountError;
 pub use model::{Account, Invite, StoredSession};

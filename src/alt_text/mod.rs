@@ -64,6 +64,19 @@ const MAX_CHARS_CEILING: u32 = 1000;
 /// Output tokens asked of a provider (the JSON answer around the alt text).
 const ANSWER_TOKENS: u32 = 400;
 
+/// One page of `account`'s stored alt texts for an export, oldest first.
+pub fn export_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    let prefix = TimedKey::prefix(account);
+    crate::store::JsonPage::read(r, &RECORDS, &prefix, after, limit, |a: AltTextRecord| {
+        Some(routes::RecordView::from(a))
+    })
+}
+
 /// One stored alt text (data class `alt_text`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AltTextRecord {

@@ -164,6 +164,44 @@ impl Admin {
                     Err(e) => Reply::fail(format!("cannot grant credits: {e}")),
                 }
             }
+            Request::Export { email, path } => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                let account = match s.accounts.find_by_email(&email).await {
+                    Ok(a) => a,
+                    Err(e) => return Reply::fail(format!("cannot export: {e}")),
+                };
+                let now = crate::store::now_ms();
+                let id = account.id.clone();
+                let audit = self
+                    .store
+                    .write(move |tx| {
+                        crate::audit::record(
+                            tx,
+                            now,
+                            None,
+                            "data_exported",
+                            Some(&id),
+                            "an export of everything held about the account was written by the easel CLI",
+                        )
+                    })
+                    .await;
+                if let Err(e) = audit {
+                    return Reply::fail(format!("cannot export: {e}"));
+                }
+                match crate::privacy::export::to_file(&self.store, account.id, now, &path).await {
+                    Ok(summary) => {
+                        let records: u64 = summary.files.iter().map(|(_, n)| n).sum();
+                        Reply::ok(format!(
+                            "exported {records} records of {} to {}",
+                            account.email,
+                            path.display()
+                        ))
+                    }
+                    Err(e) => Reply::fail(format!("cannot export: {e}")),
+                }
+            }
         }
     }
 }

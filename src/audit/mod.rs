@@ -53,6 +53,31 @@ pub fn erase_access_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreErro
     Ok(gone.len() as u64)
 }
 
+/// One page of the access log's entries about `account` for an export.
+pub fn export_access_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    crate::store::JsonPage::read(r, &ACCESS, b"", after, limit, |e: AccessEntry| {
+        (e.account.as_deref() == Some(account)).then(|| AccessView::from(e))
+    })
+}
+
+/// One page of the audit entries `account` made or that name it, for an export.
+pub fn export_audit_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    crate::store::JsonPage::read(r, &AUDIT, b"", after, limit, |e: AuditEntry| {
+        let mine = e.actor.as_deref() == Some(account) || e.target.as_deref() == Some(account);
+        mine.then(|| AuditView::from(e))
+    })
+}
+
 fn time_key(at_ms: u64) -> Result<Vec<u8>, StoreError> {
     let salt = crate::crypto::random_bytes::<4>().map_err(|e| StoreError::Db(e.to_string()))?;
     let mut k = at_ms.to_be_bytes().to_vec();
@@ -138,6 +163,18 @@ pub struct AuditView {
     pub detail: String,
 }
 
+impl From<AuditEntry> for AuditView {
+    fn from(e: AuditEntry) -> Self {
+        AuditView {
+            at: rfc3339(e.at_ms),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+        }
+    }
+}
+
 /// A page of the audit log.
 #[derive(Serialize, ToSchema)]
 pub struct AuditPage {
@@ -169,13 +206,7 @@ async fn audit_log(
         .flatten();
     let entries = rows
         .into_iter()
-        .map(|(_, e)| AuditView {
-            at: rfc3339(e.at_ms),
-            actor: e.actor,
-            action: e.action,
-            target: e.target,
-            detail: e.detail,
-        })
+        .map(|(_, e)| AuditView::from(e))
         .collect();
     Ok(web::Json(AuditPage { entries, next }))
 }
@@ -191,6 +222,18 @@ pub struct AccessView {
     pub account: Option<String>,
 }
 
+impl From<AccessEntry> for AccessView {
+    fn from(e: AccessEntry) -> Self {
+        AccessView {
+            at: rfc3339(e.at_ms),
+            ip: e.ip,
+            user_agent: e.user_agent,
+            event: e.event,
+            account: e.account,
+        }
+    }
+}
+
 /// Recent sign-in attempts with client address and user agent, newest first (admins;
 /// keys need `admin_read`). Kept as long as `[retention] access_log` says.
 #[utoipa::path(tag = "admin", params(Page), responses((status = 200, body = Vec<AccessView>)))]
@@ -203,14 +246,6 @@ async fn access_log(
     let limit = page.limit.unwrap_or(100).clamp(1, 500);
     let rows = store.read(move |r| list_access(r, limit)).await?;
     Ok(web::Json(
-        rows.into_iter()
-            .map(|e| AccessView {
-                at: rfc3339(e.at_ms),
-                ip: e.ip,
-                user_agent: e.user_agent,
-                event: e.event,
-                account: e.account,
-            })
-            .collect(),
+        rows.into_iter().map(AccessView::from).collect(),
     ))
 }

@@ -66,6 +66,14 @@ enum Command {
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCmd),
+    /// Write everything Easel holds about a person to a new ZIP file (an access request).
+    Export {
+        #[arg(long)]
+        email: String,
+        /// The file to create (never overwritten).
+        #[arg(long, value_name = "FILE.zip")]
+        out: PathBuf,
+    },
     /// Download and list local captioning models.
     #[command(subcommand)]
     Models(ModelsCmd),
@@ -298,6 +306,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 note,
             };
             runtime()?.block_on(admin_command(&loaded, req, true))
+        }
+        Command::Export { email, out } => {
+            let loaded = config::load(cli.config.as_deref())?;
+            let path = app::absolute(&out);
+            runtime()?.block_on(admin_command(&loaded, Request::Export { email, path }, true))
         }
         Command::Models(ModelsCmd::Pull {
             name,

@@ -53,6 +53,8 @@ pub enum Request {
         amount: f64,
         note: Option<String>,
     },
+    /// Write everything held about an account to a new ZIP file at this (absolute) path.
+    Export { email: String, path: PathBuf },
 }
 
 /// The answer to a command.
@@ -152,6 +154,7 @@ fn command_name(req: &Request) -> &'static str {
         Request::UserResetPassword { .. } => "user-reset-password",
         Request::KeyCreate { .. } => "key-create",
         Request::CreditsGrant { .. } => "credits-grant",
+        Request::Export { .. } => "export",
     }
 }
 

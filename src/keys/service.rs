@@ -44,6 +44,18 @@ impl ApiKey {
     }
 }
 
+/// One page of `account`'s API keys (metadata, never a secret or its hash) for an export.
+pub fn export_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    crate::store::JsonPage::read(r, &KEYS, b"", after, limit, |k: ApiKey| {
+        (k.account == account).then(|| super::routes::KeyView::from(k))
+    })
+}
+
 /// A key to create.
 #[derive(Default)]
 pub struct NewKey {

@@ -57,6 +57,19 @@ pub struct Entry {
     pub at_ms: u64,
 }
 
+/// One page of `account`'s ledger entries for an export, oldest first.
+pub fn export_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    let prefix = TimedKey::prefix(account);
+    crate::store::JsonPage::read(r, &ENTRIES, &prefix, after, limit, |e: Entry| {
+        Some(super::routes::EntryView::from(e))
+    })
+}
+
 /// What an entry says besides its amount.
 #[derive(Clone, Debug, Default)]
 pub struct Posting {

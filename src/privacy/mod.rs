@@ -8,6 +8,7 @@
 //! Jobs go by an injectable [`Clock`], so tests move time forward instead of waiting.
 
 mod erase;
+pub mod export;
 mod jobs;
 mod routes;
 

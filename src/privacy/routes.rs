@@ -18,6 +18,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 /// Registers this capability's routes.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(my_data)
+        .service(export_mine)
+        .service(admin_export)
         .service(request_own_deletion)
         .service(admin_request_deletion)
         .service(admin_cancel_deletion)
@@ -110,6 +112,66 @@ async fn my_data(
         held,
         deletion: deletion.as_ref().map(Into::into),
     }))
+}
+
+/// Answers with the export of `account` as a ZIP download, recording it in the audit log.
+async fn export_response(
+    store: &Store,
+    clock: &crate::store::Clock,
+    actor: &str,
+    account: &str,
+) -> Result<HttpResponse, ApiError> {
+    let (actor_id, target) = (actor.to_string(), account.to_string());
+    let now = clock.now_ms();
+    store
+        .write(move |tx| {
+            crate::audit::record(
+                tx,
+                now,
+                Some(&actor_id),
+                "data_exported",
+                Some(&target),
+                "an export of everything held about the account was downloaded",
+            )
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/zip")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", super::export::file_name(now)),
+        ))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .streaming(super::export::stream(store, account.to_string(), now)))
+}
+
+/// Downloads everything Easel holds about the caller: one ZIP of JSON files
+/// (`account.json`, `usage.jsonl`, `alt_text.jsonl`, `ledger.jsonl`, API-key metadata,
+/// consent history, …), streamed as it is written. Browser sessions only.
+#[utoipa::path(tag = "privacy", responses((status = 200, content_type = "application/zip", description = "the export")))]
+#[get("/api/privacy/export")]
+async fn export_mine(
+    s: Session,
+    store: web::Data<Store>,
+    privacy: web::Data<Privacy>,
+) -> Result<HttpResponse, ApiError> {
+    let me = &s.0.account;
+    export_response(&store, privacy.clock(), me, me).await
+}
+
+/// Downloads everything Easel holds about a user (admins; an access request made on
+/// their behalf). Recorded in the audit log.
+#[utoipa::path(tag = "admin", responses((status = 200, content_type = "application/zip", description = "the export"), (status = 404)))]
+#[get("/api/admin/users/{id}/export")]
+async fn admin_export(
+    a: AdminSession,
+    accounts: web::Data<Accounts>,
+    store: web::Data<Store>,
+    privacy: web::Data<Privacy>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    accounts.get(&id).await?;
+    export_response(&store, privacy.clock(), &a.0.account, &id).await
 }
 
 /// The password, asked again before a deletion request.

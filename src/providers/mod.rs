@@ -14,5 +14,5 @@ pub mod wire;
 
 pub use routes::routes;
 pub use service::{NewProvider, ProviderError, Providers, StoredProvider, TestResult, describe};
-pub use service::{Reachable, TABLES, count_of, erase_in};
+pub use service::{Reachable, TABLES, count_of, erase_in, export_page};
 pub use upstream::{ChatOutput, Connection, StreamEvent, UpstreamError};

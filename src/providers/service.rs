@@ -50,6 +50,27 @@ pub struct StoredProvider {
     pub created_ms: u64,
 }
 
+/// One page of `account`'s own provider connections for an export: never the key, only
+/// its last four characters.
+pub fn export_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    let prefix = format!("{account}/");
+    crate::store::JsonPage::read(r, &PROVIDER_KEYS, prefix.as_bytes(), after, limit, |p: StoredProvider| {
+        Some(serde_json::json!({
+            "name": p.name,
+            "kind": p.kind,
+            "base_url": p.base_url,
+            "key_hint": p.key_hint,
+            "privacy_options": p.privacy_options,
+            "created_at": crate::http::rfc3339(p.created_ms),
+        }))
+    })
+}
+
 /// A connection to add.
 pub struct NewProvider {
     pub name: String,

@@ -29,6 +29,19 @@ pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
     r.count_prefix(&USAGE, &TimedKey::prefix(account))
 }
 
+/// One page of `account`'s usage records for an export, oldest first.
+pub fn export_page(
+    r: &crate::store::ReadTx,
+    account: &str,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<crate::store::JsonPage, StoreError> {
+    let prefix = TimedKey::prefix(account);
+    crate::store::JsonPage::read(r, &USAGE, &prefix, after, limit, |u: UsageRecord| {
+        Some(routes::UsageView::from(u))
+    })
+}
+
 /// One metered request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UsageRecord {

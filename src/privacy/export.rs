@@ -1,0 +1,266 @@
+//! The export of everything held about one person: a ZIP of JSON files, written from
+//! one read snapshot on a blocking thread and handed on as it is made (to an HTTP
+//! response through a bounded channel, or to a file), never built in memory.
+
+use crate::http::ApiError;
+use crate::store::{JsonPage, ReadTx, Store, StoreError};
+use std::io::Write;
+use std::path::Path;
+use zip::write::SimpleFileOptions;
+
+/// Reads one page of a person's records of one kind.
+type PageFn = fn(&ReadTx, &str, Option<&[u8]>, usize) -> Result<JsonPage, StoreError>;
+
+/// Every file of records in an export, with what it holds. A capability that stores
+/// records of a person adds its file here.
+const FILES: [(&str, PageFn, &str); 9] = [
+    (
+        "sessions.jsonl",
+        crate::accounts::export_sessions_page,
+        "web sessions (credentials): when each began, was last used and ends; never the token",
+    ),
+    (
+        "api_keys.jsonl",
+        crate::keys::export_page,
+        "API keys (credentials): name, scopes, limits, dates; never the secret",
+    ),
+    (
+        "provider_keys.jsonl",
+        crate::providers::export_page,
+        "your own provider connections (provider_keys): the key's last four characters only",
+    ),
+    (
+        "usage.jsonl",
+        crate::usage::export_page,
+        "one line per metered request (usage): model, provider, tokens, credits, status; never a prompt or output",
+    ),
+    (
+        "alt_text.jsonl",
+        crate::alt_text::export_page,
+        "stored alt texts (alt_text), with the image URL when one was given",
+    ),
+    (
+        "ledger.jsonl",
+        crate::ledger::export_page,
+        "credit entries (billing): grants, usage charges, refunds, adjustments",
+    ),
+    (
+        "consent.jsonl",
+        crate::analytics::export_page,
+        "every change of your analytics consent",
+    ),
+    (
+        "access_log.jsonl",
+        crate::audit::export_access_page,
+        "sign-in attempts with client address and user agent (access_log)",
+    ),
+    (
+        "audit.jsonl",
+        crate::audit::export_audit_page,
+        "security and admin actions you made or that concern your account (audit)",
+    ),
+];
+
+/// Records read per page.
+const PAGE: usize = 500;
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    /// Records per file.
+    pub files: Vec<(String, u64)>,
+}
+
+fn zip_error(e: zip::result::ZipError) -> StoreError {
+    match e {
+        zip::result::ZipError::Io(io) => StoreError::Db(format!("cannot write the export: {io}")),
+        other => StoreError::Db(format!("cannot write the export: {other}")),
+    }
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Db(format!("cannot write the export: {e}"))
+}
+
+/// Writes the export of `account` from the snapshot `r` into `out`; `now_ms` dates it.
+/// Fails with [`ApiError::not_found`] when there is no such account.
+pub fn write_zip<W: Write>(
+    r: &ReadTx,
+    account: &str,
+    now_ms: u64,
+    out: W,
+) -> Result<Summary, ApiError> {
+    let Some(profile) = crate::accounts::export_account(r, account)? else {
+        return Err(ApiError::not_found("no such account"));
+    };
+    let mut zip = zip::ZipWriter::new_stream(out);
+    let opts = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip_time(now_ms))
+        .unix_permissions(0o600)
+        .large_file(true);
+    let mut summary = Summary::default();
+
+    zip.start_file("README.txt", opts).map_err(zip_error)?;
+    zip.write_all(readme(now_ms).as_bytes()).map_err(io_error)?;
+    zip.start_file("account.json", opts).map_err(zip_error)?;
+    serde_json::to_writer_pretty(&mut zip, &profile)
+        .map_err(|e| StoreError::Db(format!("cannot write the export: {e}")))?;
+    summary.files.push(("account.json".into(), 1));
+
+    for (name, page, _) in FILES {
+        zip.start_file(name, opts).map_err(zip_error)?;
+        let mut after: Option<Vec<u8>> = None;
+        let mut records = 0;
+        loop {
+            let p = page(r, account, after.as_deref(), PAGE)?;
+            zip.write_all(&p.lines).map_err(io_error)?;
+            records += p.records;
+            match p.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        summary.files.push((name.to_string(), records));
+    }
+    let mut out = zip.finish().map_err(zip_error)?;
+    out.flush().map_err(io_error)?;
+    Ok(summary)
+}
+
+fn readme(now_ms: u64) -> String {
+    let mut s = format!(
+        "Everything Easel holds about you, exported {}.\n\n\
+         account.json        your account (never the password or its hash) and any pending deletion request\n",
+        crate::http::rfc3339(now_ms)
+    );
+    for (name, _, what) in FILES {
+        s.push_str(&format!("{name:<19} {what}\n"));
+    }
+    s.push_str(
+        "\nEach .jsonl file holds one JSON object per line, oldest first. Times are UTC \
+         (RFC 3339); amounts are credits.\nEasel never stores prompts, request images or \
+         generated outputs, so none are here.\n",
+    );
+    s
+}
+
+fn zip_time(now_ms: u64) -> zip::DateTime {
+    let t = time::OffsetDateTime::from_unix_timestamp((now_ms / 1000) as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    zip::DateTime::from_date_and_time(
+        t.year().clamp(1980, 2107) as u16,
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    )
+    .unwrap_or_default()
+}
+
+/// The file name offered for a download.
+pub fn file_name(now_ms: u64) -> String {
+    let day = crate::http::rfc3339(now_ms);
+    format!("easel-export-{}.zip", day.get(..10).unwrap_or("now"))
+}
+
+/// A [`Write`] that hands full chunks to an async receiver; writing fails once the
+/// receiver is gone (the client left), which ends the export.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download was cancelled")
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Starts the export of `account` and returns its bytes as a stream. A failure part
+/// way ends the stream with an error, so the download is cut off rather than ending
+/// as a ZIP that looks whole.
+pub fn stream(
+    store: &Store,
+    account: String,
+    now_ms: u64,
+) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = store.clone();
+    tokio::spawn(async move {
+        let writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let done = store
+            .read(move |r| write_zip(r, &account, now_ms, writer))
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "an export failed part way");
+            let _ = tx
+                .send(Err(std::io::Error::other(format!("the export failed: {e}"))))
+                .await;
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Writes the export of `account` to a new file at `path` (readable by its owner
+/// only); a partial file is removed when the export fails.
+pub async fn to_file(
+    store: &Store,
+    account: String,
+    now_ms: u64,
+    path: &Path,
+) -> Result<Summary, ApiError> {
+    let file = open_new(path)?;
+    let writer = std::io::BufWriter::new(file);
+    let done = store
+        .read(move |r| write_zip(r, &account, now_ms, writer))
+        .await;
+    if done.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    done
+}
+
+fn open_new(path: &Path) -> Result<std::fs::File, ApiError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).map_err(|e| {
+        ApiError::bad_request(
+            "cannot_write",
+            format!(
+                "cannot create {}: {e}; name a new file in a directory that exists",
+                path.display()
+            ),
+        )
+    })
+}

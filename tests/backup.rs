@@ -45,7 +45,13 @@ async fn a_backup_taken_during_writes_restores_to_a_consistent_equal_copy() {
 
     // Restore into a fresh data dir and compare record by record with the live store.
     let restored_dir = dir.path().join("restored");
-    let restored = restore(&file, &restored_dir, easel::app::schema_version()).expect("restore");
+    let restored = restore(
+        &file,
+        &restored_dir,
+        easel::app::schema_version(),
+        &easel::privacy::restore_carry(),
+    )
+    .expect("restore");
     assert_eq!(restored.records, report.records);
     let copy = Store::open(
         &restored_dir,

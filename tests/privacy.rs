@@ -875,3 +875,188 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
     assert!(stderr.contains("cannot create"), "{stderr}");
     t.s.stop().await;
 }
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_byte_of_the_person_and_old_backups_open_none_of_their_sealed_data() {
+    let mut t = setup("[backup]\ndir = \"backups\"\nkeep = 5\n").await;
+    let services = t.s.app().services().clone();
+    const EMAIL: &str = "grace.hopper@example.com";
+    const NAME: &str = "Grace Brewster Hopper";
+    const PROVIDER_KEY: &str = "sk-grace-0123456789abcdefXYZ";
+    let grace = services
+        .accounts
+        .create(
+            easel::accounts::NewAccount {
+                email: EMAIL.into(),
+                name: NAME.into(),
+                company: Some("Remington Rand".into()),
+                password: easel::crypto::Secret::new(PASSWORD.into()),
+                role: easel::auth::Role::Member,
+                adult: true,
+                must_change_password: false,
+            },
+            easel::accounts::Actor::Cli,
+        )
+        .await
+        .expect("account")
+        .id;
+    let (_, key) = services
+        .keys
+        .create(
+            &grace,
+            easel::auth::Role::Member,
+            easel::keys::NewKey {
+                name: "grace's key".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("key");
+    let browser = Browser::login(&t.s, EMAIL, PASSWORD).await;
+    let added = browser
+        .send(
+            &t.s,
+            Method::POST,
+            "/api/providers",
+            Some(json!({"name": "mine", "kind": "openai", "api_key": PROVIDER_KEY})),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    t.grant(&grace, 5).await;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png());
+    for _ in 0..3 {
+        let status = common::http()
+            .post(t.s.url("/v1/alt-text"))
+            .bearer_auth(key.expose())
+            .json(&json!({"image_base64": b64}))
+            .send()
+            .await
+            .expect("send")
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    t.settle().await;
+    let history: Value = common::http()
+        .get(t.s.url("/api/alt-text"))
+        .bearer_auth(key.expose())
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let alt_texts: Vec<String> = history
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["alt_text"].as_str().expect("text").to_string())
+        .collect();
+    assert_eq!(alt_texts.len(), 3);
+    assert!(
+        alt_texts.iter().all(|a| a.len() >= 8),
+        "long enough to mean something when found: {alt_texts:?}"
+    );
+
+    // A backup from before the erasure.
+    t.s.clock.advance(HOUR);
+    let run = t.run("backup").await;
+    assert_eq!(run["counts"]["written"], 1, "{run}");
+    let backups = t.s.dir.path().join("backups");
+    let mut files: Vec<_> = std::fs::read_dir(&backups)
+        .expect("backups")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    files.sort();
+    let before = files.last().expect("a backup").clone();
+    let backup_bytes = std::fs::read(&before).expect("backup");
+    assert!(contains(&backup_bytes, EMAIL.as_bytes()), "the backup holds her account");
+
+    t.request_deletion(&grace).await;
+    t.s.clock.advance(DAY * 31);
+    let run = t.run("deletion_requests").await;
+    assert_eq!(run["counts"]["accounts"], 1, "{run}");
+    assert_eq!(run["counts"]["provider_keys"], 1, "{run}");
+
+    // After compaction, no byte of her is in the database file.
+    drop(services);
+    t.s.pause().await;
+    let data = t.s.data_dir();
+    easel::store::compact(&data).expect("compact");
+    let db = std::fs::read(data.join(easel::store::DB_FILE)).expect("database file");
+    // (Her random account id stays in the record of erased accounts and in audit
+    // entries: with the account gone it names no one.)
+    let mut needles: Vec<&str> = vec![EMAIL, NAME, "Remington Rand", PROVIDER_KEY];
+    needles.extend(alt_texts.iter().map(String::as_str));
+    for n in &needles {
+        assert!(!contains(&db, n.as_bytes()), "`{n}` is still in the database file");
+    }
+
+    // The old backup holds her sealed provider key but no data key to open it, and
+    // restoring it (which keeps the live data keys) does not bring one back.
+    let master_path = t.s.dir.path().join("master.key");
+    let restored = easel::store::restore(
+        &before,
+        &data,
+        easel::app::schema_version(),
+        &easel::privacy::restore_carry(),
+    )
+    .expect("restore");
+    assert!(restored.previous.is_some());
+    {
+        let store = easel::store::Store::open(
+            &data,
+            &easel::store::StoreOptions::default(),
+            &easel::app::migrations(),
+        )
+        .expect("open the restored database");
+        let master = easel::crypto::read_key_file(&master_path).expect("master key");
+        let ring = easel::crypto::Keyring::unlock(
+            &store,
+            master,
+            easel::crypto::KeySource::File(master_path.clone()),
+        )
+        .await
+        .expect("the live master key opens the restored database");
+        let (g, r) = (grace.clone(), ring.clone());
+        let (sealed_rows, data_key) = store
+            .read(move |tx| {
+                Ok::<_, easel::crypto::CryptoError>((
+                    easel::providers::count_of(tx, &g)?,
+                    r.data_key(tx, &g)?.is_some(),
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(sealed_rows, 1, "the backup's sealed provider key is there");
+        assert!(!data_key, "but nothing can open it");
+        store.close().await;
+    }
+
+    // The restored backup brought her account back: the next deletion run erases it
+    // again, hold or not.
+    t.s.resume().await;
+    // The restored sessions ended while the clock moved on.
+    t.admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let run = t.run("deletion_requests").await;
+    let r = t.report().await;
+    let (_, users) = t.admin(Method::GET, "/api/admin/users", None).await;
+    assert!(
+        !users.to_string().contains(EMAIL),
+        "erased again after the restore: {run} {users}"
+    );
+    assert_eq!(r["deletions"].as_array().map(Vec::len), Some(0), "{r}");
+    let login = common::api::anonymous_post(
+        &t.s,
+        "/api/auth/login",
+        json!({"email": EMAIL, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED);
+    t.s.stop().await;
+}

@@ -44,6 +44,10 @@ impl Admin {
             Request::Restore { .. } => Reply::fail(
                 "restore refused: the server is running and holds the database; stop it, then run `easel restore FILE` again",
             ),
+            // Only a running server receives this: the CLI compacts a stopped one itself.
+            Request::Compact => Reply::fail(
+                "compaction refused: the server is running and holds the database; stop it, then run `easel compact` again",
+            ),
             Request::RotateMaster => match &self.keyring {
                 None => Reply::fail("no master key is loaded"),
                 Some(ring) => match ring.rotate_master(&self.store).await {

@@ -142,6 +142,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         cache_bytes: (config.storage.cache_mib as usize) << 20,
         max_batch: config.storage.max_batch,
         background_delay: std::time::Duration::from_millis(config.storage.background_commit_ms),
+        kept_out_of_backups: crate::privacy::kept_out_of_backups(),
     };
     tokio::task::spawn_blocking(move || Store::open(&dir, &opts, &migrations()))
         .await

@@ -52,6 +52,9 @@ enum Command {
     Backup { file: PathBuf },
     /// Replace the database with a backup (the server must be stopped).
     Restore { file: PathBuf },
+    /// Rewrite the database into a fresh file (the server must be stopped): gives back
+    /// space and leaves no bytes of erased records in the file.
+    Compact,
     /// Print the version.
     Version,
     /// Manage the master key.
@@ -252,6 +255,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let path = app::absolute(&file);
             runtime()?.block_on(restore(&loaded, &path))
         }
+        Command::Compact => {
+            let loaded = config::load(cli.config.as_deref())?;
+            runtime()?.block_on(compact(&loaded))
+        }
         Command::Keys(KeysCmd::RotateMaster) => {
             let loaded = config::load(cli.config.as_deref())?;
             runtime()?.block_on(admin_command(&loaded, Request::RotateMaster, true))
@@ -408,6 +415,27 @@ async fn admin_command(loaded: &Loaded, req: Request, needs_key: bool) -> Result
     )
 }
 
+async fn compact(loaded: &Loaded) -> Result<(), Failure> {
+    let config = &loaded.config;
+    let socket = control::socket_path(&config.storage.data_dir);
+    if let Some(reply) = control::call(&socket, &Request::Compact)
+        .await
+        .context("cannot talk to the admin socket")?
+    {
+        return print_reply(reply, "via the running server's admin socket", false);
+    }
+    let dir = config.storage.data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || store::compact(&dir))
+        .await
+        .context("the compaction task failed")?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "compacted {} records: {} bytes before, {} after (server not running: opened the database directly)",
+        report.records, report.bytes_before, report.bytes_after
+    );
+    Ok(())
+}
+
 async fn restore(loaded: &Loaded, backup: &Path) -> Result<(), Failure> {
     let config = &loaded.config;
     let socket = control::socket_path(&config.storage.data_dir);
@@ -423,14 +451,25 @@ async fn restore(loaded: &Loaded, backup: &Path) -> Result<(), Failure> {
     let dir = config.storage.data_dir.clone();
     let from = backup.to_path_buf();
     let known = app::schema_version();
-    let report = tokio::task::spawn_blocking(move || store::restore(&from, &dir, known))
+    let carry = crate::privacy::restore_carry();
+    let report = tokio::task::spawn_blocking(move || store::restore(&from, &dir, known, &carry))
         .await
         .context("the restore task failed")?
         .map_err(|e| anyhow::anyhow!(e))?;
-    let kept = match &report.previous {
-        Some(p) => format!("; the replaced database is kept at {}", p.display()),
+    let mut kept = match &report.previous {
+        Some(p) => format!(
+            "; kept {} data keys and erasure records of the replaced database, which is kept at {}",
+            report.carried,
+            p.display()
+        ),
         None => String::new(),
     };
+    if report.previous.is_none() {
+        kept.push_str(
+            "; there was no database to take data keys from, so sealed data (provider keys) \
+             cannot be opened: enter those keys again",
+        );
+    }
     println!(
         "restored {} records from {}{kept} (server not running: opened the database directly)",
         report.records,

@@ -25,6 +25,8 @@ pub enum Request {
     Backup { path: PathBuf },
     /// Restore from a backup (always refused while the server runs).
     Restore { path: PathBuf },
+    /// Rewrite the database into a fresh file (always refused while the server runs).
+    Compact,
     /// Re-seal every data key under a new master key.
     RotateMaster,
     /// Create an account.
@@ -149,6 +151,7 @@ fn command_name(req: &Request) -> &'static str {
         Request::Ping => "ping",
         Request::Backup { .. } => "backup",
         Request::Restore { .. } => "restore",
+        Request::Compact => "compact",
         Request::RotateMaster => "rotate-master",
         Request::UserCreate { .. } => "user-create",
         Request::UserResetPassword { .. } => "user-reset-password",

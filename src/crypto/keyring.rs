@@ -9,8 +9,13 @@ use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const DATA_KEYS: Table<String, Vec<u8>> = Table::new("data_keys", Class::Account);
+/// Never in a backup (see [`crate::store::InBackups::KeptOut`]): a restore keeps the
+/// live keys, so a key destroyed at erasure opens nothing in any backup.
+const DATA_KEYS: Table<String, Vec<u8>> =
+    Table::new("data_keys", Class::Account).kept_out_of_backups();
 const CHECK: &str = "master_key_check";
+/// The meta key of the master key check, which a restore keeps with the data keys.
+pub const CHECK_META: &str = CHECK;
 const CHECK_AAD: &[u8] = b"easel/master-key-check/v1";
 
 /// The table of data keys: class `account`, erased with the account.

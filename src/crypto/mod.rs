@@ -10,7 +10,7 @@ mod master;
 mod password;
 mod secret;
 
-pub use keyring::{Keyring, RotationReport, TABLES};
+pub use keyring::{CHECK_META, Keyring, RotationReport, TABLES};
 pub use master::{KeySource, MASTER_KEY_ENV, create_key_file, load_master_key, read_key_file};
 pub use password::{PasswordParams, hash_password, verify_password};
 pub use secret::{Secret, exposed};

@@ -7,8 +7,13 @@
 use super::Privacy;
 use crate::accounts::DeletionRequest;
 use crate::http::ApiError;
-use crate::store::{StoreError, WriteTx};
+use crate::store::{Class, Reader, StoreError, Table, WriteTx};
 use std::collections::BTreeMap;
+
+/// Accounts erased, by id, with when: a restore keeps these rows, so an erased person
+/// that a restored backup brings back is erased again at the next deletion run.
+pub(super) const ERASED: Table<String, u64> =
+    Table::new("erased_accounts", Class::System).merged_on_restore();
 
 /// Records removed (or, for billing, detached) per class.
 pub type Counts = BTreeMap<String, u64>;
@@ -19,6 +24,20 @@ pub type Counts = BTreeMap<String, u64>;
 pub(super) struct Done {
     pub counts: Counts,
     pub removed: u64,
+}
+
+impl Done {
+    /// Adds the counts of one erased account.
+    fn add(&mut self, counts: Counts) {
+        *self.counts.entry("accounts".into()).or_default() += 1;
+        for (k, v) in counts {
+            // Detached billing entries are kept, not removed.
+            if k != "billing_detached" {
+                self.removed += v;
+            }
+            *self.counts.entry(k).or_default() += v;
+        }
+    }
 }
 
 impl Privacy {
@@ -54,6 +73,26 @@ impl Privacy {
     pub(super) async fn process_deletions(&self, now: u64) -> Result<Done, ApiError> {
         let p = self.parts();
         let mut done = Done::default();
+        // Erased before, and back from a restored backup: erased again, hold or not.
+        let erased: Vec<(String, u64)> = p.store.read(|r| r.scan_all(&ERASED)).await?;
+        for (account, _) in erased {
+            if p.accounts.get(&account).await.is_err() {
+                continue;
+            }
+            tracing::warn!("an erased account came back with a restored backup; erasing it again");
+            let req = DeletionRequest {
+                account,
+                requested_ms: now,
+                deadline_ms: now,
+                by_admin: true,
+                pseudonym: format!(
+                    "erased-{}",
+                    crate::crypto::random_hex::<8>().map_err(|e| StoreError::Db(e.to_string()))?
+                ),
+                erasing: true,
+            };
+            done.add(self.erase(&req).await?);
+        }
         let held: Vec<String> = p
             .accounts
             .holds()
@@ -68,15 +107,7 @@ impl Privacy {
             let Some(req) = p.accounts.start_erasure(&req.account).await? else {
                 continue;
             };
-            let counts = self.erase(&req).await?;
-            *done.counts.entry("accounts".into()).or_default() += 1;
-            for (k, v) in counts {
-                // Detached billing entries are kept, not removed.
-                if k != "billing_detached" {
-                    done.removed += v;
-                }
-                *done.counts.entry(k).or_default() += v;
-            }
+            done.add(self.erase(&req).await?);
         }
         Ok(done)
     }
@@ -105,6 +136,7 @@ impl Privacy {
 
         let keyring = p.keyring.clone();
         let o = owner.clone();
+        let now = p.clock.now_ms();
         let last = p
             .store
             .write(move |tx| {
@@ -122,6 +154,7 @@ impl Privacy {
                     "account".into(),
                     crate::accounts::erase_account(tx, &o)? + u64::from(key),
                 );
+                tx.insert(&ERASED, &o, &now)?;
                 let detail = c
                     .iter()
                     .map(|(k, v)| format!("{k} {v}"))

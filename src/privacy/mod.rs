@@ -23,7 +23,7 @@ use crate::http::{ApiError, Metrics};
 use crate::keys::Keys;
 use crate::ledger::Ledger;
 use crate::providers::Providers;
-use crate::store::{Class, Clock, Decl, Expiry, Store};
+use crate::store::{Carry, Class, Clock, Decl, Expiry, InBackups, Store};
 use std::sync::Arc;
 
 /// Every table of the program with its data class. A capability that adds a table
@@ -33,6 +33,7 @@ pub fn tables() -> Vec<Decl> {
         crate::store::META_TABLE,
         crate::store::burst::BURST.decl(),
         jobs::TABLES[0],
+        erase::ERASED.decl(),
     ];
     t.extend(crate::accounts::TABLES);
     t.extend(crate::crypto::TABLES);
@@ -44,6 +45,30 @@ pub fn tables() -> Vec<Decl> {
     t.extend(crate::audit::TABLES);
     t.extend(crate::analytics::TABLES);
     t
+}
+
+/// Tables a backup leaves out (data keys).
+pub fn kept_out_of_backups() -> Vec<&'static str> {
+    tables()
+        .into_iter()
+        .filter(|d| d.backups == InBackups::KeptOut)
+        .map(|d| d.name)
+        .collect()
+}
+
+/// What a restore takes over from the database it replaces: the data keys (never in a
+/// backup) with the master key check they go with, and the record of erased accounts,
+/// so a restored backup opens no erased person's sealed data and the next deletion run
+/// erases again anyone it brought back.
+pub fn restore_carry() -> Carry {
+    Carry {
+        tables: tables()
+            .into_iter()
+            .filter(|d| d.backups != InBackups::Yes)
+            .map(|d| d.name)
+            .collect(),
+        meta: vec![crate::crypto::CHECK_META],
+    }
 }
 
 /// The classes whose records expire by age, and how to find them by age.

@@ -11,7 +11,7 @@ pub mod codec;
 mod migrate;
 mod writer;
 
-pub use backup::{BackupReport, RestoreReport, restore};
+pub use backup::{BackupReport, Carry, CompactReport, RestoreReport, compact, restore};
 pub use migrate::Migration;
 pub use writer::{BATCH_BUCKETS, WriterStats};
 
@@ -206,6 +206,21 @@ pub struct Decl {
     pub class: Class,
     /// A [`TimeIndex`]: it points at records of another table and is not counted.
     pub index: bool,
+    pub backups: InBackups,
+}
+
+/// How backups and restores treat a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InBackups {
+    /// Written to backups; a restore brings back the backup's rows.
+    Yes,
+    /// Never written to a backup; a restore keeps the live database's rows. Data keys
+    /// are kept out: a backup then holds nothing that opens sealed data, and
+    /// destroying an account's key reaches every backup ever taken.
+    KeptOut,
+    /// Written to backups; a restore adds the live database's rows to the backup's
+    /// (the record of erased accounts, so a restore re-applies erasures).
+    Merged,
 }
 
 impl Decl {
@@ -219,6 +234,7 @@ impl Decl {
 pub struct Table<K, V> {
     name: &'static str,
     class: Class,
+    backups: InBackups,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -228,8 +244,19 @@ impl<K, V> Table<K, V> {
         Table {
             name,
             class,
+            backups: InBackups::Yes,
             _types: PhantomData,
         }
+    }
+    /// Leaves the table out of backups; a restore keeps the live rows ([`InBackups::KeptOut`]).
+    pub const fn kept_out_of_backups(mut self) -> Self {
+        self.backups = InBackups::KeptOut;
+        self
+    }
+    /// Merges the live rows into a restored backup ([`InBackups::Merged`]).
+    pub const fn merged_on_restore(mut self) -> Self {
+        self.backups = InBackups::Merged;
+        self
     }
     /// The table's name in the database.
     pub fn name(&self) -> &'static str {
@@ -241,6 +268,7 @@ impl<K, V> Table<K, V> {
             name: self.name,
             class: self.class,
             index: false,
+            backups: self.backups,
         }
     }
 }
@@ -303,6 +331,7 @@ impl TimeIndex {
             name: self.name,
             class: self.class,
             index: true,
+            backups: InBackups::Yes,
         }
     }
 
@@ -329,6 +358,7 @@ pub const META_TABLE: Decl = Decl {
     name: META,
     class: Class::System,
     index: false,
+    backups: InBackups::Yes,
 };
 
 /// How the records of a table that expires are found by age, so a sweep is a range
@@ -864,6 +894,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// How long a batch of background writes alone may wait for more to share its commit.
     pub background_delay: std::time::Duration,
+    /// Tables a backup leaves out ([`InBackups::KeptOut`]).
+    pub kept_out_of_backups: Vec<&'static str>,
 }
 
 impl Default for StoreOptions {
@@ -872,6 +904,7 @@ impl Default for StoreOptions {
             cache_bytes: 8 << 20,
             max_batch: 1024,
             background_delay: std::time::Duration::from_millis(10),
+            kept_out_of_backups: Vec::new(),
         }
     }
 }
@@ -880,6 +913,7 @@ struct Inner {
     db: Arc<redb::Database>,
     dir: PathBuf,
     writer: writer::Writer,
+    kept_out_of_backups: Vec<&'static str>,
 }
 
 /// A handle to the open database; cheap to clone.
@@ -906,6 +940,7 @@ impl Store {
                 db,
                 dir: dir.to_path_buf(),
                 writer,
+                kept_out_of_backups: opts.kept_out_of_backups.clone(),
             }),
         })
     }
@@ -960,12 +995,13 @@ impl Store {
         self.inner.writer.stats()
     }
 
-    /// Writes every table into a new database file at `dest` from one read snapshot,
-    /// so writes go on while it runs.
+    /// Writes every table (but those kept out of backups) into a new database file at
+    /// `dest` from one read snapshot, so writes go on while it runs.
     pub async fn backup_to(&self, dest: &Path) -> Result<BackupReport, StoreError> {
         let db = self.inner.db.clone();
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || backup::write_backup(&db, &dest))
+        let skip = self.inner.kept_out_of_backups.clone();
+        tokio::task::spawn_blocking(move || backup::write_backup(&db, &dest, &skip))
             .await
             .map_err(|e| StoreError::Db(format!("backup task failed: {e}")))?
     }

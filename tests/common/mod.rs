@@ -85,12 +85,27 @@ impl TestServer {
     /// Stops the server and starts it again on the same data dir and config (and
     /// clock: move it forward in between to play downtime).
     pub async fn restart(&mut self) {
+        self.pause().await;
+        self.resume().await;
+    }
+
+    /// Stops the server, keeping its data dir and config for [`TestServer::resume`].
+    pub async fn pause(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+    }
+
+    /// Starts a paused server again.
+    pub async fn resume(&mut self) {
         let running = boot(&self.loaded, &self.clock).await;
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The running server.

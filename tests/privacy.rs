@@ -1060,3 +1060,65 @@ async fn erasure_leaves_no_byte_of_the_person_and_old_backups_open_none_of_their
     assert_eq!(login.status, StatusCode::UNAUTHORIZED);
     t.s.stop().await;
 }
+
+/// The sum of the anonymous analytics counters.
+async fn counted(t: &Setup) -> u64 {
+    let (status, v) = t.admin(Method::GET, "/api/admin/analytics", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v.as_array()
+        .expect("counters")
+        .iter()
+        .map(|c| c["count"].as_u64().expect("count"))
+        .sum::<u64>()
+}
+
+#[tokio::test]
+async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn() {
+    let mut t = setup("").await;
+    let ada = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    t.grant(&t.member, 5).await;
+    let consent = |on: bool| {
+        ada.send(
+            &t.s,
+            Method::PUT,
+            "/api/privacy/consent",
+            Some(json!({ "analytics": on })),
+        )
+    };
+
+    // Off by default: requests leave no analytics record.
+    let c = ada.send(&t.s, Method::GET, "/api/privacy/consent", None).await;
+    assert_eq!(c.body["analytics"], false, "{}", c.body);
+    assert_eq!(t.alt_text().await, StatusCode::OK);
+    t.settle().await;
+    assert_eq!(counted(&t).await, 0);
+    assert_eq!(t.class("analytics").await["records"], 0);
+
+    // With consent, an anonymous counter: a day and a feature, never who.
+    assert_eq!(consent(true).await.status, StatusCode::OK);
+    assert_eq!(t.alt_text().await, StatusCode::OK);
+    t.settle().await;
+    assert_eq!(counted(&t).await, 1);
+    let (_, counters) = t.admin(Method::GET, "/api/admin/analytics", None).await;
+    assert_eq!(counters[0]["feature"], "alt_text", "{counters}");
+    assert!(!counters.to_string().contains(&t.member), "{counters}");
+
+    // Withdrawn: nothing more is counted, and the history shows both choices.
+    let c = consent(false).await;
+    assert_eq!(c.body["analytics"], false);
+    assert_eq!(c.body["history"].as_array().map(Vec::len), Some(2), "{}", c.body);
+    assert_eq!(t.alt_text().await, StatusCode::OK);
+    t.settle().await;
+    assert_eq!(counted(&t).await, 1);
+
+    // A choice survives a restart, and counters go after their window.
+    assert_eq!(consent(true).await.status, StatusCode::OK);
+    t.s.restart().await;
+    assert!(t.s.app().services().analytics.consents(&t.member));
+    t.s.clock.advance(DAY * 91);
+    t.admin = Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let run = t.run("retention_sweep").await;
+    assert_eq!(run["counts"]["analytics"], 1, "{run}");
+    assert_eq!(counted(&t).await, 0);
+    t.s.stop().await;
+}

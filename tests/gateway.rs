@@ -1284,3 +1284,103 @@ async fn the_official_openai_python_package_works_against_easel() {
     t.s.stop().await;
     t.mock.stop().await;
 }
+
+/// Every file under `dir`, with its bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+#[actix_web::test]
+async fn no_prompt_request_image_or_output_is_found_on_disk_after_a_run_of_requests() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut t = setup(1000.0).await;
+    const PROMPT: &str = "a prompt nobody may keep 5f2c9e";
+    const IMAGE_PROMPT: &str = "an image prompt nobody may keep 77ab01";
+    // A request image with pixels no other file has.
+    let img = image::RgbImage::from_fn(40, 24, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 10) as u8, (x * y) as u8 ^ 0x5a])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    let data_uri = format!("data:image/png;base64,{}", b64.encode(&png));
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = t
+            .post(
+                "/v1/chat/completions",
+                json!({"model": "gpt-test", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": PROMPT},
+                    {"type": "image_url", "image_url": {"url": data_uri}},
+                ]}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        answers.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("an answer")
+                .to_string(),
+        );
+        let (status, body) = t
+            .post(
+                "/v1/images/generations",
+                json!({"model": "dalle-test", "prompt": IMAGE_PROMPT, "response_format": "b64_json"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"][0]["b64_json"], PNG_B64);
+    }
+    assert_eq!(t.records(10).await.len(), 10, "every request was metered");
+    let generated = b64.decode(PNG_B64).expect("the output image");
+    t.s.pause().await;
+
+    let raw_rows: Vec<u8> = img.as_raw()[..40 * 3 * 2].to_vec();
+    let mut needles: Vec<(&str, Vec<u8>)> = vec![
+        ("the prompt", PROMPT.as_bytes().to_vec()),
+        ("the image prompt", IMAGE_PROMPT.as_bytes().to_vec()),
+        ("the request image", png.clone()),
+        (
+            "the request image as base64",
+            data_uri.as_bytes()[22..86].to_vec(),
+        ),
+        ("the request image's pixels", raw_rows),
+        ("the generated image", generated.clone()),
+        (
+            "the generated image as base64",
+            PNG_B64.as_bytes()[..64].to_vec(),
+        ),
+    ];
+    for a in &answers {
+        needles.push(("the answer", a.as_bytes().to_vec()));
+    }
+    let files = files_under(t.s.dir.path());
+    assert!(
+        files
+            .iter()
+            .any(|(p, _)| p.ends_with(easel::store::DB_FILE)),
+        "the database is among the files searched"
+    );
+    for (path, bytes) in &files {
+        for (what, needle) in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{what} is in {}",
+                path.display()
+            );
+        }
+    }
+    t.s.resume().await;
+    t.s.stop().await;
+}

@@ -710,7 +710,8 @@ async fn download(s: &TestServer, b: &Browser, path: &str) -> (StatusCode, Vec<u
     let status = res.status();
     if status == StatusCode::OK {
         assert_eq!(
-            res.headers()["content-type"], "application/zip",
+            res.headers()["content-type"],
+            "application/zip",
             "an export is a ZIP"
         );
         let disposition = res.headers()["content-disposition"]
@@ -757,7 +758,11 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
 
     let services = t.s.app().services();
     let truth_usage = services.usage.all(&t.member).await.expect("usage");
-    let truth_ledger = services.ledger.all_entries(&t.member).await.expect("ledger");
+    let truth_ledger = services
+        .ledger
+        .all_entries(&t.member)
+        .await
+        .expect("ledger");
     let bob_usage = services.usage.all(&bob).await.expect("usage");
     let bob_ledger = services.ledger.all_entries(&bob).await.expect("ledger");
     assert_eq!(truth_usage.len(), 2);
@@ -779,34 +784,49 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
         "access_log.jsonl",
         "audit.jsonl",
     ] {
-        assert!(files.contains_key(name), "{name} is missing: {:?}", files.keys());
+        assert!(
+            files.contains_key(name),
+            "{name} is missing: {:?}",
+            files.keys()
+        );
     }
 
     // Every record of Ada's.
     let account: Value = serde_json::from_str(&files["account.json"]).expect("json");
     assert_eq!(account["email"], "ada@example.com");
     assert_eq!(account["id"], t.member.as_str());
-    assert!(!files["account.json"].contains("argon2"), "no password hash");
+    assert!(
+        !files["account.json"].contains("argon2"),
+        "no password hash"
+    );
     let mut want: Vec<String> = truth_usage.iter().map(|u| u.id.clone()).collect();
     want.sort();
     assert_eq!(ids(&lines(&files, "usage.jsonl")), want);
     let alt = lines(&files, "alt_text.jsonl");
     assert_eq!(alt.len(), 2);
-    assert!(alt.iter().all(|a| !a["alt_text"].as_str().unwrap_or("").is_empty()));
+    assert!(
+        alt.iter()
+            .all(|a| !a["alt_text"].as_str().unwrap_or("").is_empty())
+    );
     let mut want: Vec<String> = truth_ledger.iter().map(|e| e.id.clone()).collect();
     want.sort();
     assert_eq!(ids(&lines(&files, "ledger.jsonl")), want);
     let keys = lines(&files, "api_keys.jsonl");
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(t.key.contains(keys[0]["id"].as_str().expect("key id")));
-    assert!(!files["api_keys.jsonl"].contains(&t.key), "never the secret");
+    assert!(
+        !files["api_keys.jsonl"].contains(&t.key),
+        "never the secret"
+    );
     let consent = lines(&files, "consent.jsonl");
     assert_eq!(consent.len(), 1);
     assert_eq!(consent[0]["analytics"], true);
     assert_eq!(lines(&files, "sessions.jsonl").len(), 1);
     let access = lines(&files, "access_log.jsonl");
     assert!(
-        access.iter().any(|a| a["event"] == "sign_in" && a["account"] == t.member.as_str()),
+        access
+            .iter()
+            .any(|a| a["event"] == "sign_in" && a["account"] == t.member.as_str()),
         "{access:?}"
     );
 
@@ -826,7 +846,12 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
 
     // An admin's access request gives the same records and is audited; a member
     // cannot export someone else.
-    let (status, zip) = download(&t.s, &t.admin, &format!("/api/admin/users/{}/export", t.member)).await;
+    let (status, zip) = download(
+        &t.s,
+        &t.admin,
+        &format!("/api/admin/users/{}/export", t.member),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let by_admin = unzip(&zip);
     assert_eq!(by_admin["usage.jsonl"], files["usage.jsonl"]);
@@ -834,7 +859,9 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = download(&t.s, &t.admin, "/api/admin/users/0000/export").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, audit) = t.admin(Method::GET, "/api/admin/audit?limit=500", None).await;
+    let (_, audit) = t
+        .admin(Method::GET, "/api/admin/audit?limit=500", None)
+        .await;
     let exports = audit["entries"]
         .as_array()
         .expect("entries")
@@ -866,7 +893,10 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
     };
     let (code, stdout, stderr) = cli(out.clone()).await.expect("cli");
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stderr.contains("admin socket") || stdout.contains("admin socket"), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("admin socket") || stdout.contains("admin socket"),
+        "{stdout}{stderr}"
+    );
     let by_cli = unzip(&std::fs::read(&out).expect("the file"));
     assert_eq!(by_cli["usage.jsonl"], files["usage.jsonl"]);
     // A second run never overwrites the file.
@@ -975,7 +1005,10 @@ async fn erasure_leaves_no_byte_of_the_person_and_old_backups_open_none_of_their
     files.sort();
     let before = files.last().expect("a backup").clone();
     let backup_bytes = std::fs::read(&before).expect("backup");
-    assert!(contains(&backup_bytes, EMAIL.as_bytes()), "the backup holds her account");
+    assert!(
+        contains(&backup_bytes, EMAIL.as_bytes()),
+        "the backup holds her account"
+    );
 
     t.request_deletion(&grace).await;
     t.s.clock.advance(DAY * 31);
@@ -994,7 +1027,10 @@ async fn erasure_leaves_no_byte_of_the_person_and_old_backups_open_none_of_their
     let mut needles: Vec<&str> = vec![EMAIL, NAME, "Remington Rand", PROVIDER_KEY];
     needles.extend(alt_texts.iter().map(String::as_str));
     for n in &needles {
-        assert!(!contains(&db, n.as_bytes()), "`{n}` is still in the database file");
+        assert!(
+            !contains(&db, n.as_bytes()),
+            "`{n}` is still in the database file"
+        );
     }
 
     // The old backup holds her sealed provider key but no data key to open it, and
@@ -1087,7 +1123,9 @@ async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn()
     };
 
     // Off by default: requests leave no analytics record.
-    let c = ada.send(&t.s, Method::GET, "/api/privacy/consent", None).await;
+    let c = ada
+        .send(&t.s, Method::GET, "/api/privacy/consent", None)
+        .await;
     assert_eq!(c.body["analytics"], false, "{}", c.body);
     assert_eq!(t.alt_text().await, StatusCode::OK);
     t.settle().await;
@@ -1106,7 +1144,12 @@ async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn()
     // Withdrawn: nothing more is counted, and the history shows both choices.
     let c = consent(false).await;
     assert_eq!(c.body["analytics"], false);
-    assert_eq!(c.body["history"].as_array().map(Vec::len), Some(2), "{}", c.body);
+    assert_eq!(
+        c.body["history"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        c.body
+    );
     assert_eq!(t.alt_text().await, StatusCode::OK);
     t.settle().await;
     assert_eq!(counted(&t).await, 1);
@@ -1121,4 +1164,85 @@ async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn()
     assert_eq!(run["counts"]["analytics"], 1, "{run}");
     assert_eq!(counted(&t).await, 0);
     t.s.stop().await;
+}
+
+/// The fields of `pub struct name { … }` in `text`, if it is declared there.
+fn struct_fields(text: &str, name: &str) -> Option<Vec<String>> {
+    let start = text.find(&format!("pub struct {name} {{"))?;
+    let body = &text[start..];
+    let body = &body[body.find('{')? + 1..body.find("\n}")?];
+    Some(
+        body.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
+            .filter_map(|l| {
+                let l = l.strip_prefix("pub ").unwrap_or(l);
+                Some(l.split_once(':')?.0.trim().to_string())
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn no_table_has_a_column_for_prompts_request_images_or_outputs() {
+    const NEVER: [&str; 18] = [
+        "prompt",
+        "prompts",
+        "revised_prompt",
+        "messages",
+        "message",
+        "content",
+        "contents",
+        "input",
+        "output",
+        "outputs",
+        "completion",
+        "response",
+        "body",
+        "image",
+        "image_base64",
+        "image_data",
+        "image_bytes",
+        "b64_json",
+    ];
+    let sources: Vec<String> = rust_files(std::path::Path::new("src"))
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("source");
+            text.split("#[cfg(test)]").next().unwrap_or("").to_string()
+        })
+        .collect();
+    let all = sources.join("\n");
+    // Every record type a table stores: `Table<Key, Record>`.
+    let mut records: Vec<String> = all
+        .split("Table<")
+        .skip(1)
+        .filter_map(|rest| {
+            // A declaration: `const NAME: Table<Key, Record> = …`.
+            let (decl, _) = rest.split_once("> =")?;
+            let (_, value) = decl.rsplit_once(", ")?;
+            let value = value.trim();
+            let named = value.chars().next().is_some_and(char::is_uppercase);
+            (named && value != "String" && !value.starts_with("Vec<")).then(|| value.to_string())
+        })
+        .collect();
+    records.sort();
+    records.dedup();
+    assert!(
+        records.len() >= 12,
+        "found the stored record types: {records:?}"
+    );
+    for record in &records {
+        let fields = sources
+            .iter()
+            .find_map(|s| struct_fields(s, record))
+            .unwrap_or_else(|| panic!("no `pub struct {record}` in src/"));
+        assert!(!fields.is_empty(), "{record} has fields");
+        for f in &fields {
+            assert!(
+                !NEVER.contains(&f.as_str()),
+                "`{record}.{f}` would store a prompt, a request image or an output"
+            );
+        }
+    }
 }

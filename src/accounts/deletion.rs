@@ -44,14 +44,21 @@ pub fn export_sessions_page(
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
     let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(r, &SESSIONS, &prefix, after, limit, |s: super::StoredSession| {
-        Some(serde_json::json!({
-            "id": s.id,
-            "created_at": crate::http::rfc3339(s.created_ms),
-            "last_seen_at": crate::http::rfc3339(s.last_seen_ms),
-            "expires_at": crate::http::rfc3339(s.expires_ms),
-        }))
-    })
+    crate::store::JsonPage::read(
+        r,
+        &SESSIONS,
+        &prefix,
+        after,
+        limit,
+        |s: super::StoredSession| {
+            Some(serde_json::json!({
+                "id": s.id,
+                "created_at": crate::http::rfc3339(s.created_ms),
+                "last_seen_at": crate::http::rfc3339(s.last_seen_ms),
+                "expires_at": crate::http::rfc3339(s.expires_ms),
+            }))
+        },
+    )
 }
 
 /// A pending deletion request, keyed by account id.

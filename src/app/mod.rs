@@ -74,12 +74,7 @@ impl Services {
                 live.clone(),
             ),
             keys: Keys::new(store.clone(), directory.clone()),
-            gateway: Gateway::new(
-                providers.clone(),
-                ledger.clone(),
-                analytics.clone(),
-                live,
-            ),
+            gateway: Gateway::new(providers.clone(), ledger.clone(), analytics.clone(), live),
             analytics,
             usage: Usage::new(store.clone()),
             ledger,

@@ -204,10 +204,7 @@ async fn audit_log(
     let next = (rows.len() == limit)
         .then(|| rows.last().map(|(k, _)| crate::crypto::hex(k)))
         .flatten();
-    let entries = rows
-        .into_iter()
-        .map(|(_, e)| AuditView::from(e))
-        .collect();
+    let entries = rows.into_iter().map(|(_, e)| AuditView::from(e)).collect();
     Ok(web::Json(AuditPage { entries, next }))
 }
 
@@ -245,7 +242,5 @@ async fn access_log(
 ) -> Result<web::Json<Vec<AccessView>>, ApiError> {
     let limit = page.limit.unwrap_or(100).clamp(1, 500);
     let rows = store.read(move |r| list_access(r, limit)).await?;
-    Ok(web::Json(
-        rows.into_iter().map(AccessView::from).collect(),
-    ))
+    Ok(web::Json(rows.into_iter().map(AccessView::from).collect()))
 }

@@ -317,7 +317,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Export { email, out } => {
             let loaded = config::load(cli.config.as_deref())?;
             let path = app::absolute(&out);
-            runtime()?.block_on(admin_command(&loaded, Request::Export { email, path }, true))
+            runtime()?.block_on(admin_command(
+                &loaded,
+                Request::Export { email, path },
+                true,
+            ))
         }
         Command::Models(ModelsCmd::Pull {
             name,

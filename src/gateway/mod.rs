@@ -102,7 +102,12 @@ impl Pending {
 
 impl Gateway {
     /// The gateway over its services.
-    pub fn new(providers: Providers, ledger: Ledger, analytics: Analytics, live: Arc<Live>) -> Self {
+    pub fn new(
+        providers: Providers,
+        ledger: Ledger,
+        analytics: Analytics,
+        live: Arc<Live>,
+    ) -> Self {
         Gateway {
             providers,
             ledger,

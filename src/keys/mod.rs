@@ -6,4 +6,6 @@ mod routes;
 mod service;
 
 pub use routes::routes;
-pub use service::{ApiKey, KeyError, Keys, NewKey, TABLES, count_of, expire_in, export_page, revoke_all_in};
+pub use service::{
+    ApiKey, KeyError, Keys, NewKey, TABLES, count_of, expire_in, export_page, revoke_all_in,
+};

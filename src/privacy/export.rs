@@ -221,7 +221,9 @@ pub fn stream(
         if let Err(e) = done {
             tracing::warn!(error = %e, "an export failed part way");
             let _ = tx
-                .send(Err(std::io::Error::other(format!("the export failed: {e}"))))
+                .send(Err(std::io::Error::other(format!(
+                    "the export failed: {e}"
+                ))))
                 .await;
         }
     });

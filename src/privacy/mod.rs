@@ -15,8 +15,8 @@ mod routes;
 pub use jobs::{Job, JobRun, Scheduler};
 pub use routes::routes;
 
-use crate::analytics::Analytics;
 use crate::accounts::{Accounts, Actor, DeletionRequest};
+use crate::analytics::Analytics;
 use crate::config::{Live, RetentionConfig, Rule};
 use crate::crypto::Keyring;
 use crate::http::{ApiError, Metrics};

@@ -59,16 +59,23 @@ pub fn export_page(
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
     let prefix = format!("{account}/");
-    crate::store::JsonPage::read(r, &PROVIDER_KEYS, prefix.as_bytes(), after, limit, |p: StoredProvider| {
-        Some(serde_json::json!({
-            "name": p.name,
-            "kind": p.kind,
-            "base_url": p.base_url,
-            "key_hint": p.key_hint,
-            "privacy_options": p.privacy_options,
-            "created_at": crate::http::rfc3339(p.created_ms),
-        }))
-    })
+    crate::store::JsonPage::read(
+        r,
+        &PROVIDER_KEYS,
+        prefix.as_bytes(),
+        after,
+        limit,
+        |p: StoredProvider| {
+            Some(serde_json::json!({
+                "name": p.name,
+                "kind": p.kind,
+                "base_url": p.base_url,
+                "key_hint": p.key_hint,
+                "privacy_options": p.privacy_options,
+                "created_at": crate::http::rfc3339(p.created_ms),
+            }))
+        },
+    )
 }
 
 /// A connection to add.

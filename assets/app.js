@@ -166,6 +166,7 @@ function adopt(body) {
 
 async function renderSignin(main) {
   main.append(el("h1", {}, "Sign in"));
+
   const opts = await getJSON("/api/auth/options");
   if (opts.ok && opts.body.setup_needed) {
     main.append(el("section", { class: "card", id: "setup" },
@@ -179,6 +180,8 @@ async function renderSignin(main) {
   ], "Sign in", async (v) => {
     const body = await must(api("POST", "/api/auth/login", { email: v.email, password: v.password }));
     adopt(body);
+    if (body.deletion_cancelled) privacyFlash = "Welcome back: signing in cancelled your deletion request, and your account is active again.";
+    showPolicyNotice();
     location.hash = body.account.must_change_password ? "#/account" : "#/keys";
     return "";
   }));
@@ -437,12 +440,14 @@ async function renderAdmin(main) {
   }
 
   const creditsSlot = el("div", { id: "credits-slot" });
-  main.append(creditsSlot);
+  const privacySlot = el("div", { id: "privacy-slot" });
+  main.append(creditsSlot, privacySlot);
   const audit = el("tbody", {});
   main.append(el("section", { class: "card", id: "audit" }, el("h2", {}, "Audit log"), el("table", {}, el("thead", {}, el("tr", {}, ...["When", "Action", "By", "On", "Detail"].map((h) => el("th", {}, h)))), audit)));
   await Promise.all([fillUsers(), fillInvites()]);
   const people = await getJSON("/api/admin/users");
   if (people.ok) await renderAdminCredits(creditsSlot, people.body);
+  await renderAdminPrivacy(privacySlot);
   const log = await getJSON("/api/admin/audit?limit=100");
   if (log.ok) for (const e of log.body.entries) {
     audit.append(el("tr", {}, el("td", {}, when(e.at)), el("td", {}, el("code", {}, e.action)), el("td", {}, e.actor || "system"), el("td", {}, e.target || ""), el("td", {}, e.detail)));
@@ -476,6 +481,11 @@ async function route() {
   const main = document.getElementById("main");
   main.replaceChildren();
   main.removeAttribute("data-ready");
+  // A message that outlives the page it was made on (a sign-out, a sign-in).
+  if (privacyFlash) {
+    main.append(el("p", { class: "notice ok", role: "status", id: "flash" }, privacyFlash));
+    privacyFlash = "";
+  }
   for (const a of document.querySelectorAll("#nav a")) {
     if (a.dataset.section === section) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -491,6 +501,7 @@ async function route() {
     else if (section === "providers") await renderProviders(main);
     else if (section === "usage") await renderUsage(main);
     else if (section === "alt-text") await renderAltText(main);
+    else if (section === "privacy") await renderPrivacy(main);
     else renderSection(main, section);
   } finally {
     main.setAttribute("data-ready", section);
@@ -507,6 +518,7 @@ async function boot() {
   if (s.ok && s.body.signed_in) adopt(s.body);
   else showUser();
   await route();
+  await showPolicyNotice();
   await showVersion();
 }
 

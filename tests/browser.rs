@@ -665,3 +665,134 @@ async fn a_person_gets_alt_text_for_dropped_images_from_the_local_model() {
     s.end().await;
     server.stop().await;
 }
+
+#[actix_web::test]
+async fn a_person_requests_deletion_in_the_privacy_centre_and_cancels_it_by_signing_in() {
+    let server = TestServer::start(FAST).await;
+    make_admin(&server, "admin@example.com").await;
+    let ada = server
+        .make_account("ada@example.com", easel::auth::Role::Member, PASSWORD)
+        .await;
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/privacy")).await;
+    s.wait_ready("privacy").await;
+    s.wait_for(
+        "return document.querySelectorAll('#held tbody tr').length > 0",
+        json!(true),
+    )
+    .await;
+    let export = s
+        .js("return document.getElementById('export-link').getAttribute('href')")
+        .await;
+    assert_eq!(export, json!("/api/privacy/export"));
+
+    // Consent: off by default; turning it on is stored.
+    assert_eq!(
+        s.js("return document.getElementById('f-analytics').checked")
+            .await,
+        json!(false)
+    );
+    s.click("#f-analytics").await;
+    s.wait_for(
+        "return document.getElementById('consent-history').textContent.startsWith('Last changed')",
+        json!(true),
+    )
+    .await;
+    assert!(server.app().services().analytics.consents(&ada));
+    s.screenshot("privacy-centre").await;
+
+    // Requesting deletion signs the person out and says how to cancel.
+    s.type_into("#deletion-form [name=password]", PASSWORD)
+        .await;
+    s.click("#deletion-form button[type=submit]").await;
+    s.wait_ready("signin").await;
+    s.wait_for(
+        "return ((document.getElementById('flash') || {}).textContent || '').startsWith('Deletion requested')",
+        json!(true),
+    )
+    .await;
+    s.screenshot("deletion-requested").await;
+    let pending = server
+        .app()
+        .services()
+        .accounts
+        .deletion_request(&ada)
+        .await
+        .expect("read");
+    assert!(pending.is_some(), "the request is stored");
+
+    // Signing in again cancels it, and the page says so.
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.wait_for(
+        "return ((document.getElementById('flash') || {}).textContent || '').includes('cancelled your deletion request')",
+        json!(true),
+    )
+    .await;
+    let pending = server
+        .app()
+        .services()
+        .accounts
+        .deletion_request(&ada)
+        .await
+        .expect("read");
+    assert!(pending.is_none(), "cancelled");
+    s.goto(&server.url("/#/privacy")).await;
+    s.wait_ready("privacy").await;
+    assert_eq!(
+        s.js("return !!document.getElementById('deletion-form')")
+            .await,
+        json!(true)
+    );
+    s.click("#signout").await;
+    s.wait_ready("signin").await;
+
+    // An admin sees the report, and cancels a deletion an admin asked for.
+    server
+        .app()
+        .privacy()
+        .request_deletion(&ada, easel::accounts::Actor::Cli)
+        .await
+        .expect("request");
+    s.sign_in(&server, "admin@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/admin")).await;
+    s.wait_ready("admin").await;
+    s.wait_for(
+        &format!(
+            "return !!document.querySelector('#privacy-report button[data-cancel=\"{ada}\"]')"
+        ),
+        json!(true),
+    )
+    .await;
+    s.screenshot("privacy-report").await;
+    s.click(&format!("#privacy-report button[data-cancel=\"{ada}\"]"))
+        .await;
+    s.wait_for(
+        &format!(
+            "return !!document.querySelector('#privacy-report button[data-cancel=\"{ada}\"]')"
+        ),
+        json!(false),
+    )
+    .await;
+    assert!(
+        server
+            .app()
+            .services()
+            .accounts
+            .deletion_request(&ada)
+            .await
+            .expect("read")
+            .is_none()
+    );
+
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
+    assert_eq!(metric(&server, "easel_csp_violations_total").await, 0);
+    s.end().await;
+    server.stop().await;
+}

@@ -1246,3 +1246,111 @@ fn no_table_has_a_column_for_prompts_request_images_or_outputs() {
         }
     }
 }
+
+async fn page(s: &TestServer, path: &str) -> (StatusCode, String) {
+    let res = common::http().get(s.url(path)).send().await.expect("send");
+    (res.status(), res.text().await.expect("text"))
+}
+
+#[tokio::test]
+async fn the_policy_page_follows_the_config_and_a_material_change_is_a_new_version_after_notice() {
+    let t = setup("[privacy]\noperator = \"Example Shop GmbH\"\ncontact = \"privacy@example.com\"\nnotice_period = \"14d\"\n").await;
+    let policy = || async {
+        let res = common::http()
+            .get(t.s.url("/api/privacy/policy"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json::<Value>().await.expect("json")
+    };
+
+    // The first version, in effect at once, says what the config says.
+    let p = policy().await;
+    assert_eq!(p["in_effect"]["number"], 1, "{p}");
+    assert!(p["upcoming"].is_null(), "{p}");
+    let (status, html) = page(&t.s, "/privacy").await;
+    assert_eq!(status, StatusCode::OK);
+    for text in [
+        "Example Shop GmbH",
+        "privacy@example.com",
+        "Version 1",
+        "<td>usage</td>",
+        "90 days",
+        "1 day",
+        "easel_session",
+        "Export it all",
+        "Have it deleted",
+        "30 days",
+        "None: no request leaves this server.",
+    ] {
+        assert!(html.contains(text), "`{text}` is not on the page:\n{html}");
+    }
+
+    // Reading again changes nothing.
+    assert_eq!(policy().await["versions"].as_array().map(Vec::len), Some(1));
+
+    // A shorter usage window and a new provider: a new version, after notice.
+    let config = t.s.dir.path().join("easel.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}\n[retention]\nusage = \"30d\"\n")).expect("write");
+    assert!(t.s.app().reload(), "the config reloads");
+    let (status, v) = t
+        .admin(
+            Method::POST,
+            "/api/admin/providers",
+            Some(json!({"name": "acme", "kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-acme-0000"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let p = policy().await;
+    let versions = p["versions"].as_array().expect("versions");
+    assert!(versions.len() >= 2, "{p}");
+    let newest = &versions[0];
+    assert_eq!(
+        p["in_effect"]["number"], 1,
+        "not before the notice period: {p}"
+    );
+    assert_eq!(p["upcoming"]["number"], newest["number"], "{p}");
+    let changes = p["upcoming"]["changes"].to_string();
+    assert!(
+        changes.contains("usage: kept 30d (was 90d)")
+            || versions.iter().any(|v| v["changes"]
+                .to_string()
+                .contains("usage: kept 30d (was 90d)")),
+        "{p}"
+    );
+    assert!(
+        versions.iter().any(|v| v["changes"]
+            .to_string()
+            .contains("sub-processor added: acme (127.0.0.1)")),
+        "{p}"
+    );
+    let (_, html) = page(&t.s, "/privacy").await;
+    assert!(
+        html.contains("Version 1") && html.contains("A new version takes effect on"),
+        "{html}"
+    );
+    let n = newest["number"].as_u64().expect("number");
+    let (status, html) = page(&t.s, &format!("/privacy?version={n}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("not yet in effect") && html.contains("acme"),
+        "{html}"
+    );
+    let (status, _) = page(&t.s, "/privacy?version=99").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // After the notice period the new version is in effect; the first stays readable.
+    t.s.clock.advance(DAY * 15);
+    let p = policy().await;
+    assert_eq!(p["in_effect"]["number"], n, "{p}");
+    assert!(p["upcoming"].is_null(), "{p}");
+    let (status, html) = page(&t.s, "/privacy?version=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("an earlier version") && html.contains("90 days"),
+        "{html}"
+    );
+    t.s.stop().await;
+}

@@ -77,6 +77,9 @@ pub struct SignedIn {
     pub account: AccountView,
     /// Present for browser sessions only.
     pub csrf_token: Option<String>,
+    /// Set when this sign-in cancelled a pending deletion request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deletion_cancelled: bool,
 }
 
 /// How a browser session is set: one cookie, HttpOnly, SameSite=Strict, Secure when
@@ -120,12 +123,14 @@ fn signed_in(
     status: StatusCode,
     account: Account,
     session: NewSession,
+    deletion_cancelled: bool,
 ) -> HttpResponse {
     HttpResponse::build(status)
         .cookie(session_cookie(req, &session))
         .json(SignedIn {
             account: account.into(),
             csrf_token: Some(session.csrf_token),
+            deletion_cancelled,
         })
 }
 
@@ -229,7 +234,13 @@ async fn sign_up(
             client,
         )
         .await?;
-    Ok(signed_in(&req, StatusCode::CREATED, account, session))
+    Ok(signed_in(
+        &req,
+        StatusCode::CREATED,
+        account,
+        session,
+        false,
+    ))
 }
 
 /// A sign-in form.
@@ -251,8 +262,8 @@ async fn login(
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let (account, session) = accounts.login(&b.email, b.password, client).await?;
-    Ok(signed_in(&req, StatusCode::OK, account, session))
+    let (account, session, cancelled) = accounts.login(&b.email, b.password, client).await?;
+    Ok(signed_in(&req, StatusCode::OK, account, session, cancelled))
 }
 
 /// Ends this browser session.
@@ -286,6 +297,7 @@ async fn own_account(
     Ok(web::Json(SignedIn {
         account: account.into(),
         csrf_token,
+        deletion_cancelled: false,
     }))
 }
 

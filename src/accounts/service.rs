@@ -600,13 +600,14 @@ impl Accounts {
     }
 
     /// Signs a person in. An unknown email and a wrong password get the same answer
-    /// after the same work (a real Argon2 verification either way).
+    /// after the same work (a real Argon2 verification either way). The flag says
+    /// whether signing in cancelled a pending deletion request.
     pub async fn login(
         &self,
         email: &str,
         password: Secret<String>,
         client: ClientInfo,
-    ) -> Result<(Account, NewSession), AccountError> {
+    ) -> Result<(Account, NewSession, bool), AccountError> {
         let i = &self.inner;
         let cfg = i.live.get();
         let email = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
@@ -726,7 +727,7 @@ impl Accounts {
         if cancels {
             i.directory.put_account(&account.id, account.state());
         }
-        Ok((account, i.opened(opening)))
+        Ok((account, i.opened(opening), cancels))
     }
 
     /// Ends sessions of an account: one by id, or all of them. Says how many ended.

@@ -332,6 +332,9 @@ pub async fn start_with_clock(
         })
     };
 
+    if let Err(e) = privacy.policy().await {
+        tracing::warn!(error = %e, "cannot publish the privacy policy");
+    }
     let scheduler = Scheduler::start(&privacy).await?;
     // Runs missed while Easel was stopped go first, off the start-up path.
     let catch_up = {

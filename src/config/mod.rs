@@ -496,8 +496,14 @@ impl Default for BackupConfig {
 pub struct PrivacyConfig {
     pub operator: String,
     pub contact: String,
+    /// A label of the operator's; changing it publishes a new policy version (for a
+    /// change the program cannot see, such as wording).
     pub policy_version: String,
+    /// Ignored: versions are dated when they are published (kept so older configs load).
     pub effective_date: String,
+    /// How long after publication a changed policy takes effect; signed-in people see
+    /// a notice meanwhile.
+    pub notice_period: Span,
 }
 
 impl Default for PrivacyConfig {
@@ -506,7 +512,8 @@ impl Default for PrivacyConfig {
             operator: "The operator of this Easel instance".into(),
             contact: String::new(),
             policy_version: "1".into(),
-            effective_date: "2026-11-21".into(),
+            effective_date: String::new(),
+            notice_period: Span::days(14),
         }
     }
 }

@@ -10,6 +10,7 @@
 mod erase;
 pub mod export;
 mod jobs;
+pub mod policy;
 mod routes;
 
 pub use jobs::{Job, JobRun, Scheduler};
@@ -34,6 +35,7 @@ pub fn tables() -> Vec<Decl> {
         crate::store::burst::BURST.decl(),
         jobs::TABLES[0],
         erase::ERASED.decl(),
+        policy::TABLES[0],
     ];
     t.extend(crate::accounts::TABLES);
     t.extend(crate::crypto::TABLES);
@@ -178,6 +180,16 @@ impl Privacy {
     /// The clock jobs go by.
     pub fn clock(&self) -> &Clock {
         &self.inner.p.clock
+    }
+
+    /// The privacy policy now, publishing a new version first when the live config or
+    /// the organisation's providers changed what it says.
+    pub async fn policy(&self) -> Result<policy::PolicyState, ApiError> {
+        let p = self.parts();
+        let cfg = p.live.get();
+        let facts = policy::facts(&cfg, &p.providers);
+        let notice = cfg.privacy.notice_period.get().as_millis() as u64;
+        Ok(policy::sync(&p.store, facts, notice, p.clock.now_ms()).await?)
     }
 
     /// Disables an account at once and schedules its erasure after the recovery

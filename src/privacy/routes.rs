@@ -17,7 +17,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 /// Registers this capability's routes.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(my_data)
+    cfg.route("/privacy", web::get().to(policy_page))
+        .service(policy_json)
+        .service(my_data)
         .service(export_mine)
         .service(admin_export)
         .service(request_own_deletion)
@@ -27,6 +29,42 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(lift_hold)
         .service(report)
         .service(run_job);
+}
+
+/// The privacy policy: the version in effect, one waiting for its notice period, and
+/// every version with what changed. Anyone may read it.
+#[utoipa::path(tag = "privacy", responses((status = 200, body = super::policy::PolicyState)))]
+#[get("/api/privacy/policy")]
+async fn policy_json(
+    privacy: web::Data<Privacy>,
+) -> Result<web::Json<super::policy::PolicyState>, ApiError> {
+    Ok(web::Json(privacy.policy().await?))
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<u64>,
+}
+
+/// The policy as a page (`?version=N` for another version).
+async fn policy_page(
+    privacy: web::Data<Privacy>,
+    q: web::Query<VersionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let state = privacy.policy().await?;
+    let shown = match q.version {
+        None => state.in_effect.clone(),
+        Some(n) => state
+            .versions
+            .iter()
+            .find(|v| v.number == n)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("there is no policy version {n}")))?,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .body(super::policy::render(&state, &shown, "/static/app.css")))
 }
 
 /// A deletion request as shown.

@@ -454,7 +454,7 @@ impl Default for SchedulerConfig {
             retention_sweep: "0 0 * * * *".into(),
             deletion_requests: "0 30 * * * *".into(),
             expiry: "0 */10 * * * *".into(),
-            sweep_batch: 1000,
+            sweep_batch: 100,
         }
     }
 }

@@ -40,7 +40,12 @@ async fn load(url: String, key: String, stop: Arc<AtomicBool>) -> Vec<u64> {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
-                    let res = client.get(&url).bearer_auth(&key).send().await.expect("request");
+                    let res = client
+                        .get(&url)
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .expect("request");
                     let ok = res.status().is_success();
                     let _ = res.bytes().await;
                     samples.push(began.elapsed().as_nanos() as u64);

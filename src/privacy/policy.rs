@@ -195,7 +195,29 @@ pub async fn sync(
     notice_ms: u64,
     now: u64,
 ) -> Result<PolicyState, StoreError> {
-    let all = store
+    let stored = store
+        .read(|r| r.scan_rev(&VERSIONS, None, usize::MAX))
+        .await?;
+    let unchanged = stored.first().is_some_and(|(_, v)| {
+        serde_json::from_str::<Facts>(&v.facts).ok().as_ref() == Some(&facts)
+    });
+    // Most reads change nothing and cost no write; a change is published in a write
+    // that looks again, so two readers cannot publish it twice.
+    let all = if unchanged {
+        stored
+    } else {
+        publish(store, facts, notice_ms, now).await?
+    };
+    state(all, now)
+}
+
+async fn publish(
+    store: &Store,
+    facts: Facts,
+    notice_ms: u64,
+    now: u64,
+) -> Result<Vec<(u64, StoredVersion)>, StoreError> {
+    store
         .write(move |tx| {
             let newest = tx.scan_rev(&VERSIONS, None, 1)?.into_iter().next();
             let previous = newest
@@ -223,7 +245,11 @@ pub async fn sync(
             }
             tx.scan_rev(&VERSIONS, None, usize::MAX)
         })
-        .await?;
+        .await
+}
+
+/// The state at `now` of the versions `all`, newest first.
+fn state(all: Vec<(u64, StoredVersion)>, now: u64) -> Result<PolicyState, StoreError> {
     let current = all
         .iter()
         .find(|(_, v)| v.effective_ms <= now)

@@ -56,11 +56,6 @@ pub fn count_in(tx: &WriteTx<'_>, at_ms: u64, feature: &str) -> Result<(), Store
     tx.insert(&COUNTERS, &key, &(n + 1))
 }
 
-/// How many consent changes `account` has made.
-pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
-    r.count_prefix(&CONSENT, &TimedKey::prefix(account))
-}
-
 /// Removes the consent history of `account` (erasure); returns how many records went.
 pub fn erase_in(tx: &WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
     tx.remove_prefix(&CONSENT, &TimedKey::prefix(account), usize::MAX)

@@ -1166,9 +1166,9 @@ async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn()
     t.s.stop().await;
 }
 
-/// The fields of `pub struct name { … }` in `text`, if it is declared there.
+/// The fields of `struct name { … }` (public or not) in `text`, if it is declared there.
 fn struct_fields(text: &str, name: &str) -> Option<Vec<String>> {
-    let start = text.find(&format!("pub struct {name} {{"))?;
+    let start = text.find(&format!("struct {name} {{"))?;
     let body = &text[start..];
     let body = &body[body.find('{')? + 1..body.find("\n}")?];
     Some(
@@ -1236,7 +1236,7 @@ fn no_table_has_a_column_for_prompts_request_images_or_outputs() {
         let fields = sources
             .iter()
             .find_map(|s| struct_fields(s, record))
-            .unwrap_or_else(|| panic!("no `pub struct {record}` in src/"));
+            .unwrap_or_else(|| panic!("no `struct {record}` in src/"));
         assert!(!fields.is_empty(), "{record} has fields");
         for f in &fields {
             assert!(

@@ -51,8 +51,9 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    crate::store::JsonPage::read(r, &KEYS, b"", after, limit, |k: ApiKey| {
-        (k.account == account).then(|| super::routes::KeyView::from(k))
+    let prefix = account_prefix(account);
+    crate::store::JsonPage::read(r, &KEYS, prefix.as_bytes(), after, limit, |k: ApiKey| {
+        Some(super::routes::KeyView::from(k))
     })
 }
 

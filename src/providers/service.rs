@@ -28,12 +28,12 @@ pub const TABLES: [crate::store::Decl; 1] = [PROVIDER_KEYS.decl()];
 
 /// How many personal connections `account` has.
 pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
-    r.count_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes())
+    r.count_prefix(&PROVIDER_KEYS, owner_prefix(account).as_bytes())
 }
 
 /// Removes every personal connection of `account`; returns how many went.
 pub fn erase_in(tx: &crate::store::WriteTx<'_>, account: &str) -> Result<u64, StoreError> {
-    tx.remove_prefix(&PROVIDER_KEYS, format!("{account}/").as_bytes(), usize::MAX)
+    tx.remove_prefix(&PROVIDER_KEYS, owner_prefix(account).as_bytes(), usize::MAX)
 }
 
 /// A connection entered in the UI, as stored.
@@ -58,7 +58,7 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = format!("{account}/");
+    let prefix = owner_prefix(account);
     crate::store::JsonPage::read(
         r,
         &PROVIDER_KEYS,
@@ -138,6 +138,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct Providers {
     inner: Arc<Inner>,
+}
+
+/// What every storage key of `owner`'s connections starts with.
+fn owner_prefix(owner: &str) -> String {
+    format!("{owner}/")
 }
 
 fn storage_key(owner: &str, name: &str) -> String {
@@ -351,7 +356,7 @@ impl Providers {
             .store
             .read(move |r| {
                 let rows =
-                    r.scan_prefix(&PROVIDER_KEYS, format!("{owner}/").as_bytes(), usize::MAX)?;
+                    r.scan_prefix(&PROVIDER_KEYS, owner_prefix(&owner).as_bytes(), usize::MAX)?;
                 let mut map = Map::new();
                 for (_, p) in rows {
                     let c = me.open_stored(r, &p, Owner::Account(owner.clone()))?;

@@ -470,14 +470,7 @@ impl JsonPage {
         S: Serialize,
         F: Fn(V) -> Option<S>,
     {
-        let start = match after {
-            Some(a) => {
-                let mut b = a.to_vec();
-                b.push(0); // the smallest key greater than `a`
-                b
-            }
-            None => prefix.to_vec(),
-        };
+        let start = after.map_or_else(|| prefix.to_vec(), successor);
         let end = prefix_end(prefix);
         let rows = r.raw_range(t.name, Some(&start), end.as_deref(), limit)?;
         let mut page = JsonPage {
@@ -548,11 +541,7 @@ pub trait Reader {
         after: Option<&K>,
         limit: usize,
     ) -> Result<Vec<(K, V)>, StoreError> {
-        let start = after.map(|k| {
-            let mut b = k.encode();
-            b.push(0); // the smallest key greater than `k`
-            b
-        });
+        let start = after.map(|k| successor(&k.encode()));
         let rows = self.raw_range(t.name, start.as_deref(), None, limit)?;
         decode_rows(t, rows)
     }
@@ -635,6 +624,14 @@ fn decode_rows<K: Key, V: DeserializeOwned>(
             Ok((key, codec::decode(t.name, &v)?))
         })
         .collect()
+}
+
+/// The smallest key greater than `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
 }
 
 /// The smallest key after every key that starts with `prefix` (`None`: no such key).

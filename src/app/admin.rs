@@ -177,21 +177,14 @@ impl Admin {
                     Err(e) => return Reply::fail(format!("cannot export: {e}")),
                 };
                 let now = crate::store::now_ms();
-                let id = account.id.clone();
-                let audit = self
-                    .store
-                    .write(move |tx| {
-                        crate::audit::record(
-                            tx,
-                            now,
-                            None,
-                            "data_exported",
-                            Some(&id),
-                            "an export of everything held about the account was written by the easel CLI",
-                        )
-                    })
-                    .await;
-                if let Err(e) = audit {
+                let export = crate::privacy::export::record(
+                    &self.store,
+                    None,
+                    &account.id,
+                    now,
+                    "written by the easel CLI",
+                );
+                if let Err(e) = export.await {
                     return Reply::fail(format!("cannot export: {e}"));
                 }
                 match crate::privacy::export::to_file(&self.store, account.id, now, &path).await {

@@ -159,6 +159,31 @@ fn zip_time(now_ms: u64) -> zip::DateTime {
     .unwrap_or_default()
 }
 
+/// Records in the audit log that `actor` (`None`: the command line) exported
+/// everything held about `account`; `how` says where it went.
+pub async fn record(
+    store: &Store,
+    actor: Option<&str>,
+    account: &str,
+    now_ms: u64,
+    how: &'static str,
+) -> Result<(), ApiError> {
+    let (actor, account) = (actor.map(str::to_string), account.to_string());
+    store
+        .write(move |tx| {
+            crate::audit::record(
+                tx,
+                now_ms,
+                actor.as_deref(),
+                "data_exported",
+                Some(&account),
+                &format!("an export of everything held about the account was {how}"),
+            )
+        })
+        .await?;
+    Ok(())
+}
+
 /// The file name offered for a download.
 pub fn file_name(now_ms: u64) -> String {
     let day = crate::http::rfc3339(now_ms);

@@ -159,20 +159,8 @@ async fn export_response(
     actor: &str,
     account: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let (actor_id, target) = (actor.to_string(), account.to_string());
     let now = clock.now_ms();
-    store
-        .write(move |tx| {
-            crate::audit::record(
-                tx,
-                now,
-                Some(&actor_id),
-                "data_exported",
-                Some(&target),
-                "an export of everything held about the account was downloaded",
-            )
-        })
-        .await?;
+    super::export::record(store, Some(actor), account, now, "downloaded").await?;
     Ok(HttpResponse::Ok()
         .content_type("application/zip")
         .insert_header((

@@ -12,9 +12,10 @@ mod routes;
 pub use routes::routes;
 
 use crate::store::{Class, JsonPage, Reader, Store, StoreError, Table, TimedKey, WriteTx};
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use utoipa::ToSchema;
 
 /// Keyed by [`TimedKey`] (`account/time/random`): every change of a person's consent.
@@ -71,11 +72,14 @@ pub fn export_page(
     JsonPage::read(r, &CONSENT, &TimedKey::prefix(account), after, limit, Some)
 }
 
-/// Who consents now, kept in memory so a request checks it without a read.
+/// Who consents now, kept in memory so a metered request checks it with one atomic
+/// load (no lock, no read); changes, which are rare, replace the whole set.
 #[derive(Clone)]
 pub struct Analytics {
     store: Store,
-    consenting: Arc<RwLock<HashSet<String>>>,
+    consenting: Arc<ArcSwap<HashSet<String>>>,
+    /// Serialises changes of the set.
+    changing: Arc<Mutex<()>>,
 }
 
 impl Analytics {
@@ -84,6 +88,7 @@ impl Analytics {
         Analytics {
             store,
             consenting: Arc::default(),
+            changing: Arc::default(),
         }
     }
 
@@ -103,20 +108,21 @@ impl Analytics {
             .filter_map(|(a, on)| on.then_some(a))
             .collect();
         let n = set.len();
-        *self.write_set() = set;
+        self.consenting.store(Arc::new(set));
         Ok(n)
     }
 
-    fn write_set(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {
-        self.consenting.write().unwrap_or_else(|p| p.into_inner())
+    /// Replaces the set with `change` applied to a copy of it.
+    fn change(&self, change: impl FnOnce(&mut HashSet<String>)) {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = HashSet::clone(&self.consenting.load());
+        change(&mut set);
+        self.consenting.store(Arc::new(set));
     }
 
     /// Whether `account` allows anonymous feature-use counting now.
     pub fn consents(&self, account: &str) -> bool {
-        self.consenting
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(account)
+        self.consenting.load().contains(account)
     }
 
     /// Records a choice of `account`; it holds for every request from now on.
@@ -132,12 +138,13 @@ impl Analytics {
         self.store
             .write(move |tx| tx.insert(&CONSENT, &key.key, &e))
             .await?;
-        let mut set = self.write_set();
-        if analytics {
-            set.insert(account.to_string());
-        } else {
-            set.remove(account);
-        }
+        self.change(|set| {
+            if analytics {
+                set.insert(account.to_string());
+            } else {
+                set.remove(account);
+            }
+        });
         Ok(event)
     }
 
@@ -153,7 +160,9 @@ impl Analytics {
 
     /// Forgets an erased account.
     pub fn forget(&self, account: &str) {
-        self.write_set().remove(account);
+        self.change(|set| {
+            set.remove(account);
+        });
     }
 
     /// The counters, newest day first, at most `limit`.

@@ -448,7 +448,7 @@ impl Ledger {
         Ok(rows.into_iter().map(|(_, e)| e).collect())
     }
 
-    /// Every entry of an account, oldest first (for checks and export).
+    /// Every entry of an account, oldest first (for checks).
     pub async fn all_entries(&self, account: &str) -> Result<Vec<Entry>, LedgerError> {
         let prefix = TimedKey::prefix(account);
         let rows = self

@@ -150,7 +150,7 @@ impl Usage {
             .await
     }
 
-    /// Every record ever written for an account, oldest first (tests and export).
+    /// Every record ever written for an account, oldest first (for tests).
     pub async fn all(&self, account: &str) -> Result<Vec<UsageRecord>, StoreError> {
         let prefix = TimedKey::prefix(account);
         let rows = self

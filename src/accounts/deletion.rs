@@ -16,6 +16,11 @@ pub(super) const DELETIONS: Table<String, DeletionRequest> =
     Table::new("deletion_requests", Class::Account);
 pub(super) const HOLDS: Table<String, LegalHold> = Table::new("legal_holds", Class::Account);
 
+/// Whether an account with this id exists.
+pub fn exists_in(r: &impl Reader, account: &str) -> Result<bool, StoreError> {
+    Ok(r.get(&ACCOUNTS, &account.to_string())?.is_some())
+}
+
 /// `account.json` of an export: the account (never its password hash), with its
 /// pending deletion request; `None` when there is no such account.
 pub fn export_account(

@@ -11,8 +11,8 @@ mod service;
 mod throttle;
 
 pub use deletion::{
-    DeletionRequest, LegalHold, TABLES, erase_account, erase_credentials, expire_invites,
-    expire_sessions_in, export_account, export_sessions_page,
+    DeletionRequest, LegalHold, TABLES, erase_account, erase_credentials, exists_in,
+    expire_invites, expire_sessions_in, export_account, export_sessions_page,
 };
 pub use error::AccountError;
 pub use model::{Account, Invite, StoredSession};

@@ -74,11 +74,20 @@ impl Privacy {
         let p = self.parts();
         let mut done = Done::default();
         // Erased before, and back from a restored backup: erased again, hold or not.
-        let erased: Vec<(String, u64)> = p.store.read(|r| r.scan_all(&ERASED)).await?;
-        for (account, _) in erased {
-            if p.accounts.get(&account).await.is_err() {
-                continue;
-            }
+        // One read finds them.
+        let back: Vec<String> = p
+            .store
+            .read(|r| {
+                let mut back = Vec::new();
+                for (account, _) in r.scan_all(&ERASED)? {
+                    if crate::accounts::exists_in(r, &account)? {
+                        back.push(account);
+                    }
+                }
+                Ok::<_, StoreError>(back)
+            })
+            .await?;
+        for account in back {
             tracing::warn!("an erased account came back with a restored backup; erasing it again");
             let req = DeletionRequest {
                 account,

@@ -62,11 +62,16 @@ fn png() -> Vec<u8> {
 impl Setup {
     /// One alt text request on the member's key: a usage and an alt text record.
     async fn alt_text(&self) -> StatusCode {
+        self.alt_text_as(&self.key).await
+    }
+
+    /// One alt text request on `key`.
+    async fn alt_text_as(&self, key: &str) -> StatusCode {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(png());
         common::http()
             .post(self.s.url("/v1/alt-text"))
-            .bearer_auth(&self.key)
+            .bearer_auth(key)
             .json(&json!({"image_base64": b64, "context": "Ada's shop"}))
             .send()
             .await
@@ -743,17 +748,7 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
         .await;
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
     // Bob's records share every table with Ada's.
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(png());
-    let status = common::http()
-        .post(t.s.url("/v1/alt-text"))
-        .bearer_auth(&bob_key)
-        .json(&json!({"image_base64": b64}))
-        .send()
-        .await
-        .expect("send")
-        .status();
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(t.alt_text_as(&bob_key).await, StatusCode::OK);
     t.settle().await;
 
     let services = t.s.app().services();
@@ -964,18 +959,8 @@ async fn erasure_leaves_no_byte_of_the_person_and_old_backups_open_none_of_their
         .await;
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
     t.grant(&grace, 5).await;
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(png());
     for _ in 0..3 {
-        let status = common::http()
-            .post(t.s.url("/v1/alt-text"))
-            .bearer_auth(key.expose())
-            .json(&json!({"image_base64": b64}))
-            .send()
-            .await
-            .expect("send")
-            .status();
-        assert_eq!(status, StatusCode::OK);
+        assert_eq!(t.alt_text_as(key.expose()).await, StatusCode::OK);
     }
     t.settle().await;
     let history: Value = common::http()

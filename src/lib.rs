@@ -19,6 +19,7 @@ pub mod http;
 pub mod imaging;
 pub mod keys;
 pub mod ledger;
+pub mod library;
 pub mod local_model;
 pub mod privacy;
 pub mod providers;

@@ -187,7 +187,15 @@ impl Admin {
                 if let Err(e) = export.await {
                     return Reply::fail(format!("cannot export: {e}"));
                 }
-                match crate::privacy::export::to_file(&self.store, account.id, now, &path).await {
+                match crate::privacy::export::to_file(
+                    &self.store,
+                    &s.library,
+                    account.id,
+                    now,
+                    &path,
+                )
+                .await
+                {
                     Ok(summary) => {
                         let records: u64 = summary.files.iter().map(|(_, n)| n).sum();
                         Reply::ok(format!(
@@ -197,6 +205,24 @@ impl Admin {
                         ))
                     }
                     Err(e) => Reply::fail(format!("cannot export: {e}")),
+                }
+            }
+            Request::LibraryVerify => {
+                let Some(s) = &self.services else {
+                    return Reply::fail("no master key is loaded");
+                };
+                match s.library.verify().await {
+                    Ok(r) if r.problems.is_empty() => Reply::ok(format!(
+                        "{} asset blobs read whole ({} bytes): every one opens and matches its address; {} files belong to no asset (the library_gc job removes them)",
+                        r.checked, r.bytes, r.orphans
+                    )),
+                    Ok(r) => Reply::fail(format!(
+                        "{} of {} asset blobs have problems:\n{}",
+                        r.problems.len(),
+                        r.checked,
+                        r.problems.join("\n")
+                    )),
+                    Err(e) => Reply::fail(format!("cannot verify the library: {e}")),
                 }
             }
         }

@@ -16,6 +16,7 @@ use crate::gateway::Gateway;
 use crate::http::{self, Metrics, Shared};
 use crate::keys::Keys;
 use crate::ledger::Ledger;
+use crate::library::Library;
 use crate::local_model::LocalModel;
 use crate::privacy::{Privacy, Scheduler};
 use crate::providers::Providers;
@@ -50,6 +51,7 @@ pub struct Services {
     pub usage: Usage,
     pub gateway: Gateway,
     pub analytics: Analytics,
+    pub library: Library,
 }
 
 fn session_times(config: &Config) -> SessionTimes {
@@ -74,8 +76,14 @@ impl Services {
                 live.clone(),
             ),
             keys: Keys::new(store.clone(), directory.clone()),
-            gateway: Gateway::new(providers.clone(), ledger.clone(), analytics.clone(), live),
+            gateway: Gateway::new(
+                providers.clone(),
+                ledger.clone(),
+                analytics.clone(),
+                live.clone(),
+            ),
             analytics,
+            library: Library::new(store.clone(), keyring.clone(), live.clone()),
             usage: Usage::new(store.clone()),
             ledger,
             providers,
@@ -246,6 +254,7 @@ pub async fn start_with_clock(
         ledger: services.ledger.clone(),
         providers: services.providers.clone(),
         analytics: services.analytics.clone(),
+        library: services.library.clone(),
         keyring: keyring.clone(),
         metrics,
     });
@@ -264,6 +273,7 @@ pub async fn start_with_clock(
         let usage = web::Data::new(services.usage.clone());
         let gateway = web::Data::new(services.gateway.clone());
         let analytics = web::Data::new(services.analytics.clone());
+        let library = web::Data::new(services.library.clone());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
@@ -279,6 +289,7 @@ pub async fn start_with_clock(
                 .app_data(analytics.clone())
                 .app_data(alt_text.clone())
                 .app_data(privacy.clone())
+                .app_data(library.clone())
                 // The router tries resources in order: the hot API paths go first.
                 .configure(crate::gateway::routes)
                 .configure(crate::alt_text::routes)
@@ -291,6 +302,7 @@ pub async fn start_with_clock(
                 .configure(crate::providers::routes)
                 .configure(crate::privacy::routes)
                 .configure(crate::analytics::routes)
+                .configure(crate::library::routes)
                 .configure(crate::web::routes);
         }
     };

@@ -61,7 +61,9 @@ impl Caller {
         }
     }
 
-    fn allows(&self, scope: Scope) -> Result<(), ApiError> {
+    /// Whether this caller may use `scope` (a session may use all but admin_read,
+    /// which needs an admin).
+    pub fn allows(&self, scope: Scope) -> Result<(), ApiError> {
         let ok = match &self.via {
             Via::Key { scopes, .. } => scopes.has(scope),
             Via::Session { .. } => scope != Scope::AdminRead || self.role == Role::Admin,

@@ -80,9 +80,19 @@ enum Command {
     /// Download and list local captioning models.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Look after the asset library.
+    #[command(subcommand)]
+    Library(LibraryCmd),
     /// Tools for tests and benchmarks.
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum LibraryCmd {
+    /// Read every stored asset file: each must open with its owner's key and match its
+    /// address. Exits non-zero when anything is wrong.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -332,6 +342,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             runtime()?
                 .block_on(models_pull(&loaded, &name, quantized, dir))
                 .map_err(Failure::from)
+        }
+        Command::Library(LibraryCmd::Verify) => {
+            let loaded = config::load(cli.config.as_deref())?;
+            runtime()?.block_on(admin_command(&loaded, Request::LibraryVerify, true))
         }
         Command::Models(ModelsCmd::List) => {
             let loaded = config::load(cli.config.as_deref())?;

@@ -57,6 +57,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub alt_text: AltTextConfig,
     pub local_model: LocalModelConfig,
+    pub library: LibraryConfig,
     pub retention: RetentionConfig,
     pub scheduler: SchedulerConfig,
     pub backup: BackupConfig,
@@ -396,6 +397,38 @@ impl Default for LocalModelConfig {
     }
 }
 
+/// `[library]`: the asset library.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibraryConfig {
+    /// Storage each account may use, in MiB (originals and thumbnails); 0: no limit.
+    pub quota_mib: u64,
+    /// Largest file accepted, in bytes (a request is also bound by `server.max_body_bytes`).
+    pub max_file_bytes: u64,
+    /// Files one upload request may carry.
+    pub max_files: usize,
+    /// Largest image accepted, in pixels (checked from the header before decoding).
+    pub max_pixels: u64,
+    /// Longest side of thumbnails, in pixels.
+    pub thumbnail_size: u32,
+    /// Orphaned blob files and abandoned uploads younger than this are left alone by
+    /// the upkeep job.
+    pub gc_grace: Span,
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        LibraryConfig {
+            quota_mib: 1024,
+            max_file_bytes: 25 * 1024 * 1024,
+            max_files: 20,
+            max_pixels: 100_000_000,
+            thumbnail_size: 256,
+            gc_grace: Span::secs(3600),
+        }
+    }
+}
+
 /// `[retention]`: how long each data class of the privacy policy is kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -446,6 +479,8 @@ pub struct SchedulerConfig {
     pub expiry: String,
     /// Records a sweep removes per write, so requests keep flowing during a sweep.
     pub sweep_batch: usize,
+    /// Removes asset blob files no asset refers to, and abandoned uploads.
+    pub library_gc: String,
 }
 
 impl Default for SchedulerConfig {
@@ -455,6 +490,7 @@ impl Default for SchedulerConfig {
             deletion_requests: "0 30 * * * *".into(),
             expiry: "0 */10 * * * *".into(),
             sweep_batch: 100,
+            library_gc: "0 15 4 * * *".into(),
         }
     }
 }
@@ -756,6 +792,18 @@ impl Config {
                 "must be between 1 and 1000".into(),
             ));
         }
+        if self.library.max_files == 0 || self.library.max_file_bytes == 0 {
+            return Err(invalid(
+                "library".into(),
+                "max_files and max_file_bytes must be at least 1".into(),
+            ));
+        }
+        if !(16..=1024).contains(&self.library.thumbnail_size) {
+            return Err(invalid(
+                "library.thumbnail_size".into(),
+                "must be between 16 and 1024 pixels".into(),
+            ));
+        }
         if self.local_model.workers == 0 || !(1..=200).contains(&self.local_model.max_tokens) {
             return Err(invalid(
                 "local_model".into(),
@@ -769,6 +817,7 @@ impl Config {
                 &self.scheduler.deletion_requests,
             ),
             ("scheduler.expiry", &self.scheduler.expiry),
+            ("scheduler.library_gc", &self.scheduler.library_gc),
             ("backup.schedule", &self.backup.schedule),
         ] {
             if let Err(e) = cron(pattern) {

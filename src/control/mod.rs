@@ -57,6 +57,8 @@ pub enum Request {
     },
     /// Write everything held about an account to a new ZIP file at this (absolute) path.
     Export { email: String, path: PathBuf },
+    /// Read every asset blob and check it against its address.
+    LibraryVerify,
 }
 
 /// The answer to a command.
@@ -158,6 +160,7 @@ fn command_name(req: &Request) -> &'static str {
         Request::KeyCreate { .. } => "key-create",
         Request::CreditsGrant { .. } => "credits-grant",
         Request::Export { .. } => "export",
+        Request::LibraryVerify => "library-verify",
     }
 }
 

@@ -9,6 +9,7 @@ mod keyring;
 mod master;
 mod password;
 mod secret;
+pub mod stream;
 
 pub use keyring::{CHECK_META, Keyring, RotationReport, TABLES};
 pub use master::{KeySource, MASTER_KEY_ENV, create_key_file, load_master_key, read_key_file};

@@ -1,6 +1,7 @@
 //! The HTTP ground floor: it wires capability routes into one actix app, maps errors
 //! to the one JSON shape, and wraps every request in [`middleware::observe`].
 
+pub mod body;
 pub mod error;
 pub mod fetch;
 pub mod metrics;

@@ -134,13 +134,42 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, IntakeError> {
 /// otherwise be described as if it were whole. Inside entropy-coded data every 0xFF
 /// is followed by 0x00, so the last start-of-scan marker (FF DA) found is the real
 /// one, and an end marker (FF D9) must come after it (trailing bytes after it are
-/// fine; an embedded thumbnail's own markers come earlier).
-fn jpeg_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
+/// fine; an embedded thumbnail's own markers come earlier). Fed in pieces, so a file
+/// streamed to disk is checked without holding it.
+#[derive(Debug, Default, Clone)]
+pub struct JpegEnd {
+    at: u64,
+    after_ff: bool,
+    last_sos: Option<u64>,
+    last_eoi: Option<u64>,
+}
+
+impl JpegEnd {
+    /// Reads the next piece of the file.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.after_ff {
+                match b {
+                    0xDA => self.last_sos = Some(self.at),
+                    0xD9 => self.last_eoi = Some(self.at),
+                    _ => {}
+                }
+            }
+            self.after_ff = b == 0xFF;
+            self.at += 1;
+        }
     }
+
+    /// Whether the file so far ends its last scan.
+    pub fn complete(&self) -> bool {
+        matches!((self.last_sos, self.last_eoi), (Some(sos), Some(eoi)) if eoi > sos)
+    }
+}
+
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let mut end = JpegEnd::default();
+    end.feed(bytes);
+    end.complete()
 }
 
 /// A decoded image, upright.
@@ -167,8 +196,19 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Intake, IntakeError> {
             "the JPEG is truncated (its data ends before the end-of-image marker)".into(),
         ));
     }
+    decode_reader(Cursor::new(bytes), format, limits)
+}
+
+/// Decodes an image of a known `format` from a reader (a sealed file being opened, so
+/// the encoded bytes need not be in memory): the pixel limit is checked from the
+/// header first, and the EXIF orientation applied. [`decode`] checks the bytes first.
+pub fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    format: Format,
+    limits: Limits,
+) -> Result<Intake, IntakeError> {
     let broken = |e: image::ImageError| IntakeError::Broken(e.to_string());
-    let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let reader = ImageReader::with_format(reader, format.image_format());
     let mut decoder = reader.into_decoder().map_err(broken)?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);

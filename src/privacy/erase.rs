@@ -142,6 +142,11 @@ impl Privacy {
             .in_batches(move |tx, limit| crate::ledger::detach_in(tx, &o, &pseudonym, limit))
             .await?;
         counts.insert("billing_detached".into(), n);
+        let o = owner.clone();
+        let n = self
+            .in_batches(move |tx, limit| crate::library::erase_batch(tx, &o, limit))
+            .await?;
+        counts.insert("assets".into(), n);
 
         let keyring = p.keyring.clone();
         let o = owner.clone();
@@ -185,6 +190,10 @@ impl Privacy {
         p.ledger.forget(&owner);
         p.providers.forget(&owner);
         p.analytics.forget(&owner);
+        // The data key is gone, so the files open for no one; they go from the disk too.
+        if let Err(e) = p.library.remove_account_files(&owner).await {
+            tracing::warn!(error = %e, "cannot remove an erased account's asset files; the upkeep job will");
+        }
         tracing::info!(pseudonym = %req.pseudonym, "an account was erased");
         Ok(last)
     }

@@ -3,6 +3,7 @@
 //! response through a bounded channel, or to a file), never built in memory.
 
 use crate::http::ApiError;
+use crate::library::Library;
 use crate::store::{JsonPage, ReadTx, Store, StoreError};
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +14,7 @@ type PageFn = fn(&ReadTx, &str, Option<&[u8]>, usize) -> Result<JsonPage, StoreE
 
 /// Every file of records in an export, with what it holds. A capability that stores
 /// records of a person adds its file here.
-const FILES: [(&str, PageFn, &str); 9] = [
+const FILES: [(&str, PageFn, &str); 10] = [
     (
         "sessions.jsonl",
         crate::accounts::export_sessions_page,
@@ -38,6 +39,11 @@ const FILES: [(&str, PageFn, &str); 9] = [
         "alt_text.jsonl",
         crate::alt_text::export_page,
         "stored alt texts (alt_text), with the image URL when one was given",
+    ),
+    (
+        "assets.jsonl",
+        crate::library::export_page,
+        "your asset library (assets): name, type, size, tags, alt text, source; each file is in assets/",
     ),
     (
         "ledger.jsonl",
@@ -86,6 +92,7 @@ fn io_error(e: std::io::Error) -> StoreError {
 /// Fails with [`ApiError::not_found`] when there is no such account.
 pub fn write_zip<W: Write>(
     r: &ReadTx,
+    library: &Library,
     account: &str,
     now_ms: u64,
     out: W,
@@ -123,6 +130,17 @@ pub fn write_zip<W: Write>(
         }
         summary.files.push((name.to_string(), records));
     }
+    // The assets themselves, opened with the person's data key.
+    let files = library.export_files(r, account, &mut |path, reader| {
+        zip.start_file(
+            path,
+            opts.compression_method(zip::CompressionMethod::Stored),
+        )
+        .map_err(zip_error)?;
+        std::io::copy(reader, &mut zip).map_err(io_error)?;
+        Ok(())
+    })?;
+    summary.files.push(("assets/".into(), files));
     let mut out = zip.finish().map_err(zip_error)?;
     out.flush().map_err(io_error)?;
     Ok(summary)
@@ -139,8 +157,9 @@ fn readme(now_ms: u64) -> String {
     }
     s.push_str(
         "\nEach .jsonl file holds one JSON object per line, oldest first. Times are UTC \
-         (RFC 3339); amounts are credits.\nEasel never stores prompts, request images or \
-         generated outputs, so none are here.\n",
+         (RFC 3339); amounts are credits.\nassets/ holds the original of each asset in your library, \
+         named by its id and name.\nEasel never stores prompts or request images, nor \
+         generated outputs you did not save to your library, so none are here.\n",
     );
     s
 }
@@ -190,85 +209,44 @@ pub fn file_name(now_ms: u64) -> String {
     format!("easel-export-{}.zip", day.get(..10).unwrap_or("now"))
 }
 
-/// A [`Write`] that hands full chunks to an async receiver; writing fails once the
-/// receiver is gone (the client left), which ends the export.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-const CHUNK: usize = 64 * 1024;
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download was cancelled")
-        })
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
 /// Starts the export of `account` and returns its bytes as a stream. A failure part
 /// way ends the stream with an error, so the download is cut off rather than ending
 /// as a ZIP that looks whole.
 pub fn stream(
     store: &Store,
+    library: &Library,
     account: String,
     now_ms: u64,
-) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let store = store.clone();
+) -> impl futures_core::Stream<Item = crate::http::body::Item> + 'static {
+    let (writer, body) = crate::http::body::ChannelWriter::new();
+    let failer = writer.failer();
+    let (store, library) = (store.clone(), library.clone());
     tokio::spawn(async move {
-        let writer = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
         let done = store
-            .read(move |r| write_zip(r, &account, now_ms, writer))
+            .read(move |r| write_zip(r, &library, &account, now_ms, writer))
             .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "an export failed part way");
-            let _ = tx
-                .send(Err(std::io::Error::other(format!(
-                    "the export failed: {e}"
-                ))))
-                .await;
+            failer.fail(format!("the export failed: {e}")).await;
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
+    body
 }
 
 /// Writes the export of `account` to a new file at `path` (readable by its owner
 /// only); a partial file is removed when the export fails.
 pub async fn to_file(
     store: &Store,
+    library: &Library,
     account: String,
     now_ms: u64,
     path: &Path,
 ) -> Result<Summary, ApiError> {
     let file = open_new(path)?;
     let writer = std::io::BufWriter::new(file);
+    let library = library.clone();
     let done = store
-        .read(move |r| write_zip(r, &account, now_ms, writer))
+        .read(move |r| write_zip(r, &library, &account, now_ms, writer))
         .await;
     if done.is_err() {
         let _ = std::fs::remove_file(path);

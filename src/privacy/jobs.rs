@@ -27,15 +27,18 @@ pub enum Job {
     Expiry,
     /// Writes a backup into `[backup] dir` and keeps the newest `keep`.
     Backup,
+    /// Removes asset blob files no asset refers to, and abandoned uploads.
+    LibraryGc,
 }
 
 impl Job {
     /// Every job, in the order start-up catches them up.
-    pub const ALL: [Job; 4] = [
+    pub const ALL: [Job; 5] = [
         Job::Expiry,
         Job::RetentionSweep,
         Job::DeletionRequests,
         Job::Backup,
+        Job::LibraryGc,
     ];
 
     /// The job's name in the API, the metrics and the audit log.
@@ -45,6 +48,7 @@ impl Job {
             Job::DeletionRequests => "deletion_requests",
             Job::Expiry => "expiry",
             Job::Backup => "backup",
+            Job::LibraryGc => "library_gc",
         }
     }
 
@@ -64,6 +68,7 @@ impl Job {
             Job::DeletionRequests => Some(c.scheduler.deletion_requests.clone()),
             Job::Expiry => Some(c.scheduler.expiry.clone()),
             Job::Backup => c.backup.dir.as_ref().map(|_| c.backup.schedule.clone()),
+            Job::LibraryGc => Some(c.scheduler.library_gc.clone()),
         }
     }
 }
@@ -115,6 +120,7 @@ impl Privacy {
             Job::DeletionRequests => self.process_deletions(started_ms).await,
             Job::Expiry => self.expire(started_ms).await,
             Job::Backup => self.backup(started_ms).await,
+            Job::LibraryGc => self.library_gc().await,
         };
         let elapsed = began.elapsed();
         let (ok, done, error) = match result {
@@ -262,6 +268,22 @@ impl Privacy {
         // Backup files are not records: nothing counts as removed in the metrics.
         Ok(Done {
             counts: Counts::from([("written".into(), 1), ("removed".into(), removed)]),
+            removed: 0,
+        })
+    }
+}
+
+impl Privacy {
+    /// Removes orphaned blob files and abandoned uploads of the asset library.
+    async fn library_gc(&self) -> Result<Done, ApiError> {
+        let r = self.parts().library.collect_garbage().await?;
+        // Files are not records: nothing counts as removed in the metrics.
+        Ok(Done {
+            counts: Counts::from([
+                ("orphan_files".into(), r.orphan_files),
+                ("abandoned_uploads".into(), r.abandoned_uploads),
+                ("bytes".into(), r.bytes),
+            ]),
             removed: 0,
         })
     }

@@ -46,6 +46,7 @@ pub fn tables() -> Vec<Decl> {
     t.extend(crate::alt_text::TABLES);
     t.extend(crate::audit::TABLES);
     t.extend(crate::analytics::TABLES);
+    t.extend(crate::library::TABLES);
     t
 }
 
@@ -113,6 +114,7 @@ pub struct Parts {
     pub ledger: Ledger,
     pub providers: Providers,
     pub analytics: Analytics,
+    pub library: crate::library::Library,
     pub keyring: Keyring,
     pub metrics: Arc<Metrics>,
 }

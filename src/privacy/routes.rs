@@ -125,6 +125,7 @@ async fn my_data(
             Ok::<_, ApiError>([
                 (Class::Usage, crate::usage::count_of(r, &owner)?),
                 (Class::AltText, crate::alt_text::count_of(r, &owner)?),
+                (Class::Assets, crate::library::count_of(r, &owner)?),
                 (Class::Billing, crate::ledger::count_of(r, &owner)?),
                 (Class::ProviderKeys, crate::providers::count_of(r, &owner)?),
                 (Class::Credentials, crate::keys::count_of(r, &owner)?),
@@ -155,12 +156,13 @@ async fn my_data(
 /// Answers with the export of `account` as a ZIP download, recording it in the audit log.
 async fn export_response(
     store: &Store,
-    clock: &crate::store::Clock,
+    privacy: &Privacy,
     actor: &str,
     account: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let now = clock.now_ms();
+    let now = privacy.clock().now_ms();
     super::export::record(store, Some(actor), account, now, "downloaded").await?;
+    let library = &privacy.parts().library;
     Ok(HttpResponse::Ok()
         .content_type("application/zip")
         .insert_header((
@@ -168,7 +170,12 @@ async fn export_response(
             format!("attachment; filename=\"{}\"", super::export::file_name(now)),
         ))
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .streaming(super::export::stream(store, account.to_string(), now)))
+        .streaming(super::export::stream(
+            store,
+            library,
+            account.to_string(),
+            now,
+        )))
 }
 
 /// Downloads everything Easel holds about the caller: one ZIP of JSON files
@@ -182,7 +189,7 @@ async fn export_mine(
     privacy: web::Data<Privacy>,
 ) -> Result<HttpResponse, ApiError> {
     let me = &s.0.account;
-    export_response(&store, privacy.clock(), me, me).await
+    export_response(&store, &privacy, me, me).await
 }
 
 /// Downloads everything Easel holds about a user (admins; an access request made on
@@ -197,7 +204,7 @@ async fn admin_export(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     accounts.get(&id).await?;
-    export_response(&store, privacy.clock(), &a.0.account, &id).await
+    export_response(&store, &privacy, &a.0.account, &id).await
 }
 
 /// The password, asked again before a deletion request.

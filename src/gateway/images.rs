@@ -41,11 +41,14 @@ fn validate(req: &ImageRequest) -> Result<(), ApiError> {
 }
 
 /// Generates images; `base_url` is where this Easel is reached, for `url` answers.
+/// With a library, each image is also saved there (a failure to save, such as a full
+/// quota, is reported on the image: it was made and paid for all the same).
 pub async fn generate(
     gw: &Gateway,
     caller: &Caller,
     req: ImageRequest,
     base_url: &str,
+    save: Option<&crate::library::Library>,
 ) -> Result<serde_json::Value, ApiError> {
     validate(&req)?;
     let config = gw.live.get();
@@ -74,8 +77,30 @@ pub async fn generate(
     let ttl = config.gateway.image_url_ttl.get().as_millis() as u64;
     let cap = (config.gateway.image_cache_mib as usize) << 20;
     let mut data = Vec::new();
-    for img in images.into_iter().take(n as usize) {
+    for (i, img) in images.into_iter().take(n as usize).enumerate() {
         let mut item = serde_json::Map::new();
+        if let Some(library) = save {
+            let ext = img.media_type.rsplit('/').next().unwrap_or("png");
+            let source = crate::library::AssetSource::Generated {
+                model: model.id.clone(),
+            };
+            let name = format!("{}-{}.{ext}", model.id, i + 1);
+            let saved = library
+                .save_bytes(&caller.account, name, Vec::new(), source, img.bytes.clone())
+                .await;
+            match saved {
+                Ok(asset) => {
+                    item.insert("asset_id".into(), asset.id.into());
+                }
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    item.insert(
+                        "save_error".into(),
+                        json!({"code": e.code, "message": e.message}),
+                    );
+                }
+            }
+        }
         if as_url {
             let name = crate::crypto::random_hex::<24>().map_err(ApiError::internal)?;
             let ext = img.media_type.rsplit('/').next().unwrap_or("png");

@@ -85,18 +85,35 @@ fn base_url(gw: &Gateway, req: &HttpRequest) -> String {
 }
 
 /// Image generation. `response_format: url` answers links served by Easel from
-/// memory for `[gateway] image_url_ttl`.
+/// memory for `[gateway] image_url_ttl`. Easel's own option `save: true` keeps each
+/// image in the caller's asset library (needs the `assets` scope) and adds its
+/// `asset_id`; without it, nothing generated is stored.
 #[utoipa::path(tag = "gateway", request_body(content = Object, description = "OpenAI's image generation request"), responses((status = 200), (status = 400), (status = 402), (status = 404), (status = 502)), security(("api_key" = [])))]
 #[post("/v1/images/generations")]
 async fn image_generations(
     caller: Scoped<need::Images>,
     gw: web::Data<Gateway>,
+    library: web::Data<crate::library::Library>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed: ImageRequest = parse_body(&req, &body)?;
+    let mut parsed: ImageRequest = parse_body(&req, &body)?;
     drop(body);
-    let answer = images::generate(&gw, &caller.0, parsed, &base_url(&gw, &req)).await?;
+    // Easel's own field: never sent upstream.
+    let save = match parsed.rest.remove("save") {
+        None | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::Bool(true)) => {
+            caller.0.allows(crate::auth::Scope::Assets)?;
+            Some(library.get_ref())
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "`save` must be true or false",
+            ));
+        }
+    };
+    let answer = images::generate(&gw, &caller.0, parsed, &base_url(&gw, &req), save).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

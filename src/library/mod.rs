@@ -51,9 +51,9 @@ pub const MAX_BULK: usize = 500;
 /// Quality of thumbnails (JPEG).
 const THUMB_QUALITY: u8 = 80;
 
-/// Where an asset came from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Where an asset came from. (Stored in the store's compact form; the API shows it
+/// as [`routes::SourceView`].)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AssetSource {
     /// Uploaded by a person.
     Upload,

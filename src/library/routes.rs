@@ -41,7 +41,7 @@ pub struct AssetView {
     pub tags: Vec<String>,
     pub alt_text: Option<String>,
     pub alt_language: Option<String>,
-    pub source: AssetSource,
+    pub source: SourceView,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -58,9 +58,31 @@ impl From<Asset> for AssetView {
             tags: a.tags,
             alt_text: a.alt_text,
             alt_language: a.alt_language,
-            source: a.source,
+            source: a.source.into(),
             created_at: rfc3339(a.created_ms),
             updated_at: rfc3339(a.updated_ms),
+        }
+    }
+}
+
+/// Where an asset came from: `{"kind": "upload"}`, `{"kind": "generated", "model"}`,
+/// `{"kind": "skill", "skill", "run"}` or `{"kind": "imported"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceView {
+    Upload,
+    Generated { model: String },
+    Skill { skill: String, run: String },
+    Imported,
+}
+
+impl From<AssetSource> for SourceView {
+    fn from(s: AssetSource) -> Self {
+        match s {
+            AssetSource::Upload => SourceView::Upload,
+            AssetSource::Generated { model } => SourceView::Generated { model },
+            AssetSource::Skill { skill, run } => SourceView::Skill { skill, run },
+            AssetSource::Imported => SourceView::Imported,
         }
     }
 }

@@ -502,6 +502,7 @@ async function route() {
     else if (section === "usage") await renderUsage(main);
     else if (section === "alt-text") await renderAltText(main);
     else if (section === "privacy") await renderPrivacy(main);
+    else if (section === "library") await renderLibrary(main);
     else renderSection(main, section);
   } finally {
     main.setAttribute("data-ready", section);

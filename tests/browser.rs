@@ -796,3 +796,119 @@ async fn a_person_requests_deletion_in_the_privacy_centre_and_cancels_it_by_sign
     s.end().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_person_uploads_tags_and_deletes_images_in_the_library() {
+    let files = tempfile::tempdir().unwrap();
+    let server = TestServer::start("").await;
+    server
+        .make_account("ada@example.com", easel::auth::Role::Member, PASSWORD)
+        .await;
+    let mut paths = Vec::new();
+    for (i, (w, h)) in [(300u32, 200u32), (120, 240)].iter().enumerate() {
+        let p = files.path().join(format!("shoe-{i}.png"));
+        image::RgbImage::from_fn(*w, *h, |x, y| image::Rgb([x as u8, y as u8, 40 * i as u8]))
+            .save(&p)
+            .unwrap();
+        paths.push(p.display().to_string());
+    }
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/library")).await;
+    s.wait_ready("library").await;
+    s.wait_for("return !!document.getElementById('lib-empty')", json!(true))
+        .await;
+
+    // Two files chosen with a tag for the upload; each gets its own progress row.
+    s.type_into("#lib-upload-tags", "Summer").await;
+    let input = s.element("#lib-files").await;
+    s.post(
+        &format!("/element/{input}/value"),
+        json!({"text": paths.join("\n")}),
+    )
+    .await;
+    s.wait_for(
+        "return [...document.querySelectorAll('#lib-progress [data-state]')].map(e => e.dataset.state).join(',')",
+        json!("done,done"),
+    )
+    .await;
+    s.wait_for(
+        "return document.querySelectorAll('#lib-grid .lib-item').length",
+        json!(2),
+    )
+    .await;
+    // The thumbnails load (decoded by the browser from the server's sealed store).
+    s.wait_for(
+        "return [...document.querySelectorAll('#lib-grid img')].every(i => i.complete && i.naturalWidth > 0)",
+        json!(true),
+    )
+    .await;
+    let tags = s
+        .js("return [...document.querySelectorAll('#lib-grid .lib-tags')].map(t => t.textContent)")
+        .await;
+    assert_eq!(tags, json!(["summer", "summer"]));
+
+    // Open one, tag it and name it in the detail view.
+    s.click("#lib-grid .lib-item:last-child .lib-open").await;
+    s.wait_for(
+        "return document.getElementById('lib-detail').hidden",
+        json!(false),
+    )
+    .await;
+    s.type_into("#lib-d-tags", "summer, red").await;
+    s.type_into("#lib-d-name", "red shoe.png").await;
+    s.click("#lib-d-save").await;
+    s.wait_for(
+        "return [...document.querySelectorAll('#lib-grid .lib-name')].map(n => n.textContent).includes('red shoe.png')",
+        json!(true),
+    )
+    .await;
+    s.type_into("#lib-tag", "red").await;
+    s.click("#lib-filters button[type=submit]").await;
+    s.wait_for(
+        "return [...document.querySelectorAll('#lib-grid .lib-name')].map(n => n.textContent).join(',')",
+        json!("red shoe.png"),
+    )
+    .await;
+    s.screenshot("library").await;
+
+    // Select it and delete it (the button asks once more before it deletes).
+    s.click("#lib-grid .lib-item input[type=checkbox]").await;
+    s.wait_for(
+        "return document.getElementById('lib-count').textContent",
+        json!("1 selected"),
+    )
+    .await;
+    s.click("#lib-delete").await;
+    s.click("#lib-delete").await;
+    s.wait_for("return !!document.getElementById('lib-empty')", json!(true))
+        .await;
+    let a = server
+        .app()
+        .services()
+        .library
+        .list(
+            &server
+                .app()
+                .services()
+                .accounts
+                .find_by_email("ada@example.com")
+                .await
+                .unwrap()
+                .id,
+            easel::library::Query {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.total, 1, "the other image stays");
+    assert_eq!(a.items[0].tags, ["summer"]);
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    s.end().await;
+    server.stop().await;
+}

@@ -941,8 +941,8 @@ impl futures_core::Stream for Chunks {
 const PART_HEAD: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n";
 
 /// Waits until an upload's temporary file holds data.
-async fn wait_for_part(tmp: &Path) -> PathBuf {
-    for _ in 0..500 {
+async fn wait_for_part(tmp: &Path, p: &common::Process) -> PathBuf {
+    for _ in 0..1500 {
         if let Some(p) = files_under(tmp)
             .into_iter()
             .find(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) > 1000)
@@ -951,7 +951,12 @@ async fn wait_for_part(tmp: &Path) -> PathBuf {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("no upload in flight under {}", tmp.display());
+    panic!(
+        "no upload in flight under {}; {:?}; log:\n{}",
+        tmp.display(),
+        files_under(tmp.parent().expect("blobs")),
+        p.log_text()
+    );
 }
 
 #[tokio::test]
@@ -995,11 +1000,13 @@ async fn a_client_leaving_or_a_crash_mid_upload_leaves_no_partial_asset() {
     let tmp = dir.path().join("data").join("blobs").join(".tmp");
 
     let p = common::Process::serve(&config, &[]);
-    // The client leaves part way: the temporary file goes with the request.
+    // The client leaves part way: the temporary file goes with the request. (The
+    // start-up catch-up of library_gc runs while this upload streams, with a grace of
+    // 0 s: it must leave a live upload's file alone.)
     let (tx, task) = streaming_upload(p.url("/api/assets"), key.clone());
     tx.send(PART_HEAD.to_vec()).await.expect("send");
     tx.send(big[..300_000].to_vec()).await.expect("send");
-    let part = wait_for_part(&tmp).await;
+    let part = wait_for_part(&tmp, &p).await;
     task.abort();
     drop(tx);
     for _ in 0..250 {
@@ -1015,7 +1022,7 @@ async fn a_client_leaving_or_a_crash_mid_upload_leaves_no_partial_asset() {
     let (tx, task) = streaming_upload(p.url("/api/assets"), key.clone());
     tx.send(PART_HEAD.to_vec()).await.expect("send");
     tx.send(big[..300_000].to_vec()).await.expect("send");
-    let part = wait_for_part(&tmp).await;
+    let part = wait_for_part(&tmp, &p).await;
     let mut p = p;
     p.signal(libc::SIGKILL);
     common::wait_exit(&mut p.child, std::time::Duration::from_secs(10));

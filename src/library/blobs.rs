@@ -12,9 +12,11 @@
 
 use crate::crypto::stream::{CHUNK, HEADER, KeyedHash, Opener, SEALED_CHUNK, Sealer, plain_len};
 use crate::crypto::{CryptoError, DataKey};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Which file of a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +65,15 @@ pub fn address_hasher(key: &DataKey) -> KeyedHash {
     key.keyed_hash("blob-address")
 }
 
+/// Temporary files being written now, which the upkeep job must leave alone however
+/// old they are.
+type InFlight = Arc<Mutex<HashSet<PathBuf>>>;
+
 /// The blob folder of a data dir.
 #[derive(Clone, Debug)]
 pub struct Blobs {
     root: PathBuf,
+    in_flight: InFlight,
 }
 
 impl Blobs {
@@ -74,7 +81,16 @@ impl Blobs {
     pub fn new(data_dir: &Path) -> Blobs {
         Blobs {
             root: data_dir.join("blobs"),
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// Whether `path` is a temporary file an upload is writing now.
+    pub fn in_flight(&self, path: &Path) -> bool {
+        self.in_flight
+            .lock()
+            .map(|set| set.contains(path))
+            .unwrap_or(true)
     }
 
     /// The folder of every blob.
@@ -132,15 +148,19 @@ impl Blobs {
         opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.insert(tmp.clone());
+        }
+        let staged = Staged {
+            path: tmp.clone(),
+            in_flight: Some(self.in_flight.clone()),
+        };
         let mut file = opts.open(&tmp).map_err(io(&tmp))?;
         let sealer = key.sealer(&aad(account, kind))?;
         file.write_all(sealer.header()).map_err(io(&tmp))?;
         Ok(BlobWriter {
             file: std::io::BufWriter::with_capacity(SEALED_CHUNK, file),
-            tmp: Staged {
-                path: tmp,
-                keep: false,
-            },
+            tmp: staged,
             sealer,
             hash: address_hasher(key),
             buf: Vec::with_capacity(SEALED_CHUNK),
@@ -298,11 +318,11 @@ fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// A temporary file, removed when dropped unless it was kept.
+/// A temporary file, removed when dropped if it was not placed.
 #[derive(Debug)]
 pub struct Staged {
     path: PathBuf,
-    keep: bool,
+    in_flight: Option<InFlight>,
 }
 
 impl Staged {
@@ -314,8 +334,12 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
+        // Gone already once placed (renamed); removed here when it was not needed.
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(set) = &self.in_flight
+            && let Ok(mut set) = set.lock()
+        {
+            set.remove(&self.path);
         }
     }
 }

@@ -713,7 +713,8 @@ impl Library {
     }
 
     /// Removes blob files no asset refers to, and temporary files of uploads that
-    /// were cut off, when older than `[library] gc_grace`.
+    /// were cut off (by a crash: a live upload's file is never touched), when older
+    /// than `[library] gc_grace`.
     pub async fn collect_garbage(&self) -> Result<GcReport, LibraryError> {
         let grace = self.config().gc_grace.get();
         let blobs = self.inner.blobs.clone();
@@ -724,6 +725,9 @@ impl Library {
         let mut candidates = Vec::new();
         for f in found.into_iter().filter(|f| f.age >= grace) {
             if f.account == ".tmp" {
+                if self.inner.blobs.in_flight(&f.path) {
+                    continue;
+                }
                 let len = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
                 if std::fs::remove_file(&f.path).is_ok() {
                     report.abandoned_uploads += 1;

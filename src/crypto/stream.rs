@@ -123,24 +123,32 @@ impl Opener {
         chunk: &mut Vec<u8>,
         last: bool,
     ) -> Result<(), CryptoError> {
+        let n = self.open_slice(index, chunk, last)?;
+        chunk.truncate(n);
+        Ok(())
+    }
+
+    /// Opens chunk `index` in place in a slice; the plaintext is the first bytes of
+    /// it, and their count is returned (the tag's bytes after them are left as they are).
+    pub fn open_slice(
+        &self,
+        index: u64,
+        chunk: &mut [u8],
+        last: bool,
+    ) -> Result<usize, CryptoError> {
         let Some(body) = chunk.len().checked_sub(TAG) else {
             return Err(CryptoError::Malformed(
                 "a chunk shorter than its tag".into(),
             ));
         };
-        let tag = Tag::try_from(&chunk[body..]).map_err(|_| CryptoError::Tampered)?;
+        let (msg, tag) = chunk.split_at_mut(body);
+        let tag = Tag::try_from(&*tag).map_err(|_| CryptoError::Tampered)?;
         let mut aad = Vec::with_capacity(self.aad.len() + 1);
         chunk_aad(&mut aad, &self.aad, last);
         self.cipher
-            .decrypt_inout_detached(
-                &nonce(&self.prefix, index),
-                &aad,
-                (&mut chunk[..body]).into(),
-                &tag,
-            )
+            .decrypt_inout_detached(&nonce(&self.prefix, index), &aad, msg.into(), &tag)
             .map_err(|_| CryptoError::Tampered)?;
-        chunk.truncate(body);
-        Ok(())
+        Ok(body)
     }
 }
 

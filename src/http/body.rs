@@ -35,12 +35,15 @@ impl Failer {
 }
 
 impl ChannelWriter {
-    /// A writer and the body its writes become.
-    pub fn new() -> (
+    /// A writer and the body its writes become; up to `ahead` pieces wait for the
+    /// client (more lets the writer keep working while the network is busy).
+    pub fn new(
+        ahead: usize,
+    ) -> (
         ChannelWriter,
         impl futures_core::Stream<Item = Item> + 'static,
     ) {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
@@ -62,10 +65,23 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
         self.tx.blocking_send(Ok(chunk)).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download was cancelled")
         })
+    }
+}
+
+impl ChannelWriter {
+    /// Hands on a whole piece the caller owns, without copying it (after what is
+    /// buffered).
+    pub fn send_owned(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
+        self.send()?;
+        if piece.is_empty() {
+            return Ok(());
+        }
+        self.buf = piece;
+        self.send()
     }
 }
 
@@ -76,6 +92,9 @@ impl Write for ChannelWriter {
             self.buf = data.to_vec();
             self.send()?;
             return Ok(data.len());
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CHUNK);
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -89,13 +108,13 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Runs `make` on a blocking thread and streams what it writes; an error part way
-/// cuts the body off.
-pub fn from_writer<F>(make: F) -> impl futures_core::Stream<Item = Item> + 'static
+/// Runs `make` on a blocking thread and streams what it writes, with up to `ahead`
+/// pieces of 64 KiB made ahead of the client; an error part way cuts the body off.
+pub fn from_writer<F>(ahead: usize, make: F) -> impl futures_core::Stream<Item = Item> + 'static
 where
     F: FnOnce(&mut ChannelWriter) -> std::io::Result<()> + Send + 'static,
 {
-    let (mut writer, body) = ChannelWriter::new();
+    let (mut writer, body) = ChannelWriter::new(ahead);
     let failer = writer.failer();
     tokio::task::spawn_blocking(move || {
         let done = make(&mut writer).and_then(|()| writer.flush());

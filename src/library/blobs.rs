@@ -455,20 +455,94 @@ impl BlobReader {
 
     /// Opens chunk `index` into a buffer of the caller's (which is cleared first).
     pub fn read_chunk(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), BlobError> {
+        self.read_sealed(index, out)?;
+        self.open_sealed(index, out)
+    }
+
+    /// Reads chunk `index` as it is on disk (sealed) into `out`.
+    pub fn read_sealed(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), BlobError> {
         let offset = HEADER as u64 + index * SEALED_CHUNK as u64;
         if offset >= self.file_len {
             return Err(BlobError::Invalid(format!("chunk {index} is past the end")));
         }
         let size = (self.file_len - offset).min(SEALED_CHUNK as u64) as usize;
-        let last = offset + size as u64 == self.file_len && size < SEALED_CHUNK;
         out.clear();
         out.resize(size, 0);
         self.file
             .seek(SeekFrom::Start(offset))
             .map_err(io(&self.path))?;
         self.file.read_exact(out).map_err(io(&self.path))?;
-        self.opener.open_chunk(index, out, last)?;
         Ok(())
+    }
+
+    /// Opens in place a chunk read by [`BlobReader::read_sealed`]. Takes `&self`, so
+    /// several threads can open the chunks of one blob at once.
+    pub fn open_sealed(&self, index: u64, chunk: &mut Vec<u8>) -> Result<(), BlobError> {
+        let offset = HEADER as u64 + index * SEALED_CHUNK as u64;
+        let last = offset + chunk.len() as u64 == self.file_len && chunk.len() < SEALED_CHUNK;
+        self.opener.open_chunk(index, chunk, last)?;
+        Ok(())
+    }
+
+    /// Opens up to `count` chunks from chunk `from` into one buffer of plaintext: they
+    /// lie side by side on disk, so they are read at once, opened in place on
+    /// `threads` threads (decryption is the cost of a download: one core opens about
+    /// 1 GB/s), and closed up over their tags. Returns the chunks opened and the bytes.
+    pub fn read_run(
+        &mut self,
+        from: u64,
+        count: usize,
+        threads: usize,
+    ) -> Result<(usize, Vec<u8>), BlobError> {
+        let n = (self.chunks().saturating_sub(from) as usize).min(count);
+        let offset = HEADER as u64 + from * SEALED_CHUNK as u64;
+        if n == 0 || offset >= self.file_len {
+            return Ok((0, Vec::new()));
+        }
+        let size = (self.file_len - offset).min((n * SEALED_CHUNK) as u64) as usize;
+        let mut buf = vec![0u8; size];
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(io(&self.path))?;
+        self.file.read_exact(&mut buf).map_err(io(&self.path))?;
+        let ends = offset + size as u64 == self.file_len;
+        let this = &*self;
+        let per = n.div_ceil(threads.clamp(1, n)).max(1);
+        let lens: Vec<Result<usize, BlobError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = buf
+                .chunks_mut(per * SEALED_CHUNK)
+                .enumerate()
+                .map(|(t, run)| {
+                    scope.spawn(move || {
+                        run.chunks_mut(SEALED_CHUNK)
+                            .enumerate()
+                            .map(|(j, chunk)| {
+                                let i = (t * per + j) as u64;
+                                let last = ends && chunk.len() < SEALED_CHUNK;
+                                Ok(this.opener.open_slice(from + i, chunk, last)?)
+                            })
+                            .collect::<Vec<Result<usize, BlobError>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(BlobError::Invalid("a decryption thread failed".into()))]
+                    })
+                })
+                .collect()
+        });
+        let mut filled = 0;
+        for (i, len) in lens.into_iter().enumerate() {
+            let len = len?;
+            let start = i * SEALED_CHUNK;
+            buf.copy_within(start..start + len, filled);
+            filled += len;
+        }
+        buf.truncate(filled);
+        Ok((n, buf))
     }
 
     /// How many chunks the blob has.
@@ -562,6 +636,29 @@ mod tests {
             .open_staged(&k, "acct1", &placed, Kind::Thumbnail)
             .expect("the header is read");
         assert!(as_thumb.read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn runs_opened_on_several_threads_give_the_plaintext_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let blobs = Blobs::new(dir.path());
+        let k = key();
+        for len in [0, 10, CHUNK, 5 * CHUNK, 7 * CHUNK + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let w = blobs.write_all(&k, "acct1", Kind::Original, &data).expect("writes");
+            for (run, threads) in [(1, 1), (3, 2), (16, 4)] {
+                let mut r = blobs
+                    .open_staged(&k, "acct1", w.staged.path(), Kind::Original)
+                    .expect("opens");
+                let (mut got, mut next) = (Vec::new(), 0);
+                while next < r.chunks() {
+                    let (n, piece) = r.read_run(next, run, threads).expect("reads");
+                    got.extend_from_slice(&piece);
+                    next += n as u64;
+                }
+                assert_eq!(got, data, "{len} bytes, runs of {run} on {threads} threads");
+            }
+        }
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn stream(
     account: String,
     now_ms: u64,
 ) -> impl futures_core::Stream<Item = crate::http::body::Item> + 'static {
-    let (writer, body) = crate::http::body::ChannelWriter::new();
+    let (writer, body) = crate::http::body::ChannelWriter::new(4);
     let failer = writer.failer();
     let (store, library) = (store.clone(), library.clone());
     tokio::spawn(async move {

@@ -371,7 +371,6 @@ async fn serve(
         Kind::Thumbnail => ("image/jpeg".to_string(), reader.len()),
     };
     res.content_type(media_type)
-        .insert_header((header::CONTENT_LENGTH, len))
         .insert_header((
             header::CONTENT_DISPOSITION,
             disposition(!download, &asset.name),
@@ -605,18 +604,21 @@ async fn zip_download(
             format!("name between 1 and {MAX_BULK} assets in `ids`"),
         ));
     }
-    // Every id is checked before the first byte goes out, so a bad one is a clear 404.
+    // Every id is checked before the first byte goes out, so a bad one is a clear 404;
+    // each file is opened only when its turn comes (one open file at a time).
     let mut files = Vec::new();
     let mut names = std::collections::HashSet::new();
     for id in &ids {
-        let (asset, reader) = lib.open(&account, id, Kind::Original).await?;
+        let asset = lib.get(&account, id).await?;
         let mut name = asset.name.clone();
         if !names.insert(name.clone()) {
             name = format!("{}-{}", asset.id, asset.name);
             names.insert(name.clone());
         }
-        files.push((name, reader));
+        files.push((name, asset.address));
     }
+    let key = lib.data_key(&account).await?;
+    let blobs = lib.blobs().clone();
     let body = crate::http::body::from_writer(4, move |out| {
         let mut zip = ::zip::ZipWriter::new_stream(out);
         // Images are compressed already: stored, not deflated.
@@ -624,7 +626,10 @@ async fn zip_download(
             .compression_method(::zip::CompressionMethod::Stored)
             .unix_permissions(0o600)
             .large_file(true);
-        for (name, mut reader) in files {
+        for (name, address) in files {
+            let mut reader = blobs
+                .open(&key, &account, &address, Kind::Original)
+                .map_err(std::io::Error::other)?;
             zip.start_file(name, opts).map_err(std::io::Error::other)?;
             std::io::copy(&mut reader, &mut zip)?;
         }

@@ -1,7 +1,8 @@
-//! Image intake: the one way an image from outside becomes pixels. Used by alt text,
-//! and later by the asset library and skills.
+//! Image intake: the one way an image from outside becomes pixels. Used by alt text and
+//! the asset library, and later by skills.
 //!
-//! The bytes stay in memory; nothing here touches the disk. In order:
+//! Nothing here touches the disk: [`decode`] works on bytes in memory, and
+//! [`decode_reader`] on a reader (the library's, which opens a sealed file). In order:
 //! 1. refuse empty input and input over the byte limit;
 //! 2. tell the format from the first bytes (never from a file name or a declared
 //!    type): JPEG, PNG, GIF, WebP and BMP are read; SVG, HEIC/AVIF, TIFF and anything

@@ -645,7 +645,9 @@ mod tests {
         let k = key();
         for len in [0, 10, CHUNK, 5 * CHUNK, 7 * CHUNK + 3] {
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-            let w = blobs.write_all(&k, "acct1", Kind::Original, &data).expect("writes");
+            let w = blobs
+                .write_all(&k, "acct1", Kind::Original, &data)
+                .expect("writes");
             for (run, threads) in [(1, 1), (3, 2), (16, 4)] {
                 let mut r = blobs
                     .open_staged(&k, "acct1", w.staged.path(), Kind::Original)

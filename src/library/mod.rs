@@ -251,8 +251,9 @@ struct Inner {
     blobs: Blobs,
 }
 
-/// A file name a person can keep: no folders, no control characters, not too long.
-pub fn clean_name(name: &str, format: Format) -> String {
+/// A file name a person can keep: no folders, no control characters, not too long;
+/// `image.EXT` (from the media type) when nothing is left.
+pub fn clean_name(name: &str, media_type: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base
         .chars()
@@ -263,7 +264,7 @@ pub fn clean_name(name: &str, format: Format) -> String {
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim().to_string();
     if cleaned.is_empty() {
-        let ext = format.media_type().rsplit('/').next().unwrap_or("img");
+        let ext = media_type.rsplit('/').next().unwrap_or("img");
         format!("image.{ext}")
     } else {
         cleaned
@@ -413,7 +414,7 @@ impl Library {
         let asset = Asset {
             id: key.id.clone(),
             account: account.clone(),
-            name: clean_name(&name, p.format),
+            name: clean_name(&name, p.format.media_type()),
             media_type: p.format.media_type().to_string(),
             bytes: p.original.bytes,
             width: p.width,
@@ -603,7 +604,7 @@ impl Library {
                     .get(&ASSETS, &k)?
                     .ok_or_else(|| LibraryError::NotFound(id.clone()))?;
                 if let Some(name) = &patch.name {
-                    a.name = clean_name(name, Format::Png);
+                    a.name = clean_name(name, &a.media_type);
                 }
                 if let Some(tags) = &tags {
                     a.tags = tags.clone();
@@ -1043,20 +1044,20 @@ mod tests {
 
     #[test]
     fn hostile_names_become_plain_file_names() {
-        assert_eq!(clean_name("../../etc/passwd", Format::Png), "passwd");
+        assert_eq!(clean_name("../../etc/passwd", "image/png"), "passwd");
         assert_eq!(
-            clean_name("C:\\Users\\x\\shoe.jpg", Format::Jpeg),
+            clean_name("C:\\Users\\x\\shoe.jpg", "image/jpeg"),
             "shoe.jpg"
         );
         assert_eq!(
-            clean_name("a\u{0}b\nc\u{202e}gpj.exe", Format::Png),
+            clean_name("a\u{0}b\nc\u{202e}gpj.exe", "image/png"),
             "abcgpj.exe"
         );
-        assert_eq!(clean_name("..", Format::Png), "image.png");
-        assert_eq!(clean_name("   ", Format::Jpeg), "image.jpeg");
-        assert_eq!(clean_name(&"x".repeat(500), Format::Png).len(), MAX_NAME);
+        assert_eq!(clean_name("..", "image/png"), "image.png");
+        assert_eq!(clean_name("   ", "image/jpeg"), "image.jpeg");
+        assert_eq!(clean_name(&"x".repeat(500), "image/png").len(), MAX_NAME);
         assert_eq!(
-            clean_name("<img src=x onerror=alert(1)>.png", Format::Png),
+            clean_name("<img src=x onerror=alert(1)>.png", "image/png"),
             "<img src=x onerror=alert(1)>.png",
             "names are kept as text; the UI never renders them as HTML"
         );

@@ -233,7 +233,10 @@ async fn uploaded_bytes_come_back_equal_and_the_files_on_disk_are_sealed() {
         assert_eq!(g.status, StatusCode::OK);
         assert_eq!(&g.bytes, bytes, "the original comes back byte for byte");
         assert_eq!(g.headers.get_all("content-length").iter().count(), 1);
-        assert_eq!(g.headers["content-length"], bytes.len().to_string().as_str());
+        assert_eq!(
+            g.headers["content-length"],
+            bytes.len().to_string().as_str()
+        );
         assert_eq!(
             g.headers["content-type"],
             asset["media_type"].as_str().expect("type")

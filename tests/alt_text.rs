@@ -231,26 +231,6 @@ async fn quantised_gguf_weights_serve_the_same_alt_text() {
     t.s.stop().await;
 }
 
-/// A PNG header declaring `w`×`h`, its CRC fixed, and no pixel data.
-fn png_bomb(w: u32, h: u32) -> Vec<u8> {
-    let mut bomb = png(1, 1);
-    bomb[16..20].copy_from_slice(&w.to_be_bytes());
-    bomb[20..24].copy_from_slice(&h.to_be_bytes());
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in &bomb[12..29] {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
-    bomb
-}
-
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_nothing_is_stored() {
     let t = setup("max_image_bytes = 200000\n").await;
@@ -266,7 +246,7 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_stored() {
         ),
         (
             "PNG bomb",
-            json!({"image_base64": b64(&png_bomb(100_000, 100_000))}),
+            json!({"image_base64": b64(&common::png_bomb(100_000, 100_000))}),
             StatusCode::BAD_REQUEST,
             "image_too_many_pixels",
             "100000×100000",

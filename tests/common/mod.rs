@@ -14,6 +14,33 @@ use std::time::{Duration, Instant};
 /// Cheap password hashing, so tests that sign in stay quick.
 pub const FAST: &str = "\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n";
 
+/// A valid PNG header declaring `w`×`h` pixels (its CRC fixed), and no pixel data:
+/// a decompression bomb that a decoder must refuse from the header alone.
+pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut bomb = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bomb),
+            image::ImageFormat::Png,
+        )
+        .expect("encode");
+    bomb[16..20].copy_from_slice(&w.to_be_bytes());
+    bomb[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in &bomb[12..29] {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    bomb
+}
+
 /// An HTTP client for tests. Easel builds reqwest with rustls and ring, which must
 /// be installed as the process's crypto provider before the first client.
 pub fn http() -> reqwest::Client {

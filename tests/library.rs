@@ -841,9 +841,14 @@ async fn verify_finds_tampering_and_the_upkeep_job_removes_orphans() {
     );
 
     // An orphan (a file no asset names) and an abandoned upload.
-    let dir = t.blobs().join(&t.account).join("ab");
+    // In a folder of its own (blob addresses are random, so pick one no blob uses).
+    let prefix = (0..=255u8)
+        .map(|b| format!("{b:02x}"))
+        .find(|p| !t.blobs().join(&t.account).join(p).exists())
+        .expect("a free prefix");
+    let dir = t.blobs().join(&t.account).join(&prefix);
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("ab".repeat(32)), b"orphan").expect("orphan");
+    std::fs::write(dir.join(prefix.repeat(32)), b"orphan").expect("orphan");
     std::fs::create_dir_all(t.blobs().join(".tmp")).expect("tmp");
     std::fs::write(t.blobs().join(".tmp").join("cut.part"), b"half").expect("part");
     assert_eq!(library.verify().await.expect("verify").orphans, 1);

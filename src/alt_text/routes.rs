@@ -3,7 +3,7 @@
 use super::{AltText, AltTextRecord, AltTextRequest, AltTextResult, MAX_BATCH, Source};
 use crate::auth::{Scoped, need};
 use crate::gateway::parse_body;
-use crate::http::{ApiError, rfc3339};
+use crate::http::{ApiError, is_multipart, multipart_error, rfc3339};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, get, post, web};
 use futures_util::StreamExt;
@@ -18,20 +18,6 @@ pub fn routes(cfg: &mut ServiceConfig) {
 
 /// The longest text field of a multipart request, in bytes.
 const MAX_FIELD: usize = 4096;
-
-fn is_multipart(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
-}
-
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(
-        "invalid_multipart",
-        format!("the multipart body cannot be read: {e}"),
-    )
-}
 
 /// Reads a multipart request: the file in `image`, options in text fields
 /// (`keywords` repeated or comma-separated).

@@ -29,6 +29,22 @@ pub struct Shared {
     pub tls: bool,
 }
 
+/// Whether a request's body is `multipart/form-data` (an upload).
+pub fn is_multipart(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
+}
+
+/// 400 for a multipart body that cannot be read.
+pub fn multipart_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "invalid_multipart",
+        format!("the multipart body cannot be read: {e}"),
+    )
+}
+
 /// A stored millisecond timestamp as RFC 3339 UTC text, as the API shows times.
 pub fn rfc3339(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)

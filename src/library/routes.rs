@@ -6,7 +6,7 @@ use super::blobs::Kind;
 use super::{Asset, AssetSource, Library, Listing, MAX_BULK, Patch, Piece, Query, Sort};
 use crate::alt_text::{AltText, AltTextRequest, Source};
 use crate::auth::{Caller, Scoped, need};
-use crate::http::{ApiError, rfc3339};
+use crate::http::{ApiError, is_multipart, multipart_error, rfc3339};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use futures_util::StreamExt;
@@ -93,13 +93,6 @@ pub struct Uploaded {
     pub assets: Vec<AssetView>,
 }
 
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(
-        "invalid_multipart",
-        format!("the multipart body cannot be read: {e}"),
-    )
-}
-
 /// Uploads one or more images (multipart: each file in a field `file`; optional
 /// `tags` fields, comma-separated, before the files they apply to).
 #[utoipa::path(tag = "assets", responses((status = 201, body = Uploaded), (status = 400), (status = 413), (status = 415)))]
@@ -111,12 +104,7 @@ async fn upload(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller.0;
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    if !is_multipart {
+    if !is_multipart(&req) {
         return Err(ApiError::new(
             actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -48,20 +48,19 @@ pub fn export_sessions_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(
+    crate::store::JsonPage::of_owner(
         r,
         &SESSIONS,
-        &prefix,
+        account,
         after,
         limit,
         |s: super::StoredSession| {
-            Some(serde_json::json!({
+            serde_json::json!({
                 "id": s.id,
                 "created_at": crate::http::rfc3339(s.created_ms),
                 "last_seen_at": crate::http::rfc3339(s.last_seen_ms),
                 "expires_at": crate::http::rfc3339(s.expires_ms),
-            }))
+            })
         },
     )
 }

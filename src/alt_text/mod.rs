@@ -71,10 +71,7 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(r, &RECORDS, &prefix, after, limit, |a: AltTextRecord| {
-        Some(routes::RecordView::from(a))
-    })
+    crate::store::JsonPage::of_owner(r, &RECORDS, account, after, limit, routes::RecordView::from)
 }
 
 /// One stored alt text (data class `alt_text`).

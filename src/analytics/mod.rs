@@ -69,7 +69,7 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<JsonPage, StoreError> {
-    JsonPage::read(r, &CONSENT, &TimedKey::prefix(account), after, limit, Some)
+    JsonPage::of_owner(r, &CONSENT, account, after, limit, |c| c)
 }
 
 /// Who consents now, kept in memory so a metered request checks it with one atomic

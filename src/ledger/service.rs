@@ -64,10 +64,14 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(r, &ENTRIES, &prefix, after, limit, |e: Entry| {
-        Some(super::routes::EntryView::from(e))
-    })
+    crate::store::JsonPage::of_owner(
+        r,
+        &ENTRIES,
+        account,
+        after,
+        limit,
+        super::routes::EntryView::from,
+    )
 }
 
 /// What an entry says besides its amount.

@@ -1008,10 +1008,7 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(r, &ASSETS, &prefix, after, limit, |a: Asset| {
-        Some(routes::AssetView::from(a))
-    })
+    crate::store::JsonPage::of_owner(r, &ASSETS, account, after, limit, routes::AssetView::from)
 }
 
 /// How many assets `account` has.

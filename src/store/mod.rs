@@ -454,6 +454,24 @@ pub struct JsonPage {
 }
 
 impl JsonPage {
+    /// [`JsonPage::read`] over the records of `owner`: those keyed `owner/…` (as
+    /// [`TimedKey`] makes them), each shown as `view` gives it.
+    pub fn of_owner<K, V, S>(
+        r: &impl Reader,
+        t: &Table<K, V>,
+        owner: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        view: impl Fn(V) -> S,
+    ) -> Result<JsonPage, StoreError>
+    where
+        V: DeserializeOwned,
+        S: Serialize,
+    {
+        let prefix = TimedKey::prefix(owner);
+        Self::read(r, t, &prefix, after, limit, |v| Some(view(v)))
+    }
+
     /// Reads up to `limit` records of `t` whose keys start with `prefix` (empty: the
     /// whole table) and sort after `after`; `view` turns each into what is exported,
     /// or `None` to leave it out (a record of someone else in a shared table).

@@ -36,10 +36,7 @@ pub fn export_page(
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<crate::store::JsonPage, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    crate::store::JsonPage::read(r, &USAGE, &prefix, after, limit, |u: UsageRecord| {
-        Some(routes::UsageView::from(u))
-    })
+    crate::store::JsonPage::of_owner(r, &USAGE, account, after, limit, routes::UsageView::from)
 }
 
 /// One metered request.

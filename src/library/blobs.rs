@@ -208,15 +208,7 @@ impl Blobs {
     pub fn remove(&self, account: &str, address: &str) -> Result<u64, BlobError> {
         let mut freed = 0;
         for kind in [Kind::Original, Kind::Thumbnail] {
-            let path = self.path(account, address, kind)?;
-            match std::fs::metadata(&path) {
-                Ok(m) => {
-                    std::fs::remove_file(&path).map_err(io(&path))?;
-                    freed += m.len();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&path)(e)),
-            }
+            freed += remove_file(&self.path(account, address, kind)?)?.unwrap_or(0);
         }
         Ok(freed)
     }
@@ -300,6 +292,18 @@ pub struct Found {
     pub file: String,
     pub path: PathBuf,
     pub age: std::time::Duration,
+}
+
+/// Removes a file; its size, or `None` when it was not there.
+pub fn remove_file(path: &Path) -> Result<Option<u64>, BlobError> {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            std::fs::remove_file(path).map_err(io(path))?;
+            Ok(Some(m.len()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BlobError> {

@@ -296,6 +296,12 @@ fn clean_tags(tags: &[String]) -> Result<Vec<String>, LibraryError> {
     Ok(out)
 }
 
+/// A blocking task that panicked or was cancelled: an internal failure, never the
+/// caller's.
+fn task_ended(e: tokio::task::JoinError) -> LibraryError {
+    LibraryError::Blob(BlobError::Invalid(format!("a storage task ended: {e}")))
+}
+
 fn asset_key(account: &str, id: &str) -> Result<Vec<u8>, LibraryError> {
     TimedKey::of_id(account, id)
         .filter(|_| id.len() == 24)
@@ -535,14 +541,19 @@ impl Library {
         id: &str,
         kind: Kind,
     ) -> Result<(Asset, BlobReader), LibraryError> {
-        let asset = self.get(account, id).await?;
-        let key = self.data_key(account).await?;
-        let blobs = self.inner.blobs.clone();
-        let (a, address) = (account.to_string(), asset.address.clone());
-        let reader = tokio::task::spawn_blocking(move || blobs.open(&key, &a, &address, kind))
+        // One snapshot on the blocking pool: the record, the key, and the file's header.
+        let k = asset_key(account, id)?;
+        let (ring, blobs) = (self.inner.keyring.clone(), self.inner.blobs.clone());
+        let (a, id) = (account.to_string(), id.to_string());
+        self.inner
+            .store
+            .read(move |r| {
+                let asset = r.get(&ASSETS, &k)?.ok_or(LibraryError::NotFound(id))?;
+                let key = ring.data_key(r, &a)?.ok_or(LibraryError::NoDataKey)?;
+                let reader = blobs.open(&key, &a, &asset.address, kind)?;
+                Ok((asset, reader))
+            })
             .await
-            .map_err(|e| LibraryError::Invalid(format!("the storage task ended: {e}")))??;
-        Ok((asset, reader))
     }
 
     /// The original of an asset, whole, in memory (for alt text, which reads it whole
@@ -564,11 +575,11 @@ impl Library {
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(asset.bytes as usize);
             std::io::Read::read_to_end(&mut reader, &mut out)
-                .map_err(|e| LibraryError::Invalid(format!("the asset cannot be read: {e}")))?;
+                .map_err(|e| BlobError::Invalid(format!("the asset cannot be read: {e}")))?;
             Ok(out)
         })
         .await
-        .map_err(|e| LibraryError::Invalid(format!("the storage task ended: {e}")))?
+        .map_err(task_ended)?
     }
 
     /// Changes an asset's name, tags or alt text.
@@ -719,26 +730,25 @@ impl Library {
     pub async fn collect_garbage(&self) -> Result<GcReport, LibraryError> {
         let grace = self.config().gc_grace.get();
         let blobs = self.inner.blobs.clone();
-        let found = tokio::task::spawn_blocking(move || blobs.walk())
-            .await
-            .map_err(|e| LibraryError::Invalid(format!("the storage task ended: {e}")))??;
-        let mut report = GcReport::default();
-        let mut candidates = Vec::new();
-        for f in found.into_iter().filter(|f| f.age >= grace) {
-            if f.account == ".tmp" {
-                if self.inner.blobs.in_flight(&f.path) {
-                    continue;
-                }
-                let len = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
-                if std::fs::remove_file(&f.path).is_ok() {
+        // On the blocking pool: the walk, and abandoned uploads (no record names those).
+        let (mut report, candidates) = tokio::task::spawn_blocking(move || {
+            let mut report = GcReport::default();
+            let mut candidates = Vec::new();
+            for f in blobs.walk()?.into_iter().filter(|f| f.age >= grace) {
+                if f.account != ".tmp" {
+                    let address = f.file.trim_end_matches(".thumb").to_string();
+                    candidates.push((f.account, address, f.path));
+                } else if !blobs.in_flight(&f.path)
+                    && let Some(len) = blobs::remove_file(&f.path)?
+                {
                     report.abandoned_uploads += 1;
                     report.bytes += len;
                 }
-            } else {
-                let address = f.file.trim_end_matches(".thumb").to_string();
-                candidates.push((f.account, address, f.path));
             }
-        }
+            Ok::<_, LibraryError>((report, candidates))
+        })
+        .await
+        .map_err(task_ended)??;
         for batch in candidates.chunks(200) {
             let batch = batch.to_vec();
             let (files, bytes) = self
@@ -750,8 +760,7 @@ impl Library {
                         if tx.get(&BLOB_REFS, &blob_key(account, address))?.is_some() {
                             continue;
                         }
-                        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                        if std::fs::remove_file(path).is_ok() {
+                        if let Some(len) = blobs::remove_file(path)? {
                             files += 1;
                             bytes += len;
                         }
@@ -765,7 +774,7 @@ impl Library {
         let root = self.inner.blobs.root().to_path_buf();
         tokio::task::spawn_blocking(move || remove_empty_dirs(&root))
             .await
-            .map_err(|e| LibraryError::Invalid(format!("the storage task ended: {e}")))?;
+            .map_err(task_ended)?;
         Ok(report)
     }
 
@@ -776,7 +785,7 @@ impl Library {
         let a = account.to_string();
         tokio::task::spawn_blocking(move || blobs.remove_account(&a))
             .await
-            .map_err(|e| LibraryError::Invalid(format!("the storage task ended: {e}")))??;
+            .map_err(task_ended)??;
         Ok(())
     }
 
@@ -837,10 +846,7 @@ pub struct Upload {
 impl Upload {
     /// Waits for the sealing to end and records the asset.
     pub async fn finish(self) -> Result<Asset, LibraryError> {
-        let prepared = self
-            .sealing
-            .await
-            .map_err(|e| LibraryError::Invalid(format!("the upload task ended: {e}")))??;
+        let prepared = self.sealing.await.map_err(task_ended)??;
         self.library
             .record(self.account, self.name, self.tags, self.source, prepared)
             .await

@@ -115,21 +115,9 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// Opens chunk `index` in place (removing its tag). `last` says whether it is the
-    /// stream's last chunk (the one shorter than [`SEALED_CHUNK`]).
-    pub fn open_chunk(
-        &self,
-        index: u64,
-        chunk: &mut Vec<u8>,
-        last: bool,
-    ) -> Result<(), CryptoError> {
-        let n = self.open_slice(index, chunk, last)?;
-        chunk.truncate(n);
-        Ok(())
-    }
-
-    /// Opens chunk `index` in place in a slice; the plaintext is the first bytes of
-    /// it, and their count is returned (the tag's bytes after them are left as they are).
+    /// Opens chunk `index` in place; the plaintext is the first bytes of it, and their
+    /// count is returned (the tag's bytes after them are left as they are). `last` says
+    /// whether it is the stream's last chunk (the one shorter than [`SEALED_CHUNK`]).
     pub fn open_slice(
         &self,
         index: u64,
@@ -272,7 +260,8 @@ mod tests {
         let ends_short = !body.len().is_multiple_of(SEALED_CHUNK);
         for (i, p) in pieces.into_iter().enumerate() {
             let mut buf = p.to_vec();
-            o.open_chunk(i as u64, &mut buf, i + 1 == n && ends_short)?;
+            let len = o.open_slice(i as u64, &mut buf, i + 1 == n && ends_short)?;
+            buf.truncate(len);
             out.extend_from_slice(&buf);
         }
         if !ends_short {

@@ -459,32 +459,11 @@ impl BlobReader {
 
     /// Opens chunk `index` into a buffer of the caller's (which is cleared first).
     pub fn read_chunk(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), BlobError> {
-        self.read_sealed(index, out)?;
-        self.open_sealed(index, out)
-    }
-
-    /// Reads chunk `index` as it is on disk (sealed) into `out`.
-    pub fn read_sealed(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), BlobError> {
-        let offset = HEADER as u64 + index * SEALED_CHUNK as u64;
-        if offset >= self.file_len {
+        let (n, piece) = self.read_run(index, 1, 1)?;
+        if n == 0 {
             return Err(BlobError::Invalid(format!("chunk {index} is past the end")));
         }
-        let size = (self.file_len - offset).min(SEALED_CHUNK as u64) as usize;
-        out.clear();
-        out.resize(size, 0);
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map_err(io(&self.path))?;
-        self.file.read_exact(out).map_err(io(&self.path))?;
-        Ok(())
-    }
-
-    /// Opens in place a chunk read by [`BlobReader::read_sealed`]. Takes `&self`, so
-    /// several threads can open the chunks of one blob at once.
-    pub fn open_sealed(&self, index: u64, chunk: &mut Vec<u8>) -> Result<(), BlobError> {
-        let offset = HEADER as u64 + index * SEALED_CHUNK as u64;
-        let last = offset + chunk.len() as u64 == self.file_len && chunk.len() < SEALED_CHUNK;
-        self.opener.open_chunk(index, chunk, last)?;
+        *out = piece;
         Ok(())
     }
 
@@ -510,34 +489,40 @@ impl BlobReader {
             .map_err(io(&self.path))?;
         self.file.read_exact(&mut buf).map_err(io(&self.path))?;
         let ends = offset + size as u64 == self.file_len;
-        let this = &*self;
-        let per = n.div_ceil(threads.clamp(1, n)).max(1);
-        let lens: Vec<Result<usize, BlobError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = buf
-                .chunks_mut(per * SEALED_CHUNK)
+        let opener = &self.opener;
+        let open_run = |t: usize, per: usize, run: &mut [u8]| -> Vec<Result<usize, BlobError>> {
+            run.chunks_mut(SEALED_CHUNK)
                 .enumerate()
-                .map(|(t, run)| {
-                    scope.spawn(move || {
-                        run.chunks_mut(SEALED_CHUNK)
-                            .enumerate()
-                            .map(|(j, chunk)| {
-                                let i = (t * per + j) as u64;
-                                let last = ends && chunk.len() < SEALED_CHUNK;
-                                Ok(this.opener.open_slice(from + i, chunk, last)?)
-                            })
-                            .collect::<Vec<Result<usize, BlobError>>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Err(BlobError::Invalid("a decryption thread failed".into()))]
-                    })
+                .map(|(j, chunk)| {
+                    let i = (t * per + j) as u64;
+                    let last = ends && chunk.len() < SEALED_CHUNK;
+                    Ok(opener.open_slice(from + i, chunk, last)?)
                 })
                 .collect()
-        });
+        };
+        let threads = threads.clamp(1, n);
+        let per = n.div_ceil(threads);
+        let lens: Vec<Result<usize, BlobError>> = if threads == 1 {
+            // One chunk or one thread: no thread to start.
+            open_run(0, n, &mut buf)
+        } else {
+            std::thread::scope(|scope| {
+                let open_run = &open_run;
+                let handles: Vec<_> = buf
+                    .chunks_mut(per * SEALED_CHUNK)
+                    .enumerate()
+                    .map(|(t, run)| scope.spawn(move || open_run(t, per, run)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(BlobError::Invalid("a decryption thread failed".into()))]
+                        })
+                    })
+                    .collect()
+            })
+        };
         let mut filled = 0;
         for (i, len) in lens.into_iter().enumerate() {
             let len = len?;

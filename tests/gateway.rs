@@ -1103,21 +1103,7 @@ async fn a_crash_mid_burst_leaves_the_ledger_balanced_and_keys_out_of_the_log() 
         .and_then(|rest| rest.split(')').next())
         .expect("the new account's id")
         .to_string();
-    let (rc, key, err) = run(
-        &[
-            "--config",
-            cfg,
-            "key",
-            "create",
-            "--email",
-            "ada@example.com",
-            "--name",
-            "k",
-        ],
-        &[],
-    );
-    assert_eq!(rc, 0, "{err}");
-    let key = key.trim().to_string();
+    let key = common::cli_key(cfg, "ada@example.com");
     let (rc, out, err) = run(
         &[
             "--config",

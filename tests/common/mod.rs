@@ -349,6 +349,19 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// Creates an API key for `email` with `easel key create` on the config `cfg` and
+/// returns it (the command prints it alone on stdout).
+pub fn cli_key(cfg: &str, email: &str) -> String {
+    let (code, key, err) = run(
+        &[
+            "--config", cfg, "key", "create", "--email", email, "--name", "test",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    key.trim().to_string()
+}
+
 /// Runs the binary with arguments and `stdin` as its standard input.
 pub fn run_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
     use std::io::Write;

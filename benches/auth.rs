@@ -137,15 +137,7 @@ fn part2() {
         .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("easel.toml");
-        std::fs::write(
-            &file,
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"data\"\n[crypto]\nmaster_key_file = \"master.key\"\n[log]\nlevel = \"warn\"\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n",
-        )
-        .expect("config");
-        let loaded = easel::config::load_from(Some(&file), Vec::new()).expect("config");
-        let log = easel::app::logging::init(&loaded.config.log);
-        let running = easel::app::start(&loaded, log).await.expect("server");
+        let running = common::start(dir.path(), "", "").await;
         let services = running.services().clone();
         let (_, key) = common::member_with_key(&services).await;
         let base = format!("http://{}", running.addr);

@@ -68,18 +68,12 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("easel.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nmax_body_bytes = 67108864\n[storage]\ndata_dir = \"{d}/data\"\n[crypto]\nmaster_key_file = \"{d}/master.key\"\n[log]\nlevel = \"warn\"\n[library]\nmax_file_bytes = 67108864\nquota_mib = 0\n",
-                d = dir.path().display()
-            ),
+        let running = common::start(
+            dir.path(),
+            "workers = 2\nmax_body_bytes = 67108864",
+            "[library]\nmax_file_bytes = 67108864\nquota_mib = 0\n",
         )
-        .expect("config");
-        let loaded = easel::config::load_from(Some(&file), Vec::new()).expect("config");
-        let log = easel::app::logging::init(&loaded.config.log);
-        let running = easel::app::start(&loaded, log).await.expect("server");
+        .await;
         let (_, key) = common::member_with_key(running.services()).await;
         let base = format!("http://{}", running.addr);
         let _ = rustls::crypto::ring::default_provider().install_default();

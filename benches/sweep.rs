@@ -97,17 +97,12 @@ fn main() {
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("easel.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"data\"\n[crypto]\nmaster_key_file = \"master.key\"\n[log]\nlevel = \"warn\"\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n[scheduler]\nsweep_batch = {batch}\n"
-            ),
+        let mut running = common::start(
+            dir.path(),
+            "",
+            &format!("[scheduler]\nsweep_batch = {batch}\n"),
         )
-        .expect("config");
-        let loaded = easel::config::load_from(Some(&file), Vec::new()).expect("config");
-        let log = easel::app::logging::init(&loaded.config.log);
-        let mut running = easel::app::start(&loaded, log).await.expect("server");
+        .await;
         // The start-up catch-up runs every job once: let it finish before the records.
         running.caught_up().await;
         let services = running.services().clone();

@@ -36,6 +36,23 @@ pub async fn member_with_key(services: &easel::app::Services) -> (String, String
     (account.id, key.expose().clone())
 }
 
+/// Starts Easel in this process on 127.0.0.1 (port 0) with its data in `dir`, quiet
+/// logs and cheap password hashing; `server` adds lines to `[server]`, `extra` adds
+/// sections after it.
+pub async fn start(dir: &std::path::Path, server: &str, extra: &str) -> easel::app::Running {
+    let file = dir.join("easel.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[storage]\ndata_dir = \"data\"\n[crypto]\nmaster_key_file = \"master.key\"\n[log]\nlevel = \"warn\"\n[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n{extra}"
+        ),
+    )
+    .expect("config");
+    let loaded = easel::config::load_from(Some(&file), Vec::new()).expect("config");
+    let log = easel::app::logging::init(&loaded.config.log);
+    easel::app::start(&loaded, log).await.expect("server")
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

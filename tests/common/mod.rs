@@ -64,10 +64,21 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 async fn boot(loaded: &easel::config::Loaded, clock: &easel::store::Clock) -> easel::app::Running {
-    let log = easel::app::logging::init(&loaded.config.log);
-    let mut running = easel::app::start_with_clock(loaded, log, clock.clone())
-        .await
-        .expect("server starts");
+    // A restart in the same process: the stopped server's last handles on the database
+    // (held by its HTTP workers' apps) can drop a moment after its shutdown returns, and
+    // until then redb refuses a second open. A separate process never meets this: the
+    // lock goes with the process. So a restart waits for it, up to 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut running = loop {
+        let log = easel::app::logging::init(&loaded.config.log);
+        match easel::app::start_with_clock(loaded, log, clock.clone()).await {
+            Ok(r) => break r,
+            Err(e) if e.to_string().contains("in use") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("server starts: {e:?}"),
+        }
+    };
     running.caught_up().await;
     running
 }

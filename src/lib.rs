@@ -23,6 +23,7 @@ pub mod library;
 pub mod local_model;
 pub mod privacy;
 pub mod providers;
+pub mod skills;
 pub mod store;
 pub mod system;
 pub mod usage;

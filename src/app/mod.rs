@@ -20,6 +20,7 @@ use crate::library::Library;
 use crate::local_model::LocalModel;
 use crate::privacy::{Privacy, Scheduler};
 use crate::providers::Providers;
+use crate::skills::Skills;
 use crate::store::{Clock, Migration, Store, StoreError, StoreOptions, WriteTx};
 use crate::usage::Usage;
 use actix_web::web;
@@ -245,6 +246,13 @@ pub async fn start_with_clock(
     if config.alt_text.model == "local" {
         local.preload();
     }
+    let skills = Skills::new(
+        store.clone(),
+        services.gateway.clone(),
+        alt_text.clone(),
+        services.library.clone(),
+        live.clone(),
+    );
     let privacy = Privacy::new(crate::privacy::Parts {
         store: store.clone(),
         live: live.clone(),
@@ -274,6 +282,8 @@ pub async fn start_with_clock(
         let gateway = web::Data::new(services.gateway.clone());
         let analytics = web::Data::new(services.analytics.clone());
         let library = web::Data::new(services.library.clone());
+        let skills = web::Data::new(skills);
+        let mcp_sessions = web::Data::new(crate::skills::mcp::Sessions::default());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
@@ -290,6 +300,8 @@ pub async fn start_with_clock(
                 .app_data(alt_text.clone())
                 .app_data(privacy.clone())
                 .app_data(library.clone())
+                .app_data(skills.clone())
+                .app_data(mcp_sessions.clone())
                 // The router tries resources in order: the hot API paths go first.
                 .configure(crate::gateway::routes)
                 .configure(crate::alt_text::routes)
@@ -303,6 +315,7 @@ pub async fn start_with_clock(
                 .configure(crate::privacy::routes)
                 .configure(crate::analytics::routes)
                 .configure(crate::library::routes)
+                .configure(crate::skills::routes)
                 .configure(crate::web::routes);
         }
     };

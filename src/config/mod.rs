@@ -58,6 +58,7 @@ pub struct Config {
     pub alt_text: AltTextConfig,
     pub local_model: LocalModelConfig,
     pub library: LibraryConfig,
+    pub skills: SkillsConfig,
     pub retention: RetentionConfig,
     pub scheduler: SchedulerConfig,
     pub backup: BackupConfig,
@@ -425,6 +426,44 @@ impl Default for LibraryConfig {
             max_pixels: 100_000_000,
             thumbnail_size: 256,
             gc_grace: Span::secs(3600),
+        }
+    }
+}
+
+/// `[skills]`: the node-graph workflows and their engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SkillsConfig {
+    /// How long one step may run unless its node sets `timeout_s`.
+    pub node_timeout: Span,
+    /// Most nodes in one skill.
+    pub max_nodes: usize,
+    /// Most steps of one run under way at once.
+    pub max_parallel: usize,
+    /// Largest image a run takes in or makes, in bytes.
+    pub max_image_bytes: u64,
+    /// Largest image a run takes in or makes, in pixels.
+    pub max_pixels: u64,
+    /// Run records (metadata only) kept per skill; older ones are removed.
+    pub runs_kept: usize,
+    /// Hosts the MCP endpoint answers besides IP addresses, `localhost` and the
+    /// host of `server.public_url` (a guard against DNS rebinding).
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Web origins allowed to call the MCP endpoint from a browser besides Easel's own.
+    pub mcp_allowed_origins: Vec<String>,
+}
+
+impl Default for SkillsConfig {
+    fn default() -> Self {
+        SkillsConfig {
+            node_timeout: Span::secs(120),
+            max_nodes: 100,
+            max_parallel: 8,
+            max_image_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            runs_kept: 100,
+            mcp_allowed_hosts: Vec::new(),
+            mcp_allowed_origins: Vec::new(),
         }
     }
 }
@@ -802,6 +841,13 @@ impl Config {
             return Err(invalid(
                 "library.thumbnail_size".into(),
                 "must be between 16 and 1024 pixels".into(),
+            ));
+        }
+        if self.skills.max_nodes == 0 || self.skills.max_parallel == 0 || self.skills.runs_kept == 0
+        {
+            return Err(invalid(
+                "skills".into(),
+                "max_nodes, max_parallel and runs_kept must be at least 1".into(),
             ));
         }
         if self.local_model.workers == 0 || !(1..=200).contains(&self.local_model.max_tokens) {

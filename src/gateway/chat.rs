@@ -82,13 +82,19 @@ fn output_chars(body: &Value) -> usize {
         .unwrap_or(0)
 }
 
-/// Handles one chat completion request.
-pub async fn complete(
-    gw: &Gateway,
-    caller: &Caller,
-    req: ChatRequest,
-) -> Result<HttpResponse, ApiError> {
-    validate(&req)?;
+/// A chat call made: its meter, model, route and answer, with the input size.
+struct Called {
+    meter: Meter,
+    model: Resolved,
+    route: super::Route,
+    out: ChatOutput,
+    input_chars: usize,
+}
+
+/// Checks, meters and makes one chat call (the part shared by the HTTP route and
+/// the skills engine).
+async fn call(gw: &Gateway, caller: &Caller, req: &ChatRequest) -> Result<Called, ApiError> {
+    validate(req)?;
     let config = gw.live.get();
     let model = catalog::resolve(&gw.providers, &config, &caller.account, &req.model).await?;
     model.require(Capability::Chat)?;
@@ -96,7 +102,7 @@ pub async fn complete(
         model.require(Capability::Vision)?;
     }
     let input_chars: usize = req.messages.iter().map(|m| m.text_len()).sum();
-    let (most, max_out) = estimate(&req, input_chars, &model, config.gateway.image_input_tokens);
+    let (most, max_out) = estimate(req, input_chars, &model, config.gateway.image_input_tokens);
     let mut meter = Meter::start(
         gw,
         caller,
@@ -108,11 +114,52 @@ pub async fn complete(
     let call = |route: &'_ super::Route| {
         let conn = route.conn.clone();
         let upstream = route.upstream.clone();
-        let req = &req;
         async move { first_event(conn.chat(&upstream, req, max_out).await).await }
     };
     let (out, route) = try_routes(&config.gateway, &model, &mut meter, call).await?;
-    Ok(respond(meter, &model, route, &req, out, input_chars))
+    let route = route.clone();
+    Ok(Called {
+        meter,
+        model,
+        route,
+        out,
+        input_chars,
+    })
+}
+
+/// Handles one chat completion request.
+pub async fn complete(
+    gw: &Gateway,
+    caller: &Caller,
+    req: ChatRequest,
+) -> Result<HttpResponse, ApiError> {
+    let c = call(gw, caller, &req).await?;
+    Ok(respond(c, &req))
+}
+
+/// One whole (not streamed) chat completion as OpenAI's JSON, for callers inside
+/// Easel (the skills engine's `chat` node).
+pub async fn complete_value(
+    gw: &Gateway,
+    caller: &Caller,
+    mut req: ChatRequest,
+) -> Result<Value, ApiError> {
+    req.stream = false;
+    req.stream_options = None;
+    let c = call(gw, caller, &req).await?;
+    match c.out {
+        ChatOutput::Full { body, usage } => Ok(settle_full(
+            c.meter,
+            &c.model,
+            &c.route,
+            body,
+            usage,
+            c.input_chars,
+        )),
+        ChatOutput::Stream(_) => Err(ApiError::internal(
+            "a provider streamed an answer that was asked for whole",
+        )),
+    }
 }
 
 /// Waits for a stream's first event, so that a stream failing before anything was
@@ -132,29 +179,41 @@ async fn first_event(out: Result<ChatOutput, UpstreamError>) -> Result<ChatOutpu
     }
 }
 
-fn respond(
+/// Charges a whole answer and gives it Easel's model name.
+fn settle_full(
     mut meter: Meter,
     model: &Resolved,
     route: &super::Route,
-    req: &ChatRequest,
-    out: ChatOutput,
+    mut body: Value,
+    usage: Option<Usage>,
     input_chars: usize,
-) -> HttpResponse {
+) -> Value {
+    let usage = usage.unwrap_or_else(|| guess(input_chars, output_chars(&body)));
+    body["model"] = model.id.clone().into();
+    let cost = model.cost(route, usage, 0);
+    meter.finish(200, usage, 0, cost);
+    body
+}
+
+fn respond(c: Called, req: &ChatRequest) -> HttpResponse {
+    let Called {
+        meter,
+        model,
+        route,
+        out,
+        input_chars,
+    } = c;
     match out {
-        ChatOutput::Full { mut body, usage } => {
-            let usage = usage.unwrap_or_else(|| guess(input_chars, output_chars(&body)));
-            body["model"] = model.id.clone().into();
-            let cost = model.cost(route, usage, 0);
-            meter.finish(200, usage, 0, cost);
-            HttpResponse::Ok().json(body)
+        ChatOutput::Full { body, usage } => {
+            HttpResponse::Ok().json(settle_full(meter, &model, &route, body, usage, input_chars))
         }
         ChatOutput::Stream(events) => {
             let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
             let state = StreamState {
                 events,
                 meter,
-                model: model.clone(),
-                route: route.clone(),
+                model,
+                route,
                 include_usage,
                 usage: None,
                 input_chars,

@@ -4,7 +4,7 @@ use super::{Gateway, Meter, catalog, try_routes};
 use crate::auth::Caller;
 use crate::config::Capability;
 use crate::http::ApiError;
-use crate::providers::wire::{ImageRequest, Usage};
+use crate::providers::wire::{Image, ImageRequest, Usage};
 use crate::store::now_ms;
 use base64::Engine;
 use serde_json::json;
@@ -40,17 +40,14 @@ fn validate(req: &ImageRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Generates images; `base_url` is where this Easel is reached, for `url` answers.
-/// With a library, each image is also saved there (a failure to save, such as a full
-/// quota, is reported on the image: it was made and paid for all the same).
-pub async fn generate(
+/// Checks, meters and makes one image generation call; returns at most `n` images
+/// and the catalog id of the model (shared by the HTTP route and the skills engine).
+pub async fn make(
     gw: &Gateway,
     caller: &Caller,
-    req: ImageRequest,
-    base_url: &str,
-    save: Option<&crate::library::Library>,
-) -> Result<serde_json::Value, ApiError> {
-    validate(&req)?;
+    req: &ImageRequest,
+) -> Result<(Vec<Image>, String), ApiError> {
+    validate(req)?;
     let config = gw.live.get();
     let model = catalog::resolve(&gw.providers, &config, &caller.account, &req.model).await?;
     model.require(Capability::Image)?;
@@ -66,25 +63,39 @@ pub async fn generate(
     let call = |route: &'_ super::Route| {
         let conn = route.conn.clone();
         let upstream = route.upstream.clone();
-        let req = &req;
         async move { conn.images(&upstream, req).await }
     };
-    let (images, route) = try_routes(&config.gateway, &model, &mut meter, call).await?;
-    let count = images.len().min(n as usize) as u32;
-    let cost = model.cost(route, Usage::default(), count);
-    meter.finish(200, Usage::default(), count, cost);
+    let (mut images, route) = try_routes(&config.gateway, &model, &mut meter, call).await?;
+    images.truncate(n as usize);
+    let cost = model.cost(route, Usage::default(), images.len() as u32);
+    meter.finish(200, Usage::default(), images.len() as u32, cost);
+    Ok((images, model.id))
+}
+
+/// Generates images; `base_url` is where this Easel is reached, for `url` answers.
+/// With a library, each image is also saved there (a failure to save, such as a full
+/// quota, is reported on the image: it was made and paid for all the same).
+pub async fn generate(
+    gw: &Gateway,
+    caller: &Caller,
+    req: ImageRequest,
+    base_url: &str,
+    save: Option<&crate::library::Library>,
+) -> Result<serde_json::Value, ApiError> {
+    let (images, model_id) = make(gw, caller, &req).await?;
+    let config = gw.live.get();
     let as_url = req.response_format.as_deref() == Some("url");
     let ttl = config.gateway.image_url_ttl.get().as_millis() as u64;
     let cap = (config.gateway.image_cache_mib as usize) << 20;
     let mut data = Vec::new();
-    for (i, img) in images.into_iter().take(n as usize).enumerate() {
+    for (i, img) in images.into_iter().enumerate() {
         let mut item = serde_json::Map::new();
         if let Some(library) = save {
             let ext = img.media_type.rsplit('/').next().unwrap_or("png");
             let source = crate::library::AssetSource::Generated {
-                model: model.id.clone(),
+                model: model_id.clone(),
             };
-            let name = format!("{}-{}.{ext}", model.id, i + 1);
+            let name = format!("{model_id}-{}.{ext}", i + 1);
             let saved = library
                 .save_bytes(&caller.account, name, Vec::new(), source, img.bytes.clone())
                 .await;

@@ -9,9 +9,9 @@
 //! that commit: it joins the next group commit (see docs/architecture.md, "Credits").
 
 pub(crate) mod catalog;
-mod chat;
+pub(crate) mod chat;
 mod files;
-mod images;
+pub(crate) mod images;
 mod routes;
 
 pub use catalog::{Resolved, Route};
@@ -30,7 +30,7 @@ use crate::usage::UsageRecord;
 use actix_web::http::StatusCode;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -148,6 +148,89 @@ impl Gateway {
     }
 }
 
+tokio::task_local! {
+    /// The spending of the skill node running on this task, if any: every metered
+    /// call made inside it is held against its run's budget as well.
+    pub static SPEND: Arc<NodeSpend>;
+}
+
+/// Credits a skill run may spend across its nodes: each paid call holds its largest
+/// possible cost here before it starts, so parallel nodes cannot overshoot together.
+#[derive(Debug, Default)]
+pub struct RunBudget {
+    /// Micro-credits; `None`: no limit (the account's balance still applies).
+    limit: Option<i64>,
+    /// Held by calls under way plus charged.
+    committed: AtomicI64,
+    charged: AtomicI64,
+}
+
+impl RunBudget {
+    /// A budget of `limit` micro-credits, or none.
+    pub fn new(limit: Option<i64>) -> Self {
+        RunBudget {
+            limit,
+            ..RunBudget::default()
+        }
+    }
+
+    /// Micro-credits charged so far.
+    pub fn charged(&self) -> i64 {
+        self.charged.load(Ordering::Acquire)
+    }
+
+    fn hold(&self, amount: i64) -> Result<(), ApiError> {
+        let Some(limit) = self.limit else {
+            self.committed.fetch_add(amount, Ordering::AcqRel);
+            return Ok(());
+        };
+        self.committed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c.saturating_add(amount) <= limit).then_some(c + amount)
+            })
+            .map(|_| ())
+            .map_err(|c| {
+                ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "budget_exceeded",
+                    format!(
+                        "this step may cost up to {} credits and the run has {} of its {} credit budget left; raise the run's max_credits, or lower the node's max_tokens",
+                        crate::ledger::to_credits(amount),
+                        crate::ledger::to_credits((limit - c).max(0)),
+                        crate::ledger::to_credits(limit)
+                    ),
+                )
+            })
+    }
+
+    fn settle(&self, held: i64, charged: i64) {
+        self.committed.fetch_sub(held - charged, Ordering::AcqRel);
+        self.charged.fetch_add(charged, Ordering::AcqRel);
+    }
+}
+
+/// What one skill node spends: its share of its run's budget.
+#[derive(Debug, Default)]
+pub struct NodeSpend {
+    pub run: Arc<RunBudget>,
+    charged: AtomicI64,
+}
+
+impl NodeSpend {
+    /// A node's spending within `run`.
+    pub fn new(run: Arc<RunBudget>) -> Self {
+        NodeSpend {
+            run,
+            charged: AtomicI64::new(0),
+        }
+    }
+
+    /// Micro-credits this node was charged.
+    pub fn charged(&self) -> i64 {
+        self.charged.load(Ordering::Acquire)
+    }
+}
+
 /// What one metered request is about, filled in as it goes.
 pub(crate) struct Meter {
     pub gateway: Gateway,
@@ -159,6 +242,8 @@ pub(crate) struct Meter {
     pub byok: bool,
     pub started: Instant,
     pub hold: Option<Hold>,
+    /// The skill node this call is made for, if any ([`SPEND`]).
+    spend: Option<Arc<NodeSpend>>,
 }
 
 impl Meter {
@@ -176,9 +261,22 @@ impl Meter {
             id: id.to_string(),
             budget: budget.map(budget_micro),
         });
-        let hold = gateway
+        let spend = SPEND.try_with(Arc::clone).ok();
+        if let Some(s) = &spend {
+            s.run.hold(amount)?;
+        }
+        let hold = match gateway
             .ledger
-            .reserve(&caller.account, key.as_ref(), amount)?;
+            .reserve(&caller.account, key.as_ref(), amount)
+        {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(s) = &spend {
+                    s.run.settle(amount, 0);
+                }
+                return Err(e.into());
+            }
+        };
         Ok(Meter {
             gateway: gateway.clone(),
             account: caller.account.clone(),
@@ -189,6 +287,7 @@ impl Meter {
             byok: false,
             started: Instant::now(),
             hold: Some(hold),
+            spend,
         })
     }
 
@@ -220,6 +319,10 @@ impl Meter {
             return;
         };
         let charged = cost.clamp(0, hold.amount());
+        if let Some(s) = self.spend.take() {
+            s.run.settle(hold.amount(), charged);
+            s.charged.fetch_add(charged, Ordering::AcqRel);
+        }
         let record = UsageRecord {
             id: rk.id.clone(),
             account: self.account.clone(),

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Seconds to wait before trying again (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// Each thing wrong, where one request has many (a skill graph's problems).
+    pub problems: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 #[derive(Serialize)]
@@ -28,6 +30,8 @@ struct Inner<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
@@ -42,12 +46,19 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            problems: None,
         }
     }
 
     /// The same error, telling the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    /// The same error, listing each problem (shown as `error.problems`).
+    pub fn with_problems(mut self, problems: serde_json::Value) -> Self {
+        self.problems = Some(std::sync::Arc::new(problems));
         self
     }
 
@@ -117,6 +128,7 @@ impl ApiError {
                 message: &self.message,
                 kind: self.kind(),
                 code: self.code,
+                problems: self.problems.as_deref(),
             },
         })
         .unwrap_or_else(|_| {

@@ -67,6 +67,7 @@ const EXTRACTOR_CEILING: usize = 1 << 30;
         (name = "providers", description = "Provider connections: the organisation's and your own keys"),
         (name = "credits", description = "Your credit balance and ledger"),
         (name = "usage", description = "Your usage records: list, CSV export, daily totals"),
+        (name = "skills", description = "Skills: node-graph workflows, their versions and runs, and the MCP endpoint"),
         (name = "admin", description = "Users, invites, credits, providers and the audit log (admins)")
     ),
     modifiers(&BearerAuth)

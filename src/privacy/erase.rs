@@ -147,6 +147,11 @@ impl Privacy {
             .in_batches(move |tx, limit| crate::library::erase_batch(tx, &o, limit))
             .await?;
         counts.insert("assets".into(), n);
+        let o = owner.clone();
+        let n = self
+            .in_batches(move |tx, limit| crate::skills::erase_batch(tx, &o, limit))
+            .await?;
+        counts.insert("skills".into(), n);
 
         let keyring = p.keyring.clone();
         let o = owner.clone();

@@ -14,7 +14,7 @@ type PageFn = fn(&ReadTx, &str, Option<&[u8]>, usize) -> Result<JsonPage, StoreE
 
 /// Every file of records in an export, with what it holds. A capability that stores
 /// records of a person adds its file here.
-const FILES: [(&str, PageFn, &str); 10] = [
+const FILES: [(&str, PageFn, &str); 12] = [
     (
         "sessions.jsonl",
         crate::accounts::export_sessions_page,
@@ -44,6 +44,16 @@ const FILES: [(&str, PageFn, &str); 10] = [
         "assets.jsonl",
         crate::library::export_page,
         "your asset library (assets): name, type, size, tags, alt text, source; each file is in assets/",
+    ),
+    (
+        "skills.jsonl",
+        crate::skills::export_page,
+        "every saved version of your skills (skills): graph, note, date",
+    ),
+    (
+        "skill_runs.jsonl",
+        crate::skills::export_runs_page,
+        "your skill runs (skills): version, status, time and credits per node; never an input or output",
     ),
     (
         "ledger.jsonl",

@@ -47,6 +47,7 @@ pub fn tables() -> Vec<Decl> {
     t.extend(crate::audit::TABLES);
     t.extend(crate::analytics::TABLES);
     t.extend(crate::library::TABLES);
+    t.extend(crate::skills::TABLES);
     t
 }
 

@@ -126,6 +126,7 @@ async fn my_data(
                 (Class::Usage, crate::usage::count_of(r, &owner)?),
                 (Class::AltText, crate::alt_text::count_of(r, &owner)?),
                 (Class::Assets, crate::library::count_of(r, &owner)?),
+                (Class::Skills, crate::skills::count_of(r, &owner)?),
                 (Class::Billing, crate::ledger::count_of(r, &owner)?),
                 (Class::ProviderKeys, crate::providers::count_of(r, &owner)?),
                 (Class::Credentials, crate::keys::count_of(r, &owner)?),

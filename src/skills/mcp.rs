@@ -523,7 +523,10 @@ pub async fn mcp_get(
     let state = (
         changes,
         account,
-        tokio::time::interval(Duration::from_secs(25)),
+        tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(25),
+            Duration::from_secs(25),
+        ),
     );
     let body = futures_util::stream::unfold(state, |(mut changes, account, mut tick)| async move {
         loop {

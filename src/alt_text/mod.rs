@@ -30,7 +30,6 @@ use crate::providers::wire::{ChatRequest, Content, ImageUrl, Message, Part, Usag
 use crate::providers::{ChatOutput, UpstreamError};
 use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
-use base64::Engine;
 use prompt::{Ask, Style};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -223,17 +222,9 @@ impl AltTextRequest {
     /// The image source named by the JSON fields.
     pub fn source(&self) -> Result<Source, ApiError> {
         match (&self.image_base64, &self.image_url) {
-            (Some(b), None) => {
-                let data = match b.split_once(";base64,") {
-                    Some((head, data)) if head.starts_with("data:") => data,
-                    _ => b.as_str(),
-                };
-                let cleaned: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-                base64::engine::general_purpose::STANDARD
-                    .decode(cleaned.as_bytes())
-                    .map(Source::Bytes)
-                    .map_err(|_| invalid("`image_base64` is not valid base64"))
-            }
+            (Some(b), None) => imaging::from_base64(b)
+                .map(Source::Bytes)
+                .ok_or_else(|| invalid("`image_base64` is not valid base64")),
             (None, Some(u)) => Ok(Source::Url(u.trim().to_string())),
             (None, None) => Err(invalid(
                 "send the image: `image_base64`, `image_url`, or a multipart upload in the field `image`",
@@ -441,10 +432,7 @@ impl AltText {
         let jpeg = tokio::task::spawn_blocking(move || imaging::to_jpeg(&image, 85))
             .await
             .map_err(|e| ApiError::internal(format!("the image task ended: {e}")))??;
-        let data_uri = format!(
-            "data:image/jpeg;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(&jpeg)
-        );
+        let data_uri = imaging::data_uri("image/jpeg", &jpeg);
         drop(jpeg);
         let system = prompt::system_prompt(&Ask {
             language: &opts.language,

@@ -332,8 +332,15 @@ where
     })
 }
 
+const WHITE: [u8; 3] = [255, 255, 255];
+
 /// The pixels as RGB, any transparency laid over white.
 pub fn flatten(image: &DynamicImage) -> image::RgbImage {
+    flatten_onto(image, WHITE)
+}
+
+/// The pixels as RGB, any transparency laid over `background`.
+pub fn flatten_onto(image: &DynamicImage, background: [u8; 3]) -> image::RgbImage {
     if !image.color().has_alpha() {
         return image.to_rgb8();
     }
@@ -341,14 +348,50 @@ pub fn flatten(image: &DynamicImage) -> image::RgbImage {
     image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y).0;
         let a = u16::from(p[3]);
-        let mix = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
+        let mix = |c: u8, b: u8| ((u16::from(c) * a + u16::from(b) * (255 - a) + 127) / 255) as u8;
+        image::Rgb([
+            mix(p[0], background[0]),
+            mix(p[1], background[1]),
+            mix(p[2], background[2]),
+        ])
     })
 }
 
 /// `image` as a JPEG of `quality` (1-100): the compact form sent to providers.
 pub fn to_jpeg(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, IntakeError> {
-    let rgb = flatten(image);
+    to_jpeg_onto(image, quality, WHITE)
+}
+
+/// A `data:` URI of `bytes`.
+pub fn data_uri(media_type: &str, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:{media_type};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// The bytes of an image sent as base64 text: bare, or a `data:…;base64,` URI;
+/// whitespace (line breaks) is ignored. `None` when it is not base64.
+pub fn from_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let data = match text.split_once(";base64,") {
+        Some((head, data)) if head.starts_with("data:") => data,
+        _ => text,
+    };
+    let cleaned: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .ok()
+}
+
+/// [`to_jpeg`] with transparency laid over `background`.
+pub fn to_jpeg_onto(
+    image: &DynamicImage,
+    quality: u8,
+    background: [u8; 3],
+) -> Result<Vec<u8>, IntakeError> {
+    let rgb = flatten_onto(image, background);
     let mut out = Vec::with_capacity((rgb.width() * rgb.height() / 4) as usize);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
         .encode_image(&rgb)

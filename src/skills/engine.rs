@@ -47,11 +47,7 @@ impl Img {
 
     /// The image as a `data:` URI.
     pub fn data_uri(&self) -> String {
-        format!(
-            "data:{};base64,{}",
-            self.media_type,
-            base64::engine::general_purpose::STANDARD.encode(&self.bytes)
-        )
+        crate::imaging::data_uri(&self.media_type, &self.bytes)
     }
 
     fn to_json(&self) -> Value {

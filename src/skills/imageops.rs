@@ -25,10 +25,8 @@ pub fn encode(
     let mut out = Vec::new();
     let media_type = match media_type {
         "image/jpeg" => {
-            let rgb = onto(image, background);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-                .encode_image(&rgb)
-                .map_err(failed)?;
+            let [r, g, b, _] = background;
+            out = imaging::to_jpeg_onto(image, quality, [r, g, b]).map_err(failed)?;
             "image/jpeg"
         }
         "image/webp" => {
@@ -50,24 +48,6 @@ pub fn encode(
         media_type: media_type.into(),
         width: image.width(),
         height: image.height(),
-    })
-}
-
-/// `image` without transparency, over `color`.
-fn onto(image: &DynamicImage, color: [u8; 4]) -> image::RgbImage {
-    if !image.color().has_alpha() {
-        return image.to_rgb8();
-    }
-    let rgba = image.to_rgba8();
-    image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let p = rgba.get_pixel(x, y).0;
-        let a = u16::from(p[3]);
-        let mix = |c: u8, b: u8| ((u16::from(c) * a + u16::from(b) * (255 - a) + 127) / 255) as u8;
-        image::Rgb([
-            mix(p[0], color[0]),
-            mix(p[1], color[1]),
-            mix(p[2], color[2]),
-        ])
     })
 }
 

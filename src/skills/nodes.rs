@@ -26,7 +26,6 @@ pub enum Kind {
         min: f64,
         max: f64,
     },
-    Bool,
     /// `#rrggbb` or `#rrggbbaa`.
     Color,
     /// A catalog model with this capability.
@@ -42,8 +41,6 @@ pub enum Default {
     None,
     Str(&'static str),
     Int(i64),
-    Float(f64),
-    Bool(bool),
 }
 
 /// One parameter of a node type.
@@ -508,7 +505,6 @@ impl Spec {
                     }
                     s
                 }
-                Kind::Bool => json!({"type": "boolean", "x-widget": "checkbox"}),
                 Kind::Color => {
                     json!({"type": "string", "pattern": "^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$", "x-widget": "color"})
                 }
@@ -530,8 +526,6 @@ impl Spec {
                 Default::None => {}
                 Default::Str(v) => s["default"] = v.into(),
                 Default::Int(v) => s["default"] = v.into(),
-                Default::Float(v) => s["default"] = v.into(),
-                Default::Bool(v) => s["default"] = v.into(),
             }
             if p.required {
                 required.push(p.name);
@@ -618,10 +612,6 @@ fn check_value(p: &Param, v: &Value) -> Result<(), String> {
             _ if min > f64::MIN => Err(format!("must be a number from {min} to {max}")),
             _ => Err("must be a number".into()),
         },
-        Kind::Bool => v
-            .as_bool()
-            .map(|_| ())
-            .ok_or_else(|| "must be true or false".into()),
         Kind::Color => v
             .as_str()
             .and_then(parse_color)
@@ -808,29 +798,8 @@ pub enum Op {
         size: Option<String>,
         n: u32,
     },
-    Resize {
-        width: Option<u32>,
-        height: Option<u32>,
-        fit: String,
-    },
-    Crop {
-        aspect: Option<(u32, u32)>,
-        x: u32,
-        y: u32,
-        width: u32,
-        height: u32,
-    },
-    Convert {
-        format: String,
-        quality: u8,
-        background: [u8; 4],
-    },
-    Compose {
-        width: u32,
-        height: u32,
-        color: [u8; 4],
-        padding: u32,
-    },
+    /// Local image work (moved to a blocking thread when it runs).
+    Image(LocalOp),
     Join {
         separator: String,
     },
@@ -932,29 +901,29 @@ fn op_of(node: &Node, spec: &Spec) -> Op {
             size: t("size").filter(|s| !s.is_empty()),
             n: int_or_default(p, spec, "n").clamp(1, 4) as u32,
         },
-        "image.resize" => Op::Resize {
+        "image.resize" => Op::Image(LocalOp::Resize {
             width: n("width").map(|v| v as u32),
             height: n("height").map(|v| v as u32),
             fit: text_or_default(p, spec, "fit"),
-        },
-        "image.crop" => Op::Crop {
+        }),
+        "image.crop" => Op::Image(LocalOp::Crop {
             aspect: t("aspect").as_deref().and_then(aspect),
             x: n("x").unwrap_or(0) as u32,
             y: n("y").unwrap_or(0) as u32,
             width: n("width").unwrap_or(0) as u32,
             height: n("height").unwrap_or(0) as u32,
-        },
-        "image.convert" => Op::Convert {
+        }),
+        "image.convert" => Op::Image(LocalOp::Convert {
             format: text_or_default(p, spec, "format"),
             quality: int_or_default(p, spec, "quality") as u8,
             background: parse_color(&text_or_default(p, spec, "background")).unwrap_or([255; 4]),
-        },
-        "image.compose" => Op::Compose {
+        }),
+        "image.compose" => Op::Image(LocalOp::Compose {
             width: int_or_default(p, spec, "width") as u32,
             height: int_or_default(p, spec, "height") as u32,
             color: parse_color(&text_or_default(p, spec, "color")).unwrap_or([255; 4]),
             padding: int_or_default(p, spec, "padding") as u32,
-        },
+        }),
         "text.join" => Op::Join {
             separator: text_or_default(p, spec, "separator"),
         },
@@ -1629,14 +1598,14 @@ pub async fn run(op: &Op, inputs: Inputs, ctx: &Ctx) -> Result<Outputs, ApiError
                 ("image", Data::Image(first)),
             ])
         }
-        Op::Resize { .. } | Op::Crop { .. } | Op::Convert { .. } | Op::Compose { .. } => {
+        Op::Image(local) => {
             let img = inputs.image("image")?.clone();
             let bg = match inputs.one("background") {
                 Some(Data::Image(b)) => Some(b.clone()),
                 _ => None,
             };
             let limits = ctx.limits;
-            let op = local_op(op);
+            let op = local.clone();
             let out = tokio::task::spawn_blocking(move || {
                 super::imageops::apply(&op, &img, bg.as_ref(), limits)
             })
@@ -1714,52 +1683,4 @@ pub enum LocalOp {
         color: [u8; 4],
         padding: u32,
     },
-}
-
-fn local_op(op: &Op) -> LocalOp {
-    match op {
-        Op::Resize { width, height, fit } => LocalOp::Resize {
-            width: *width,
-            height: *height,
-            fit: fit.clone(),
-        },
-        Op::Crop {
-            aspect,
-            x,
-            y,
-            width,
-            height,
-        } => LocalOp::Crop {
-            aspect: *aspect,
-            x: *x,
-            y: *y,
-            width: *width,
-            height: *height,
-        },
-        Op::Convert {
-            format,
-            quality,
-            background,
-        } => LocalOp::Convert {
-            format: format.clone(),
-            quality: *quality,
-            background: *background,
-        },
-        Op::Compose {
-            width,
-            height,
-            color,
-            padding,
-        } => LocalOp::Compose {
-            width: *width,
-            height: *height,
-            color: *color,
-            padding: *padding,
-        },
-        _ => LocalOp::Convert {
-            format: "png".into(),
-            quality: 90,
-            background: [255; 4],
-        },
-    }
 }

@@ -1029,14 +1029,9 @@ pub fn erase_batch(
     limit: usize,
 ) -> Result<u64, StoreError> {
     let prefix = TimedKey::prefix(account);
-    let n = tx.remove_prefix(&ASSETS, &prefix, limit)?;
+    let n = tx.remove_prefix_across(&[ASSETS.decl(), BLOB_REFS.decl()], &prefix, limit)?;
     if n < limit as u64 {
-        let left = limit - n as usize;
-        let m = tx.remove_prefix(&BLOB_REFS, &prefix, left)?;
-        if m < left as u64 {
-            tx.remove(&USED, &account.to_string())?;
-        }
-        return Ok(n + m);
+        tx.remove(&USED, &account.to_string())?;
     }
     Ok(n)
 }

@@ -481,12 +481,7 @@ impl Skills {
             .take(200)
             .collect::<String>();
         let out = self
-            .store
-            .write(move |tx| {
-                let key = skill_key(&a, &s);
-                let Some(mut skill) = tx.get(&SKILLS, &key)? else {
-                    return Ok(Err(SkillsError::NotFound(s.clone())));
-                };
+            .update(account, slug, move |tx, skill| {
                 if let Some(n) = &c.name {
                     skill.name = n.trim().to_string();
                 }
@@ -496,7 +491,6 @@ impl Skills {
                 if let Err(e) = check_text(&skill.name, &skill.description) {
                     return Ok(Err(e));
                 }
-                let now = now_ms();
                 if let Some(g) = &graph {
                     let latest = tx.get(&VERSIONS, &version_key(&a, &s, skill.latest))?;
                     if latest.is_none_or(|v| &v.graph != g) {
@@ -505,20 +499,46 @@ impl Skills {
                             n: skill.latest,
                             graph: g.clone(),
                             note: note.clone(),
-                            created_ms: now,
+                            created_ms: now_ms(),
                         };
                         tx.insert(&VERSIONS, &version_key(&a, &s, skill.latest), &v)?;
                     }
                 }
-                skill.updated_ms = now;
-                tx.insert(&SKILLS, &key, &skill)?;
-                Ok::<_, StoreError>(Ok(skill))
+                Ok(Ok(()))
             })
-            .await??;
+            .await?;
         if out.published.is_some() {
             self.changed(account);
         }
         Ok(out)
+    }
+
+    /// Changes a skill in one write: `edit` changes it (and may write beside it, or
+    /// refuse); it is saved with a new `updated_ms`.
+    async fn update<F>(&self, account: &str, slug: &str, edit: F) -> Result<Skill, SkillsError>
+    where
+        F: Fn(
+                &crate::store::WriteTx<'_>,
+                &mut Skill,
+            ) -> Result<Result<(), SkillsError>, StoreError>
+            + Send
+            + 'static,
+    {
+        let (a, s) = (account.to_string(), slug.to_string());
+        self.store
+            .write(move |tx| {
+                let key = skill_key(&a, &s);
+                let Some(mut skill) = tx.get(&SKILLS, &key)? else {
+                    return Ok(Err(SkillsError::NotFound(s.clone())));
+                };
+                if let Err(e) = edit(tx, &mut skill)? {
+                    return Ok(Err(e));
+                }
+                skill.updated_ms = now_ms();
+                tx.insert(&SKILLS, &key, &skill)?;
+                Ok::<_, StoreError>(Ok(skill))
+            })
+            .await?
     }
 
     /// Deletes a skill with its versions and run records.
@@ -607,20 +627,12 @@ impl Skills {
         slug: &str,
         n: Option<u32>,
     ) -> Result<Skill, SkillsError> {
-        let (a, s) = (account.to_string(), slug.to_string());
         let out = self
-            .store
-            .write(move |tx| {
-                let key = skill_key(&a, &s);
-                let Some(mut skill) = tx.get(&SKILLS, &key)? else {
-                    return Ok(Err(SkillsError::NotFound(s.clone())));
-                };
+            .update(account, slug, move |_, skill| {
                 skill.published = n;
-                skill.updated_ms = now_ms();
-                tx.insert(&SKILLS, &key, &skill)?;
-                Ok::<_, StoreError>(Ok(skill))
+                Ok(Ok(()))
             })
-            .await??;
+            .await?;
         self.changed(account);
         Ok(out)
     }
@@ -1075,34 +1087,9 @@ pub fn erase_batch(
     account: &str,
     limit: usize,
 ) -> Result<u64, StoreError> {
-    let prefix = TimedKey::prefix(account);
-    let mut done = 0;
-    let tables: [&dyn Erasable; 3] = [&RUNS, &VERSIONS, &SKILLS];
-    for t in tables {
-        if done >= limit as u64 {
-            break;
-        }
-        done += t.erase(tx, &prefix, limit - done as usize)?;
-    }
-    Ok(done)
-}
-
-trait Erasable {
-    fn erase(
-        &self,
-        tx: &crate::store::WriteTx<'_>,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<u64, StoreError>;
-}
-
-impl<V> Erasable for Table<Vec<u8>, V> {
-    fn erase(
-        &self,
-        tx: &crate::store::WriteTx<'_>,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        tx.remove_prefix(self, prefix, limit)
-    }
+    tx.remove_prefix_across(
+        &[RUNS.decl(), VERSIONS.decl(), SKILLS.decl()],
+        &TimedKey::prefix(account),
+        limit,
+    )
 }

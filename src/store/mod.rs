@@ -781,12 +781,39 @@ impl<'a> WriteTx<'a> {
         prefix: &[u8],
         limit: usize,
     ) -> Result<u64, StoreError> {
+        self.remove_prefix_in(t.name, prefix, limit)
+    }
+
+    fn remove_prefix_in(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<u64, StoreError> {
         let end = prefix_end(prefix);
-        let rows = self.raw_range(t.name, Some(prefix), end.as_deref(), limit)?;
+        let rows = self.raw_range(table, Some(prefix), end.as_deref(), limit)?;
         for (k, _) in &rows {
-            self.raw_remove(t.name, k)?;
+            self.raw_remove(table, k)?;
         }
         Ok(rows.len() as u64)
+    }
+
+    /// [`WriteTx::remove_prefix`] over several tables in turn, up to `limit` records
+    /// in all (an erasure batch over a capability's tables); returns how many went.
+    pub fn remove_prefix_across(
+        &self,
+        tables: &[Decl],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut done = 0;
+        for t in tables {
+            if done >= limit as u64 {
+                break;
+            }
+            done += self.remove_prefix_in(t.name, prefix, limit - done as usize)?;
+        }
+        Ok(done)
     }
 
     /// Removes every record of a (small) table for which `doomed` holds; returns them.

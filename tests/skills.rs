@@ -882,3 +882,81 @@ async fn the_official_mcp_python_client_lists_and_calls_skills() {
     assert_eq!(runs["data"][0]["via"], "mcp", "{runs}");
     t.stop().await;
 }
+
+#[actix_web::test]
+async fn the_export_holds_skills_and_runs_and_erasure_removes_them() {
+    use std::io::Read;
+    let t = setup().await;
+    t.publish("ask", ask_graph()).await;
+    let (_, r) = t
+        .run("ask", json!({"inputs": {"topic": "secret-topic"}}))
+        .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ada = common::api::Browser::login(&t.s, "ada@example.com", PASSWORD).await;
+    let res = common::http()
+        .get(t.s.url("/api/privacy/export"))
+        .header(
+            "cookie",
+            format!("easel_session={}", ada.cookie.clone().expect("cookie")),
+        )
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.bytes().await.expect("zip").to_vec();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
+    let mut read = |name: &str| {
+        let mut s = String::new();
+        zip.by_name(name)
+            .expect(name)
+            .read_to_string(&mut s)
+            .expect("read");
+        s
+    };
+    let versions = read("skills.jsonl");
+    let v: Value = serde_json::from_str(versions.trim()).expect("one version");
+    assert_eq!(
+        v["graph"]["nodes"][1]["params"]["template"],
+        "Tell me about {{topic}}"
+    );
+    let runs = read("skill_runs.jsonl");
+    let run: Value = serde_json::from_str(runs.trim()).expect("one run");
+    assert_eq!(run["skill"], "ask");
+    assert!(!runs.contains("secret-topic"), "no input is kept: {runs}");
+
+    t.s.make_account("root@example.com", easel::auth::Role::Admin, PASSWORD)
+        .await;
+    let admin = common::api::Browser::login(&t.s, "root@example.com", PASSWORD).await;
+    let a = admin
+        .send(
+            &t.s,
+            reqwest::Method::POST,
+            &format!("/api/admin/users/{}/deletion", t.account),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    t.s.clock.advance(Duration::from_secs(31 * 86_400));
+    let done =
+        t.s.app()
+            .privacy()
+            .run(easel::privacy::Job::DeletionRequests)
+            .await
+            .expect("runs");
+    assert!(done.ok, "{done:?}");
+    // The skill, its version and its run.
+    assert_eq!(done.counts.get("skills").copied(), Some(3), "{done:?}");
+    let left =
+        t.s.app()
+            .store()
+            .read({
+                let a = t.account.clone();
+                move |r| easel::skills::count_of(r, &a)
+            })
+            .await
+            .expect("count");
+    assert_eq!(left, 0);
+    t.stop().await;
+}

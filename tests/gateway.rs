@@ -1230,37 +1230,14 @@ async fn a_crash_mid_burst_leaves_the_ledger_balanced_and_keys_out_of_the_log() 
 /// `EASEL_REQUIRE_CLIENTS` is set, as in CI.
 #[actix_web::test]
 async fn the_official_openai_python_package_works_against_easel() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("EASEL_REQUIRE_CLIENTS").is_none(),
-            "python3 with the openai package is required (pip install openai)"
-        );
-        eprintln!("skipped: python3 with the openai package is not installed");
+    let t = setup(200.0).await;
+    let env = vec![
+        ("EASEL_BASE", t.s.base.clone()),
+        ("EASEL_KEY", t.key.clone()),
+    ];
+    if !common::python_client("openai", "openai_client.py", env).await {
         return;
     }
-    let t = setup(200.0).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/openai_client.py"
-    );
-    let (base, key) = (t.s.base.clone(), t.key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(script)
-            .env("EASEL_BASE", base)
-            .env("EASEL_KEY", key)
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.trim(), "ok");
     assert_eq!(
         t.records(5).await.len(),
         5,

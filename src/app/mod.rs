@@ -206,6 +206,7 @@ pub struct Running {
     scheduler: Scheduler,
     catch_up: Option<tokio::task::JoinHandle<()>>,
     flusher: tokio::task::JoinHandle<()>,
+    mcp_sessions: crate::skills::mcp::Sessions,
 }
 
 /// Starts everything and returns once the server accepts connections.
@@ -266,6 +267,7 @@ pub async fn start_with_clock(
         keyring: keyring.clone(),
         metrics,
     });
+    let mcp_sessions = crate::skills::mcp::Sessions::default();
     let routes = {
         let privacy = web::Data::new(privacy.clone());
         let alt_text = web::Data::new(alt_text.clone());
@@ -283,7 +285,7 @@ pub async fn start_with_clock(
         let analytics = web::Data::new(services.analytics.clone());
         let library = web::Data::new(services.library.clone());
         let skills = web::Data::new(skills);
-        let mcp_sessions = web::Data::new(crate::skills::mcp::Sessions::default());
+        let mcp_sessions = web::Data::new(mcp_sessions.clone());
         move |cfg: &mut utoipa_actix_web::service_config::ServiceConfig| {
             cfg.app_data(store.clone())
                 .app_data(keyring.clone())
@@ -392,6 +394,7 @@ pub async fn start_with_clock(
         scheduler,
         catch_up: Some(catch_up),
         flusher,
+        mcp_sessions,
     })
 }
 
@@ -481,6 +484,9 @@ impl Running {
     /// and closes the database.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: draining in-flight requests");
+        // MCP event streams never end by themselves; end them so they do not hold up
+        // the drain.
+        self.mcp_sessions.close_all();
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.control.abort();

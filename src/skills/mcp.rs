@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Protocol versions spoken, newest first.
 const VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
@@ -26,48 +27,59 @@ const SESSION_IDLE_MS: u64 = 24 * 3600 * 1000;
 /// The built-in tool's name.
 const ALT_TEXT_TOOL: &str = "alt_text";
 
-/// Open MCP sessions: id → (account, last use).
+/// One open MCP session. Dropping it (closed, idle, or Easel stopping) ends its
+/// `GET /mcp` streams: their receivers of `ended` see the sender go.
+struct Session {
+    account: String,
+    at_ms: u64,
+    ended: watch::Sender<()>,
+}
+
+/// Open MCP sessions by id.
 #[derive(Default, Clone)]
-pub struct Sessions(Arc<Mutex<HashMap<String, (String, u64)>>>);
+pub struct Sessions(Arc<Mutex<HashMap<String, Session>>>);
 
 impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn open(&self, account: &str) -> Result<String, ApiError> {
         let id = crate::crypto::random_hex::<16>().map_err(ApiError::internal)?;
         let now = crate::store::now_ms();
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.retain(|_, (_, at)| now.saturating_sub(*at) < SESSION_IDLE_MS);
-        m.insert(id.clone(), (account.to_string(), now));
+        let mut m = self.lock();
+        m.retain(|_, s| now.saturating_sub(s.at_ms) < SESSION_IDLE_MS);
+        let session = Session {
+            account: account.to_string(),
+            at_ms: now,
+            ended: watch::channel(()).0,
+        };
+        m.insert(id.clone(), session);
         Ok(id)
     }
 
-    /// Whether `id` is a live session of `account` (and marks it used).
-    fn touch(&self, id: &str, account: &str) -> bool {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match m.get_mut(id) {
-            Some((a, at)) if a == account => {
-                *at = crate::store::now_ms();
-                true
-            }
-            _ => false,
-        }
+    /// A live session of `account` (marked used): a receiver that sees it end.
+    fn touch(&self, id: &str, account: &str) -> Option<watch::Receiver<()>> {
+        let mut m = self.lock();
+        let s = m.get_mut(id).filter(|s| s.account == account)?;
+        s.at_ms = crate::store::now_ms();
+        Some(s.ended.subscribe())
     }
 
     fn close(&self, id: &str, account: &str) -> bool {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.get(id).is_some_and(|(a, _)| a == account) {
+        let mut m = self.lock();
+        if m.get(id).is_some_and(|s| s.account == account) {
             m.remove(id);
             return true;
         }
         false
+    }
+
+    /// Ends every session (at shutdown, so open streams do not hold it up).
+    pub fn close_all(&self) {
+        self.lock().clear();
     }
 }
 
@@ -445,7 +457,7 @@ pub async fn mcp_post(
     if initializing {
         new_session = Some(sessions.open(&caller.account)?);
     } else if let Some(id) = session_header(&req)
-        && !sessions.touch(id, &caller.account)
+        && sessions.touch(id, &caller.account).is_none()
     {
         return Err(unknown_session());
     }
@@ -509,50 +521,62 @@ pub async fn mcp_get(
         ));
     }
     let account = caller.0.account.clone();
-    match session_header(&req) {
-        Some(id) if sessions.touch(id, &account) => {}
-        Some(_) => return Err(unknown_session()),
+    let ended = match session_header(&req) {
+        Some(id) => sessions.touch(id, &account).ok_or_else(unknown_session)?,
         None => {
             return Err(ApiError::bad_request(
                 "mcp_session_required",
                 "initialize first, then send its Mcp-Session-Id",
             ));
         }
-    }
-    let changes = skills.changes();
-    let state = (
-        changes,
+    };
+    let every = Duration::from_secs(25);
+    let state = Listener {
+        changes: skills.changes(),
+        ended,
         account,
-        tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(25),
-            Duration::from_secs(25),
-        ),
-    );
-    let body = futures_util::stream::unfold(state, |(mut changes, account, mut tick)| async move {
-        loop {
-            tokio::select! {
-                _ = tick.tick() => return Some((Ok::<_, std::convert::Infallible>(Bytes::from_static(b": keep-alive\n\n")), (changes, account, tick))),
-                got = changes.recv() => match got {
-                    Ok(a) if a == account => {
-                        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-                        return Some((Ok(Bytes::from(format!("event: message\ndata: {note}\n\n"))), (changes, account, tick)));
-                    }
-                    Ok(_) => {}
-                    // Missed some: say the list changed, to be safe.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-                        return Some((Ok(Bytes::from(format!("event: message\ndata: {note}\n\n"))), (changes, account, tick)));
-                    }
-                    Err(_) => return None,
-                },
-            }
-        }
+        tick: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+    };
+    let body = futures_util::stream::unfold(state, |mut l| async move {
+        let bytes = l.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(bytes), l))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
+}
+
+/// A `GET /mcp` stream's state.
+struct Listener {
+    changes: tokio::sync::broadcast::Receiver<String>,
+    ended: watch::Receiver<()>,
+    account: String,
+    tick: tokio::time::Interval,
+}
+
+impl Listener {
+    /// The next event: a keep-alive comment, or `list_changed` when this account's
+    /// skills changed (or when some changes were missed); `None` once the session or
+    /// the service is gone.
+    async fn next(&mut self) -> Option<Bytes> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                _ = self.tick.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                _ = self.ended.changed() => return None,
+                got = self.changes.recv() => match got {
+                    Ok(a) if a != self.account => {}
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                        return Some(Bytes::from(format!("event: message\ndata: {note}\n\n")));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
 }
 
 /// Ends a session.

@@ -399,3 +399,38 @@ pub fn run_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs the client script `tests/clients/{script}` with python3 and `env`, and checks
+/// that it succeeds and prints `ok`. Returns false (after saying so) when python3 or
+/// its package `module` is missing, which fails instead when `EASEL_REQUIRE_CLIENTS`
+/// is set, as in CI (`.ci/run` installs the packages).
+pub async fn python_client(module: &str, script: &str, env: Vec<(&'static str, String)>) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("EASEL_REQUIRE_CLIENTS").is_none(),
+            "python3 with the {module} package is required (pip install {module})"
+        );
+        eprintln!("skipped: python3 with the {module} package is not installed");
+        return false;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(path)
+            .envs(env)
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .expect("the client task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "ok", "{stderr}");
+    true
+}

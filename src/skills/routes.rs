@@ -62,8 +62,10 @@ fn with_version(s: &Skill, v: &Version) -> Result<Value, ApiError> {
     Ok(out)
 }
 
+/// The JSON body; an empty body is `T`'s default (the bodies that may be left out
+/// have one; the others fail to parse `{}` with the field that is missing).
 fn parse<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
-    crate::gateway::parse_body(req, body)
+    crate::gateway::parse_body(req, if body.is_empty() { b"{}" } else { body })
 }
 
 #[utoipa::path(tag = "skills", responses((status = 200, description = "Your skills")))]
@@ -120,7 +122,7 @@ async fn template_list(_caller: Caller) -> HttpResponse {
     HttpResponse::Ok().json(json!({"data": data}))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FromTemplate {
     #[serde(default)]
@@ -146,11 +148,7 @@ async fn from_template(
             "no template `{path}`; GET /api/skills/templates lists them"
         ))
     })?;
-    let opts: FromTemplate = if body.is_empty() {
-        FromTemplate::default()
-    } else {
-        parse(&req, &body)?
-    };
+    let opts: FromTemplate = parse(&req, &body)?;
     let models =
         crate::gateway::catalog::available(&gw.providers, &gw.live.get(), &caller.0.account)
             .await?;
@@ -334,17 +332,13 @@ async fn publish(
     body: Bytes,
     skills: web::Data<Skills>,
 ) -> Result<HttpResponse, ApiError> {
-    #[derive(Deserialize, Default)]
+    #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
         #[serde(default)]
         version: Option<u32>,
     }
-    let b: Body = if body.is_empty() {
-        Body::default()
-    } else {
-        parse(&req, &body)?
-    };
+    let b: Body = parse(&req, &body)?;
     let s = skills.publish(&caller.0, &path, b.version).await?;
     Ok(HttpResponse::Ok().json(view(&s)))
 }
@@ -462,11 +456,7 @@ async fn run(
     body: Bytes,
     skills: web::Data<Skills>,
 ) -> Result<HttpResponse, ApiError> {
-    let r: RunRequest = if body.is_empty() {
-        RunRequest::default()
-    } else {
-        parse(&req, &body)?
-    };
+    let r: RunRequest = parse(&req, &body)?;
     let stream = r.stream
         || req
             .headers()

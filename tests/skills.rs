@@ -842,6 +842,28 @@ async fn mcp_refuses_foreign_hosts_and_origins_and_announces_tool_changes() {
         StatusCode::NOT_FOUND,
         "an unknown session must initialize again"
     );
+    // Only published skills are tools.
+    let (st, _) = t
+        .post(
+            "/api/skills",
+            json!({"slug": "draft", "name": "Draft", "graph": ask_graph()}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    for name in ["draft", "nope"] {
+        let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": name, "arguments": {"topic": "x"}}});
+        let res = common::http()
+            .post(t.s.url("/mcp"))
+            .bearer_auth(&t.key)
+            .header("mcp-session-id", &session)
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], -32602, "{name}: {body}");
+    }
     // Ending the session ends its event stream.
     let res = common::http()
         .delete(t.s.url("/mcp"))

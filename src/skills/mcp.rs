@@ -251,16 +251,18 @@ async fn call_skill(
     caller: &Caller,
     slug: &str,
     args: Map<String, Value>,
-) -> Value {
+) -> Option<Value> {
     let req = super::RunRequest {
         inputs: args,
         ..super::RunRequest::default()
     };
     let started = match skills.start(caller, slug, req, "mcp", None).await {
         Ok(s) => s,
+        // Only published skills are tools.
+        Err(super::SkillsError::NotFound(_) | super::SkillsError::NotPublished(_)) => return None,
         Err(e) => {
             let e = ApiError::from(e);
-            return tool_error(e.message);
+            return Some(tool_error(e.message));
         }
     };
     let r = started.run.await;
@@ -305,11 +307,11 @@ async fn call_skill(
         };
         content.push(json!({"type": "text", "text": format!("The skill did not finish: {why}")}));
     }
-    json!({
+    Some(json!({
         "content": content,
         "structuredContent": {"run": r.id, "status": r.status, "credits": r.credits, "outputs": structured},
         "isError": r.status != RunStatus::Succeeded,
-    })
+    }))
 }
 
 /// Answers one JSON-RPC message (`None` for a notification).
@@ -356,14 +358,8 @@ async fn answer(msg: &Value, ctx: &Handler<'_>) -> Result<Option<Value>, ApiErro
                 .unwrap_or_default();
             if name == ALT_TEXT_TOOL {
                 rpc_result(id, call_alt_text(ctx.alt_text, ctx.caller, &args).await)
-            } else if ctx
-                .skills
-                .published(ctx.caller)
-                .await?
-                .iter()
-                .any(|(s, _)| s.slug == name)
-            {
-                rpc_result(id, call_skill(ctx.skills, ctx.caller, name, args).await)
+            } else if let Some(r) = call_skill(ctx.skills, ctx.caller, name, args).await {
+                rpc_result(id, r)
             } else {
                 rpc_error(
                     id,

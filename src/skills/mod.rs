@@ -399,6 +399,15 @@ impl Skills {
         Ok(rows.into_iter().map(|(_, s)| s).collect())
     }
 
+    /// A skill's record alone.
+    async fn skill(&self, account: &str, slug: &str) -> Result<Skill, SkillsError> {
+        let key = skill_key(account, slug);
+        self.store
+            .read(move |r| r.get(&SKILLS, &key))
+            .await?
+            .ok_or_else(|| SkillsError::NotFound(slug.into()))
+    }
+
     /// A skill and one version of it (the newest when `n` is `None`).
     pub async fn get(
         &self,
@@ -818,7 +827,7 @@ impl Skills {
         via: &'static str,
         events: Option<mpsc::UnboundedSender<engine::Event>>,
     ) -> Result<Started, SkillsError> {
-        let (skill, _) = self.get(&caller.account, slug, None).await?;
+        let skill = self.skill(&caller.account, slug).await?;
         let n = match &req.version {
             None => skill
                 .published
@@ -964,7 +973,7 @@ impl Skills {
         slug: &str,
         limit: usize,
     ) -> Result<Vec<RunRecord>, SkillsError> {
-        self.get(account, slug, None).await?;
+        self.skill(account, slug).await?;
         let prefix = TimedKey::prefix(&runs_owner(account, slug));
         let rows = self
             .store

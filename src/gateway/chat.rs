@@ -82,18 +82,16 @@ fn output_chars(body: &Value) -> usize {
         .unwrap_or(0)
 }
 
-/// A chat call made: its meter, model, route and answer, with the input size.
-struct Called {
+/// A chat call made: its meter, route and answer, with the input size.
+struct Called<'m> {
     meter: Meter,
-    model: Resolved,
-    route: super::Route,
+    route: &'m super::Route,
     out: ChatOutput,
     input_chars: usize,
 }
 
-/// Checks, meters and makes one chat call (the part shared by the HTTP route and
-/// the skills engine).
-async fn call(gw: &Gateway, caller: &Caller, req: &ChatRequest) -> Result<Called, ApiError> {
+/// Checks a request and finds its model for the caller.
+async fn model_for(gw: &Gateway, caller: &Caller, req: &ChatRequest) -> Result<Resolved, ApiError> {
     validate(req)?;
     let config = gw.live.get();
     let model = catalog::resolve(&gw.providers, &config, &caller.account, &req.model).await?;
@@ -101,8 +99,20 @@ async fn call(gw: &Gateway, caller: &Caller, req: &ChatRequest) -> Result<Called
     if req.image_count() > 0 {
         model.require(Capability::Vision)?;
     }
+    Ok(model)
+}
+
+/// Meters and makes one chat call (the part shared by the HTTP route and the skills
+/// engine).
+async fn call<'m>(
+    gw: &Gateway,
+    caller: &Caller,
+    req: &ChatRequest,
+    model: &'m Resolved,
+) -> Result<Called<'m>, ApiError> {
+    let config = gw.live.get();
     let input_chars: usize = req.messages.iter().map(|m| m.text_len()).sum();
-    let (most, max_out) = estimate(req, input_chars, &model, config.gateway.image_input_tokens);
+    let (most, max_out) = estimate(req, input_chars, model, config.gateway.image_input_tokens);
     let mut meter = Meter::start(
         gw,
         caller,
@@ -116,11 +126,9 @@ async fn call(gw: &Gateway, caller: &Caller, req: &ChatRequest) -> Result<Called
         let upstream = route.upstream.clone();
         async move { first_event(conn.chat(&upstream, req, max_out).await).await }
     };
-    let (out, route) = try_routes(&config.gateway, &model, &mut meter, call).await?;
-    let route = route.clone();
+    let (out, route) = try_routes(&config.gateway, model, &mut meter, call).await?;
     Ok(Called {
         meter,
-        model,
         route,
         out,
         input_chars,
@@ -133,8 +141,9 @@ pub async fn complete(
     caller: &Caller,
     req: ChatRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let c = call(gw, caller, &req).await?;
-    Ok(respond(c, &req))
+    let model = model_for(gw, caller, &req).await?;
+    let c = call(gw, caller, &req, &model).await?;
+    Ok(respond(c, &model, &req))
 }
 
 /// One whole (not streamed) chat completion as OpenAI's JSON, for callers inside
@@ -146,12 +155,13 @@ pub async fn complete_value(
 ) -> Result<Value, ApiError> {
     req.stream = false;
     req.stream_options = None;
-    let c = call(gw, caller, &req).await?;
+    let model = model_for(gw, caller, &req).await?;
+    let c = call(gw, caller, &req, &model).await?;
     match c.out {
         ChatOutput::Full { body, usage } => Ok(settle_full(
             c.meter,
-            &c.model,
-            &c.route,
+            &model,
+            c.route,
             body,
             usage,
             c.input_chars,
@@ -195,25 +205,24 @@ fn settle_full(
     body
 }
 
-fn respond(c: Called, req: &ChatRequest) -> HttpResponse {
+fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
     let Called {
         meter,
-        model,
         route,
         out,
         input_chars,
     } = c;
     match out {
         ChatOutput::Full { body, usage } => {
-            HttpResponse::Ok().json(settle_full(meter, &model, &route, body, usage, input_chars))
+            HttpResponse::Ok().json(settle_full(meter, model, route, body, usage, input_chars))
         }
         ChatOutput::Stream(events) => {
             let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
             let state = StreamState {
                 events,
                 meter,
-                model,
-                route,
+                model: model.clone(),
+                route: route.clone(),
                 include_usage,
                 usage: None,
                 input_chars,

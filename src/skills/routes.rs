@@ -440,7 +440,14 @@ impl Drop for CancelOnDrop {
 }
 
 fn sse(name: &str, data: &Value) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    let mut out = String::new();
+    sse_into(&mut out, name, data);
+    Bytes::from(out)
+}
+
+fn sse_into(out: &mut String, name: &str, data: &Value) {
+    use std::fmt::Write;
+    let _ = write!(out, "event: {name}\ndata: {data}\n\n");
 }
 
 /// Runs a skill (the published version unless `version` says otherwise) with
@@ -505,8 +512,17 @@ async fn run(
             return Some((Ok::<_, std::convert::Infallible>(sse("run_started", &f)), s));
         }
         if let Some(e) = s.rx.recv().await {
-            let v = serde_json::to_value(&e).unwrap_or_default();
-            return Some((Ok(sse(e.name(), &v)), s));
+            // What is already queued goes out in the same write; one yield first lets
+            // steps that are about to finish add theirs (fewer, larger writes).
+            tokio::task::yield_now().await;
+            let mut out = String::new();
+            let mut next = Some(e);
+            while let Some(e) = next {
+                let v = serde_json::to_value(&e).unwrap_or_default();
+                sse_into(&mut out, e.name(), &v);
+                next = s.rx.try_recv().ok();
+            }
+            return Some((Ok(Bytes::from(out)), s));
         }
         let task = s.task.take()?;
         let result = match task.await {

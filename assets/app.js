@@ -4,17 +4,17 @@
 "use strict";
 
 const sections = {
-  "alt-text": { title: "Alt text", text: "Describe images for people who cannot see them, in many languages, with a provider's vision model or the local model." },
-  skills: { title: "Skills", text: "Build visual workflows that people run in the browser and agents call as tools." },
-  library: { title: "Library", text: "Product images, reference photos and saved outputs, sealed at rest." },
-  usage: { title: "Usage", text: "Requests, credits and latency per key and model. Prompts and outputs are never stored." },
-  keys: { title: "API keys", text: "" },
-  providers: { title: "Providers", text: "Connections to AI providers, with the organisation's keys or your own." },
-  privacy: { title: "Privacy", text: "What Easel keeps, for how long, and your rights: export, correction, deletion." },
-  admin: { title: "Admin", text: "" },
-  account: { title: "Account", text: "" },
-  signin: { title: "Sign in", text: "" },
-  signup: { title: "Create an account", text: "" },
+  "alt-text": "Alt text",
+  skills: "Skills",
+  library: "Library",
+  usage: "Usage",
+  keys: "API keys",
+  providers: "Providers",
+  privacy: "Privacy",
+  admin: "Admin",
+  account: "Account",
+  signin: "Sign in",
+  signup: "Create an account",
 };
 const PUBLIC = new Set(["status", "signin", "signup"]);
 const SCOPES = ["alt_text", "chat", "images", "skills", "assets", "admin_read"];
@@ -151,12 +151,6 @@ async function renderStatus(main) {
     links.append(el("a", { href }, label), " ");
   }
   main.append(links);
-}
-
-function renderSection(main, key) {
-  const s = sections[key];
-  main.append(el("h1", {}, s.title));
-  main.append(el("section", { class: "card" }, el("p", {}, s.text), el("p", { class: "muted" }, "This section is not available in this version of Easel yet.")));
 }
 
 function adopt(body) {
@@ -478,8 +472,17 @@ async function route() {
   if (!me && !PUBLIC.has(section)) section = "signin";
   if (me && me.account.must_change_password && !PUBLIC.has(section)) section = "account";
   if (me && (section === "signin" || section === "signup")) section = "keys";
+  // Leaving a skill with unsaved changes asks first.
+  if (typeof sk !== "undefined" && sk && sk.dirty && location.hash !== `#/skills/${encodeURIComponent(sk.slug)}`) {
+    if (!confirm("Leave this skill without saving your changes?")) {
+      history.replaceState(null, "", `#/skills/${encodeURIComponent(sk.slug)}`);
+      return;
+    }
+    sk.dirty = false;
+  }
   const main = document.getElementById("main");
   main.replaceChildren();
+  main.classList.toggle("wide", section === "skills");
   main.removeAttribute("data-ready");
   // A message that outlives the page it was made on (a sign-out, a sign-in).
   if (privacyFlash) {
@@ -490,7 +493,7 @@ async function route() {
     if (a.dataset.section === section) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  document.title = `${section === "status" ? "Status" : sections[section].title} · Easel`;
+  document.title = `${section === "status" ? "Status" : sections[section]} · Easel`;
   try {
     if (section === "status") await renderStatus(main);
     else if (section === "signin") await renderSignin(main);
@@ -503,7 +506,7 @@ async function route() {
     else if (section === "alt-text") await renderAltText(main);
     else if (section === "privacy") await renderPrivacy(main);
     else if (section === "library") await renderLibrary(main);
-    else renderSection(main, section);
+    else if (section === "skills") await renderSkills(main, (path || "").split("/").slice(1));
   } finally {
     main.setAttribute("data-ready", section);
   }

@@ -912,3 +912,262 @@ async fn a_person_uploads_tags_and_deletes_images_in_the_library() {
     s.end().await;
     server.stop().await;
 }
+
+/// Clicks the element matching `css` through the page (for elements WebDriver would
+/// refuse as covered, such as a port under a wire's hit area).
+async fn press(s: &Session<'_>, css: &str) {
+    let got = s
+        .js(&format!(
+            "const e = document.querySelector({css:?}); if (!e) return false; e.click(); return true"
+        ))
+        .await;
+    assert_eq!(got, json!(true), "nothing matches {css}");
+}
+
+#[tokio::test]
+async fn a_person_builds_a_skill_in_the_editor_runs_it_and_sees_the_output() {
+    let server = TestServer::start(FAST).await;
+    let (_, key) = server.member_with_key("ada@example.com", PASSWORD).await;
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/skills")).await;
+    s.wait_ready("skills").await;
+    s.wait_for("return !!document.getElementById('sk-none')", json!(true))
+        .await;
+    // The three example skills are offered.
+    let templates = s
+        .js("return [...document.querySelectorAll('#sk-templates [data-template]')].map(b => b.dataset.template)")
+        .await;
+    assert_eq!(
+        templates,
+        json!([
+            "product-alt-seo",
+            "white-background-sizes",
+            "describe-and-tag"
+        ])
+    );
+
+    s.type_into("#sk-new-name", "Greeter").await;
+    s.click("#sk-new button[type=submit]").await;
+    s.wait_for(
+        "return document.querySelector('main').dataset.ready === 'skills' && !!document.getElementById('sk-board')",
+        json!(true),
+    )
+    .await;
+    // An empty graph has problems (no output); they are listed.
+    s.wait_for(
+        "return [...document.querySelectorAll('#sk-problems li')].some(l => l.dataset.code)",
+        json!(true),
+    )
+    .await;
+
+    // Text input → template → output, from the palette.
+    s.click("#sk-palette [data-add='input.text']").await;
+    s.click("#sk-palette [data-add='template']").await;
+    s.click("#sk-palette [data-add='output']").await;
+    let ids = s
+        .js("return [...document.querySelectorAll('#sk-board .sk-node')].map(n => n.dataset.node)")
+        .await;
+    assert_eq!(ids, json!(["text", "template", "output"]));
+    // The output node is selected: name its field.
+    s.type_into("#sk-p-name", "greeting").await;
+    // The template's variables become its input ports.
+    s.click("#sk-board .sk-node[data-node='template'] .sk-head")
+        .await;
+    s.type_into("#sk-p-template", "Hello, {{who}}!").await;
+    s.wait_for(
+        "return [...document.querySelectorAll(\"#sk-board .sk-node[data-node='template'] .sk-port.in\")].map(p => p.dataset.port).join()",
+        json!("who"),
+    )
+    .await;
+    // Arming an output port marks the input ports that take its type.
+    press(
+        &s,
+        "#sk-board .sk-node[data-node='text'] .sk-port.out[data-port='text']",
+    )
+    .await;
+    let marks = s
+        .js("return document.querySelector(\"#sk-board .sk-node[data-node='template'] .sk-port.in\").className")
+        .await;
+    assert!(marks.as_str().unwrap().contains("can"), "{marks}");
+    press(
+        &s,
+        "#sk-board .sk-node[data-node='template'] .sk-port.in[data-port='who']",
+    )
+    .await;
+    press(
+        &s,
+        "#sk-board .sk-node[data-node='template'] .sk-port.out[data-port='text']",
+    )
+    .await;
+    press(
+        &s,
+        "#sk-board .sk-node[data-node='output'] .sk-port.in[data-port='value']",
+    )
+    .await;
+    s.wait_for(
+        "return document.querySelectorAll('#sk-board path.sk-wire').length",
+        json!(2),
+    )
+    .await;
+    s.wait_for(
+        "return !!document.getElementById('sk-no-problems') && document.getElementById('sk-no-problems').textContent.startsWith('None')",
+        json!(true),
+    )
+    .await;
+    s.screenshot("skill-editor").await;
+
+    // Run it: the graph is saved first, progress shows on the nodes, the output below.
+    s.wait_for(
+        "return !!document.getElementById('sk-in-text')",
+        json!(true),
+    )
+    .await;
+    s.type_into("#sk-in-text", "Ada <b>Lovelace</b>").await;
+    s.click("#sk-run-go").await;
+    s.wait_for(
+        "const d = document.querySelector('#sk-run-outputs [data-output=greeting]'); return d ? d.textContent : null",
+        json!("Hello, Ada <b>Lovelace</b>!"),
+    )
+    .await;
+    let status = s
+        .js("return document.querySelector('#sk-run-status [data-status]').dataset.status")
+        .await;
+    assert_eq!(status, json!("succeeded"));
+    let states = s
+        .js("return [...document.querySelectorAll('#sk-board .sk-node')].map(n => n.classList.contains('succeeded'))")
+        .await;
+    assert_eq!(states, json!([true, true, true]));
+    assert_eq!(
+        s.js("return document.querySelectorAll('#sk-run-outputs b').length")
+            .await,
+        json!(0),
+        "the output is text, not markup"
+    );
+    s.wait_for(
+        "return [...document.querySelectorAll('#sk-version-list tr')].map(r => r.dataset.version).join()",
+        json!("2,1"),
+    )
+    .await;
+    s.screenshot("skill-run").await;
+
+    // Publish: agents see it.
+    s.click("#sk-publish").await;
+    s.wait_for(
+        "return !!document.querySelector('#sk-version-list tr[data-version=\"2\"] .pill.ok')",
+        json!(true),
+    )
+    .await;
+    let agents: Value = common::http()
+        .get(server.url("/v1/skills"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agents["data"][0]["slug"], "greeter");
+    assert_eq!(agents["data"][0]["version"], 2);
+    assert_eq!(
+        agents["data"][0]["input_schema"]["required"],
+        json!(["text"])
+    );
+
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(metric(&server, "easel_csp_violations_total").await, 0);
+    s.end().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_imported_skill_with_hostile_strings_stays_text_in_the_editor() {
+    let files = tempfile::tempdir().unwrap();
+    let server = TestServer::start(FAST).await;
+    server
+        .make_account("ada@example.com", easel::auth::Role::Member, PASSWORD)
+        .await;
+    let evil = "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>";
+    let file = files.path().join("evil.skill.json");
+    let skill = json!({
+        "easel_skill": 1, "slug": "evil", "name": format!("Evil {evil}"), "description": evil,
+        "graph": {"nodes": [
+            {"id": format!("in{evil}"), "type": "input.text", "params": {"name": "x", "description": evil, "default": evil}, "position": {"x": 20, "y": 20}},
+            {"id": "ask", "type": "chat", "params": {"model": evil, "system": evil}, "position": {"x": 300, "y": 20}},
+            {"id": "odd", "type": evil, "params": {}, "position": {"x": 300, "y": 220}},
+            {"id": "out", "type": "output", "params": {"name": evil}, "position": {"x": 600, "y": 20}}
+        ], "edges": [
+            {"from": format!("in{evil}.text"), "to": "ask.prompt"},
+            {"from": "ask.text", "to": format!("out.{evil}")}
+        ]}
+    });
+    std::fs::write(&file, skill.to_string()).unwrap();
+
+    let driver = Driver::start().await;
+    let s = driver.session().await;
+    s.sign_in(&server, "ada@example.com", PASSWORD).await;
+    s.wait_ready("keys").await;
+    s.goto(&server.url("/#/skills")).await;
+    s.wait_ready("skills").await;
+    let input = s.element("#sk-import-file").await;
+    s.post(
+        &format!("/element/{input}/value"),
+        json!({"text": file.display().to_string()}),
+    )
+    .await;
+    s.wait_for(
+        "return location.hash === '#/skills/evil' && !!document.getElementById('sk-board') && document.querySelectorAll('#sk-problems li[data-code]').length > 0",
+        json!(true),
+    )
+    .await;
+    // Every hostile string is on the page as text: in the title, the node ids, the
+    // problems drawn on the nodes (the unknown model and type are named in them).
+    let title = s
+        .js("return document.getElementById('sk-title').textContent")
+        .await;
+    assert_eq!(title, json!(format!("Evil {evil}")));
+    let ids = s
+        .js("return [...document.querySelectorAll('#sk-board .sk-node')].map(n => n.dataset.node)")
+        .await;
+    assert_eq!(ids, json!([format!("in{evil}"), "ask", "odd", "out"]));
+    let on_nodes = s
+        .js("return document.getElementById('sk-board').textContent")
+        .await;
+    assert!(on_nodes.as_str().unwrap().contains(evil), "{on_nodes}");
+    // The test-run form shows the input's description as text too.
+    let run_form = s
+        .js("return document.getElementById('sk-run-inputs').textContent")
+        .await;
+    assert!(run_form.as_str().unwrap().contains(evil));
+    // Selecting the nodes draws their params in the side panel, as values.
+    s.click("#sk-board .sk-node[data-node='ask'] .sk-head")
+        .await;
+    let system = s
+        .js("return document.getElementById('sk-p-system').value")
+        .await;
+    assert_eq!(system, json!(evil));
+    press(&s, "#sk-board div.sk-node:first-of-type .sk-head").await;
+    let id = s
+        .js("return document.getElementById('sk-p-id').value")
+        .await;
+    assert_eq!(id, json!(format!("in{evil}")));
+    // Nothing ran and no markup was made from the file.
+    assert_eq!(
+        s.js("return window.__pwned === undefined").await,
+        json!(true)
+    );
+    assert_eq!(
+        s.js("return document.querySelectorAll('main img, main script, #sk-board b').length")
+            .await,
+        json!(0)
+    );
+    s.screenshot("skill-hostile").await;
+    let problems = s.console_problems().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(metric(&server, "easel_csp_violations_total").await, 0);
+    s.end().await;
+    server.stop().await;
+}

@@ -1239,8 +1239,8 @@ async fn the_official_openai_python_package_works_against_easel() {
         return;
     }
     assert_eq!(
-        t.records(5).await.len(),
-        5,
+        t.records(6).await.len(),
+        6,
         "every paid SDK call was metered"
     );
     t.assert_balanced().await;
@@ -1346,4 +1346,270 @@ async fn no_prompt_request_image_or_output_is_found_on_disk_after_a_run_of_reque
     }
     t.s.resume().await;
     t.s.stop().await;
+}
+
+/// A refused edit: what it is, its fields and files, the status and code it gets.
+type EditCase<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<(&'a str, Vec<u8>)>,
+    StatusCode,
+    &'a str,
+);
+
+/// A PNG's bytes with its header claiming `w`×`h` (the header's checksum made right).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    use base64::Engine;
+    let mut png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_B64)
+        .unwrap();
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in &png[12..29] {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    png[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    png
+}
+
+impl Setup {
+    /// `POST /v1/images/edits` with these text fields and files (name, bytes).
+    async fn edit(
+        &self,
+        fields: &[(&str, &str)],
+        files: Vec<(&str, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        for (k, bytes) in files {
+            form = form.part(
+                k.to_string(),
+                reqwest::multipart::Part::bytes(bytes)
+                    .file_name("shoe.png")
+                    .mime_str("image/png")
+                    .unwrap(),
+            );
+        }
+        let res = common::http()
+            .post(self.s.url("/v1/images/edits"))
+            .bearer_auth(&self.key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[actix_web::test]
+async fn image_edits_are_sent_to_each_provider_in_its_format_and_bad_images_cost_nothing() {
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_B64)
+        .unwrap();
+    // Just enough for the three edits below: 2 × 40 (OpenAI), 40 (Gemini), 50 (Flux).
+    let t = setup(170.0).await;
+
+    // OpenAI: multipart to images/edits, the upstream model name, the image and mask as
+    // files; two images back, metered as images.edits.
+    let (status, body) = t
+        .edit(
+            &[
+                ("model", "dalle-test"),
+                ("prompt", "the shoe on white"),
+                ("n", "2"),
+                ("size", "256x256"),
+            ],
+            vec![("image", png.clone()), ("mask", png.clone())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][0]["b64_json"], PNG_B64);
+    let call = t.mock.seen().last().unwrap().clone();
+    assert_eq!(call.path, "/openai/v1/images/edits");
+    assert_eq!(call.headers["authorization"], format!("Bearer {ORG_KEY}"));
+    assert_eq!(call.body["fields"]["model"], "dall-e-up");
+    assert_eq!(call.body["fields"]["prompt"], "the shoe on white");
+    assert_eq!(call.body["fields"]["n"], "2");
+    assert_eq!(call.body["fields"]["size"], "256x256");
+    for file in ["image", "mask"] {
+        let f = &call.body["files"][file];
+        assert_eq!(
+            (f["content_type"].as_str(), f["magic_png"].as_bool()),
+            (Some("image/png"), Some(true)),
+            "{file}: {f}"
+        );
+        assert_eq!(f["bytes"].as_u64(), Some(png.len() as u64));
+    }
+    let records = t.records(1).await;
+    assert_eq!(records[0].endpoint, "images.edits");
+
+    // Gemini: the image as inline data before the prompt.
+    let (status, body) = t
+        .edit(
+            &[("model", "gemini-test"), ("prompt", "make it red")],
+            vec![("image", png.clone())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let call = t.mock.seen().last().unwrap().clone();
+    assert_eq!(
+        call.path,
+        "/gemini/v1beta/models/gemini-upstream:generateContent"
+    );
+    let parts = &call.body["contents"][0]["parts"];
+    assert_eq!(parts[0]["inlineData"]["data"], PNG_B64);
+    assert_eq!(parts[0]["inlineData"]["mimeType"], "image/png");
+    assert_eq!(parts[1]["text"], "make it red");
+
+    // Gemini takes no mask: refused unsent, with its hold released.
+    let (calls, spent) = (t.mock.seen().len(), t.ledger().balance(&t.account).0);
+    let (status, body) = t
+        .edit(
+            &[("model", "gemini-test"), ("prompt", "x")],
+            vec![("image", png.clone()), ("mask", png.clone())],
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::BAD_REQUEST, "unsupported"),
+        "{body}"
+    );
+    assert_eq!(t.mock.seen().len(), calls);
+    assert_eq!(t.settled().await.0, spent);
+
+    // Flux (Kontext): the image as input_image in the submitted task.
+    let (status, body) = t
+        .edit(
+            &[("model", "flux-test"), ("prompt", "make it blue")],
+            vec![("image[]", png.clone())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let submit = t
+        .mock
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/bfl/v1/flux-dev")
+        .expect("a submitted task");
+    assert_eq!(submit.body["input_image"], PNG_B64);
+    assert_eq!(submit.body["prompt"], "make it blue");
+
+    // Bad requests: refused before any provider is called, nothing charged.
+    let calls = t.mock.seen().len();
+    let spent = t.ledger().balance(&t.account).0;
+    let cases: Vec<EditCase> = vec![
+        (
+            "no image",
+            vec![("model", "dalle-test"), ("prompt", "x")],
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "no prompt",
+            vec![("model", "dalle-test")],
+            vec![("image", png.clone())],
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
+            "not an image",
+            vec![("model", "dalle-test"), ("prompt", "x")],
+            vec![("image", b"<html>not an image".to_vec())],
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+        ),
+        (
+            "a truncated PNG",
+            vec![("model", "dalle-test"), ("prompt", "x")],
+            vec![("image", png[..30].to_vec())],
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+        ),
+        (
+            "a pixel bomb",
+            vec![("model", "dalle-test"), ("prompt", "x")],
+            vec![("image", png_claiming(60_000, 60_000))],
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+        ),
+        (
+            "a broken mask",
+            vec![("model", "dalle-test"), ("prompt", "x")],
+            vec![("image", png.clone()), ("mask", b"GIF8 junk".to_vec())],
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+        ),
+        (
+            "a chat model",
+            vec![("model", "gpt-test"), ("prompt", "x")],
+            vec![("image", png.clone())],
+            StatusCode::BAD_REQUEST,
+            "model_not_capable",
+        ),
+        (
+            "an unknown model",
+            vec![("model", "no-such"), ("prompt", "x")],
+            vec![("image", png.clone())],
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+        ),
+    ];
+    for (what, fields, files, want, code) in cases {
+        let (status, body) = t.edit(&fields, files).await;
+        assert_eq!((status, code_of(&body)), (want, code), "{what}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{what}"
+        );
+    }
+    let res = common::http()
+        .post(t.s.url("/v1/images/edits"))
+        .bearer_auth(&t.key)
+        .json(&json!({"model": "dalle-test", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (_, held) = t.settled().await;
+    assert_eq!(held, 0);
+    assert_eq!(
+        t.ledger().balance(&t.account).0,
+        spent,
+        "nothing charged for refusals"
+    );
+    assert_eq!(
+        t.mock.seen().len(),
+        calls,
+        "no refused edit reached a provider"
+    );
+
+    // The credits run out: 402 before the provider.
+    let (status, body) = t
+        .edit(
+            &[("model", "dalle-test"), ("prompt", "x")],
+            vec![("image", png.clone())],
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (StatusCode::PAYMENT_REQUIRED, "insufficient_credits"),
+        "{body}"
+    );
+    t.assert_balanced().await;
+    t.s.stop().await;
+    t.mock.stop().await;
 }

@@ -980,3 +980,71 @@ async fn the_export_holds_skills_and_runs_and_erasure_removes_them() {
     assert_eq!(left, 0);
     t.stop().await;
 }
+
+#[actix_web::test]
+async fn an_image_edit_node_sends_the_photo_to_the_provider_and_returns_the_edit() {
+    let t = setup().await;
+    let graph = json!({"nodes": [
+        node("photo", "input.image", json!({"name": "photo"})),
+        node("what", "input.text", json!({"name": "what"})),
+        node("prompt", "template", json!({"template": "Put the product on {{what}}"})),
+        node("edit", "image.edit", json!({"model": "dalle-test", "size": "256x256"})),
+        node("out", "output", json!({"name": "edited"})),
+    ], "edges": [
+        edge("photo.image", "edit.image"), edge("what.text", "prompt.what"),
+        edge("prompt.text", "edit.prompt"), edge("edit.image", "out.value"),
+    ]});
+    // The edit node checks like the others: its prompt and image must be connected,
+    // and its model must make images.
+    let mut broken = graph.clone();
+    broken["edges"] = json!([edge("prompt.text", "edit.prompt")]);
+    broken["nodes"][3]["params"]["model"] = json!("solo");
+    let (_, r) = t.post("/api/skills/check", json!({"graph": broken})).await;
+    let problems = r["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["node"] == "edit" && p["port"] == "image" && p["code"] == "unconnected"),
+        "{r}"
+    );
+    assert!(
+        problems.iter().any(|p| p["node"] == "edit"
+            && p["param"] == "model"
+            && p["code"] == "model_not_capable"),
+        "{r}"
+    );
+
+    t.publish("restage", graph).await;
+    let photo = png(64, 48, false);
+    let before = t.balance().await;
+    let (st, r) = t
+        .run(
+            "restage",
+            json!({"inputs": {"photo": b64(&photo), "what": "white marble"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["outputs"]["edited"]["media_type"], "image/png");
+    assert_eq!(r["outputs"]["edited"]["b64_json"], common::mock::PNG_B64);
+    let call = t
+        .mock
+        .seen()
+        .into_iter()
+        .find(|s| s.path.ends_with("/images/edits"))
+        .expect("the provider was asked to edit");
+    assert_eq!(
+        call.body["fields"]["prompt"],
+        "Put the product on white marble"
+    );
+    assert_eq!(call.body["fields"]["model"], "dall-e-up");
+    assert_eq!(call.body["fields"]["size"], "256x256");
+    assert_eq!(
+        call.body["files"]["image"]["bytes"].as_u64(),
+        Some(photo.len() as u64)
+    );
+    assert_eq!(call.body["files"]["image"]["magic_png"], true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.balance().await < before, "the edit was charged");
+    t.stop().await;
+}

@@ -312,6 +312,9 @@ pub struct GatewayConfig {
     pub image_url_ttl: Span,
     /// Memory held for such images, in MiB; the oldest go first.
     pub image_cache_mib: u64,
+    /// Largest image `/v1/images/edits` takes, in pixels (its bytes are bound by
+    /// `server.max_body_bytes`).
+    pub max_image_pixels: u64,
     /// Hosts that personal connections may reach although they resolve to private
     /// addresses (for example a team's own Ollama).
     pub private_hosts: Vec<String>,
@@ -327,6 +330,7 @@ impl Default for GatewayConfig {
             breaker_cooldown: Span::secs(30),
             image_url_ttl: Span::secs(600),
             image_cache_mib: 64,
+            max_image_pixels: 50_000_000,
             private_hosts: Vec::new(),
         }
     }

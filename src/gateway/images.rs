@@ -1,4 +1,4 @@
-//! `POST /v1/images/generations`.
+//! `POST /v1/images/generations` and `POST /v1/images/edits`.
 
 use super::{Gateway, Meter, catalog, try_routes};
 use crate::auth::Caller;
@@ -40,8 +40,9 @@ fn validate(req: &ImageRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks, meters and makes one image generation call; returns at most `n` images
-/// and the catalog id of the model (shared by the HTTP route and the skills engine).
+/// Checks, meters and makes one image generation call (an edit when `req.source` is
+/// set); returns at most `n` images and the catalog id of the model (shared by the
+/// HTTP routes and the skills engine).
 pub async fn make(
     gw: &Gateway,
     caller: &Caller,
@@ -52,10 +53,15 @@ pub async fn make(
     let model = catalog::resolve(&gw.providers, &config, &caller.account, &req.model).await?;
     model.require(Capability::Image)?;
     let n = req.count();
+    let endpoint = if req.source.is_some() {
+        "images.edits"
+    } else {
+        "images.generations"
+    };
     let mut meter = Meter::start(
         gw,
         caller,
-        "images.generations",
+        endpoint,
         &model.id,
         model.max_cost(Usage::default(), n),
     )

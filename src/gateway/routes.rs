@@ -15,6 +15,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(list_models)
         .service(chat_completions)
         .service(image_generations)
+        .service(image_edits)
         .service(image_file);
 }
 
@@ -100,19 +101,133 @@ async fn image_generations(
     let mut parsed: ImageRequest = parse_body(&req, &body)?;
     drop(body);
     // Easel's own field: never sent upstream.
-    let save = match parsed.rest.remove("save") {
-        None | Some(serde_json::Value::Bool(false)) => None,
+    let save = save_to(&caller.0, parsed.rest.remove("save"), library.get_ref())?;
+    let answer = images::generate(&gw, &caller.0, parsed, &base_url(&gw, &req), save).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Easel's own `save` field: whether generated images go to the caller's library
+/// (which needs the `assets` scope).
+fn save_to<'a>(
+    caller: &Caller,
+    value: Option<serde_json::Value>,
+    library: &'a crate::library::Library,
+) -> Result<Option<&'a crate::library::Library>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Bool(false)) => Ok(None),
         Some(serde_json::Value::Bool(true)) => {
-            caller.0.allows(crate::auth::Scope::Assets)?;
-            Some(library.get_ref())
+            caller.allows(crate::auth::Scope::Assets)?;
+            Ok(Some(library))
         }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                "`save` must be true or false",
-            ));
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            "`save` must be true or false",
+        )),
+    }
+}
+
+/// Most bytes of one text field of an edit request.
+const MAX_FIELD_BYTES: usize = 32 * 1024;
+
+/// Image editing, OpenAI's multipart shape: `image` (or `image[]`; the first one is
+/// used), `prompt`, `model`, and optionally `mask`, `n`, `size`, `response_format`,
+/// Easel's `save` and any other field the provider takes. The image is decoded once
+/// here, so a broken or oversized one is refused before any provider is paid.
+#[utoipa::path(tag = "gateway", request_body(content = Object, description = "OpenAI's image edit request, as multipart/form-data", content_type = "multipart/form-data"), responses((status = 200), (status = 400), (status = 402), (status = 404), (status = 415), (status = 502)), security(("api_key" = [])))]
+#[post("/v1/images/edits")]
+async fn image_edits(
+    caller: Scoped<need::Images>,
+    gw: web::Data<Gateway>,
+    library: web::Data<crate::library::Library>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use crate::http::{is_multipart, multipart_error};
+    use futures_util::StreamExt;
+    if !is_multipart(&req) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the edit as multipart/form-data: the image in a field named `image`, with `prompt` and `model`",
+        ));
+    }
+    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let mut fields = serde_json::Map::new();
+    let (mut image, mut mask) = (None, None);
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(multipart_error)?;
+        let name = field.name().unwrap_or_default().to_string();
+        let file = matches!(name.as_str(), "image" | "image[]" | "mask");
+        let mut data = web::BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            data.extend_from_slice(&chunk.map_err(multipart_error)?);
+            if !file && data.len() > MAX_FIELD_BYTES {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!(
+                        "`{}` is longer than {MAX_FIELD_BYTES} bytes",
+                        name.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
         }
+        match name.as_str() {
+            "image" | "image[]" => {
+                image.get_or_insert(data.freeze());
+            }
+            "mask" => mask = Some(data.freeze()),
+            _ => {
+                let text = String::from_utf8(data.to_vec()).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_field",
+                        format!(
+                            "`{}` is not UTF-8 text",
+                            name.chars().take(40).collect::<String>()
+                        ),
+                    )
+                })?;
+                // Numbers and booleans as such (n, save); everything else as text.
+                let value = match name.as_str() {
+                    "n" | "save" | "partial_images" => {
+                        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+                    }
+                    _ => serde_json::Value::String(text),
+                };
+                fields.insert(name, value);
+            }
+        }
+    }
+    let image = image.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            "send the image to edit in a field named `image`",
+        )
+    })?;
+    let save = save_to(&caller.0, fields.remove("save"), library.get_ref())?;
+    let mut parsed: ImageRequest = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+    let config = gw.live.get();
+    let limits = crate::imaging::Limits {
+        max_bytes: config.server.max_body_bytes,
+        max_pixels: config.gateway.max_image_pixels,
     };
+    let checked = web::block(move || -> Result<_, ApiError> {
+        let read = |what: &str, bytes: web::Bytes| {
+            crate::imaging::decode(&bytes, limits)
+                .map(|i| crate::providers::wire::SourceImage {
+                    media_type: i.format.media_type().to_string(),
+                    bytes: bytes.clone(),
+                })
+                .map_err(|e| ApiError::bad_request("invalid_image", format!("the {what}: {e}")))
+        };
+        Ok((
+            read("image", image)?,
+            mask.map(|m| read("mask", m)).transpose()?,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    (parsed.source, parsed.mask) = (Some(checked.0), checked.1);
     let answer = images::generate(&gw, &caller.0, parsed, &base_url(&gw, &req), save).await?;
     Ok(HttpResponse::Ok().json(answer))
 }

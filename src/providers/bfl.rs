@@ -3,6 +3,7 @@
 
 use super::upstream::{Connection, UpstreamError};
 use super::wire::{Image, ImageRequest};
+use base64::Engine;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,18 @@ fn same_site(base: &str, url: &str) -> bool {
 
 async fn one(conn: &Connection, model: &str, req: &ImageRequest) -> Result<Image, UpstreamError> {
     let mut body = json!({"prompt": req.prompt});
+    // Flux Kontext edits the image given as `input_image` (base64).
+    if let Some(image) = &req.source {
+        if req.mask.is_some() {
+            return Err(UpstreamError::Unsupported(format!(
+                "{} (bfl) takes no mask; describe the area to change in the prompt",
+                conn.name
+            )));
+        }
+        body["input_image"] = base64::engine::general_purpose::STANDARD
+            .encode(&image.bytes)
+            .into();
+    }
     if let Some((w, h)) = req.dimensions() {
         body["width"] = w.into();
         body["height"] = h.into();

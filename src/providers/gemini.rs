@@ -166,8 +166,21 @@ pub(super) async fn images(
     model: &str,
     req: &ImageRequest,
 ) -> Result<Vec<Image>, UpstreamError> {
+    // An edit sends the image first, then what to do with it.
+    let mut parts = Vec::new();
+    if let Some(image) = &req.source {
+        let data = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
+        parts.push(json!({"inlineData": {"mimeType": image.media_type, "data": data}}));
+    }
+    if req.mask.is_some() {
+        return Err(UpstreamError::Unsupported(format!(
+            "{} (gemini) takes no mask; describe the area to change in the prompt",
+            conn.name
+        )));
+    }
+    parts.push(json!({"text": req.prompt}));
     let body = json!({
-        "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
+        "contents": [{"role": "user", "parts": parts}],
         "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
     });
     let url = format!("{}/v1beta/models/{model}:generateContent", conn.base_url);

@@ -2,7 +2,7 @@
 //! the upstream model name and the provider's privacy options.
 
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
-use super::wire::{ChatRequest, Image, ImageRequest, Usage};
+use super::wire::{ChatRequest, Image, ImageRequest, SourceImage, Usage};
 use crate::config::ProviderKind;
 use base64::Engine;
 use futures_util::StreamExt;
@@ -123,10 +123,24 @@ pub(super) async fn images(
         body.entry(k.clone()).or_insert(v.clone());
     }
     privacy(conn, &mut body);
-    let url = format!("{}/images/generations", conn.base_url);
-    let res = conn
-        .send(auth(conn, conn.client.post(url).json(&body)), true)
-        .await?;
+    let request = match &req.source {
+        None => conn
+            .client
+            .post(format!("{}/images/generations", conn.base_url))
+            .json(&body),
+        Some(image) => {
+            let mut files = vec![("image", image)];
+            if let Some(mask) = &req.mask {
+                files.push(("mask", mask));
+            }
+            let (content_type, form) = multipart(&body, &files);
+            conn.client
+                .post(format!("{}/images/edits", conn.base_url))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(form)
+        }
+    };
+    let res = conn.send(auth(conn, request), true).await?;
     let answer = conn.json(res).await?;
     let data = answer
         .get("data")
@@ -165,6 +179,51 @@ pub(super) async fn images(
         ));
     }
     Ok(out)
+}
+
+/// A `multipart/form-data` body: each field of `fields` as a text part (strings as
+/// they are, other scalars as JSON; objects and arrays have no form shape and are
+/// left out), then each file. Returns the content type (with its boundary) and the body.
+fn multipart(
+    fields: &serde_json::Map<String, Value>,
+    files: &[(&str, &SourceImage)],
+) -> (String, Vec<u8>) {
+    // Random, so it cannot occur in the image bytes by design of whoever sent them.
+    let boundary = format!(
+        "easel-{}",
+        crate::crypto::random_hex::<16>().unwrap_or_else(|_| format!(
+            "{:x}",
+            crate::store::now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ))
+    );
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Object(_) | Value::Array(_) | Value::Null => continue,
+            other => other.to_string(),
+        };
+        out.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{text}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, image) in files {
+        out.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n",
+                image.file_name(name),
+                image.media_type
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&image.bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), out)
 }
 
 /// The media type of image bytes, from their magic numbers.

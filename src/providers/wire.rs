@@ -255,6 +255,43 @@ pub struct ImageRequest {
     pub response_format: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+    /// The image to edit (`/v1/images/edits`); none makes a new image.
+    #[serde(skip)]
+    pub source: Option<SourceImage>,
+    /// Where to edit: the transparent part of this image (OpenAI's `mask`).
+    #[serde(skip)]
+    pub mask: Option<SourceImage>,
+}
+
+/// An image sent to a provider to work on, already decoded once by Easel.
+#[derive(Clone)]
+pub struct SourceImage {
+    pub bytes: bytes::Bytes,
+    pub media_type: String,
+}
+
+impl std::fmt::Debug for SourceImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SourceImage({}, {} bytes)",
+            self.media_type,
+            self.bytes.len()
+        )
+    }
+}
+
+impl SourceImage {
+    /// A file name with the extension of its media type, for a multipart part.
+    pub fn file_name(&self, stem: &str) -> String {
+        let ext = match self.media_type.as_str() {
+            "image/jpeg" => "jpg",
+            "image/webp" => "webp",
+            "image/gif" => "gif",
+            _ => "png",
+        };
+        format!("{stem}.{ext}")
+    }
 }
 
 impl ImageRequest {

@@ -314,6 +314,27 @@ pub static SPECS: &[Spec] = &[
         paid: true,
     },
     Spec {
+        kind: "image.edit",
+        title: "Edit image",
+        category: "Models",
+        description: "Changes an image as the prompt says, with a provider's image model (OpenAI's images/edits, Gemini or Flux Kontext). A mask (OpenAI only) limits the change to its transparent part.",
+        inputs: &[
+            port("image", Image),
+            port("prompt", Text),
+            optional("mask", Image),
+        ],
+        outputs: &[port("images", Images), port("image", Image)],
+        params: &[
+            needed("model", "Model", Kind::Model(Capability::Image), ""),
+            param("size", "Size", SHORT, "Such as 1024x1024."),
+            with(
+                param("n", "Images", Kind::Int { min: 1, max: 4 }, ""),
+                Default::Int(1),
+            ),
+        ],
+        paid: true,
+    },
+    Spec {
         kind: "image.resize",
         title: "Resize",
         category: "Images",
@@ -722,7 +743,7 @@ fn check_params(node: &Node, spec: &Spec, out: &mut Vec<Problem>) {
                 _ => {}
             }
         }
-        "image.generate" => {
+        "image.generate" | "image.edit" => {
             if let Some(s) = get("size").and_then(Value::as_str)
                 && size(s).is_none()
             {
@@ -896,7 +917,7 @@ fn op_of(node: &Node, spec: &Spec) -> Op {
             language: t("language").filter(|s| !s.is_empty()),
             max_chars: n("max_chars").map(|v| v as u32),
         },
-        "image.generate" => Op::Generate {
+        "image.generate" | "image.edit" => Op::Generate {
             model: t("model").unwrap_or_default(),
             size: t("size").filter(|s| !s.is_empty()),
             n: int_or_default(p, spec, "n").clamp(1, 4) as u32,
@@ -1569,6 +1590,14 @@ pub async fn run(op: &Op, inputs: Inputs, ctx: &Ctx) -> Result<Outputs, ApiError
             ])
         }
         Op::Generate { model, size, n } => {
+            // An image.edit node has an image coming in; image.generate has none.
+            let source = |port| match inputs.one(port) {
+                Some(Data::Image(i)) => Some(crate::providers::wire::SourceImage {
+                    bytes: i.bytes.clone(),
+                    media_type: i.media_type.clone(),
+                }),
+                _ => None,
+            };
             let req = crate::providers::wire::ImageRequest {
                 model: model.clone(),
                 prompt: inputs.text("prompt"),
@@ -1576,6 +1605,8 @@ pub async fn run(op: &Op, inputs: Inputs, ctx: &Ctx) -> Result<Outputs, ApiError
                 size: size.clone(),
                 response_format: None,
                 rest: Map::new(),
+                source: source("image"),
+                mask: source("mask"),
             };
             let (made, _) = crate::gateway::images::make(&ctx.gateway, &ctx.caller, &req).await?;
             let limits = ctx.limits;

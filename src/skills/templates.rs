@@ -30,7 +30,7 @@ impl Template {
             let cap = match n.kind.as_str() {
                 "chat" if seeing.contains(&n.id) => Capability::Vision,
                 "chat" => Capability::Chat,
-                "image.generate" => Capability::Image,
+                "image.generate" | "image.edit" => Capability::Image,
                 _ => continue,
             };
             if let Some(m) = pick(cap) {

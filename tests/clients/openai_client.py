@@ -64,6 +64,13 @@ def main() -> None:
     with urllib.request.urlopen(linked.data[0].url) as res:
         assert res.read() == base64.b64decode(PNG)
 
+    edited = client.images.edit(
+        model="dalle-test",
+        image=("shoe.png", base64.b64decode(PNG), "image/png"),
+        prompt="the shoe on a white background",
+    )
+    assert base64.b64decode(edited.data[0].b64_json) == base64.b64decode(PNG), edited
+
     try:
         client.chat.completions.create(model="no-such", messages=[{"role": "user", "content": "x"}])
         raise AssertionError("an unknown model must fail")

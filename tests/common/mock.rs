@@ -170,6 +170,67 @@ fn alt_text_language(body: &Value) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+/// A `multipart/form-data` body as `{"fields": {name: text}, "files": {name:
+/// {filename, content_type, bytes, magic_png, magic_jpeg}}}` (Null when unreadable).
+fn multipart(req: &HttpRequest, body: &[u8]) -> Value {
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(boundary) = ct.split("boundary=").nth(1) else {
+        return Value::Null;
+    };
+    let delimiter = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| i + from)
+    };
+    let (mut fields, mut files) = (serde_json::Map::new(), serde_json::Map::new());
+    let mut at = match find(body, delimiter.as_bytes(), 0) {
+        Some(i) => i + delimiter.len(),
+        None => return Value::Null,
+    };
+    while body[at..].starts_with(b"\r\n") {
+        let Some(head_end) = find(body, b"\r\n\r\n", at) else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&body[at + 2..head_end]).to_string();
+        let Some(next) = find(body, format!("\r\n{delimiter}").as_bytes(), head_end) else {
+            break;
+        };
+        let content = &body[head_end + 4..next];
+        let attr = |key: &str| {
+            head.split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        };
+        let name = attr("name").unwrap_or_default();
+        match attr("filename") {
+            Some(filename) => {
+                let content_type = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Type: "))
+                    .unwrap_or("")
+                    .to_string();
+                files.insert(
+                    name,
+                    json!({"filename": filename, "content_type": content_type, "bytes": content.len(),
+                        "magic_png": content.starts_with(b"\x89PNG"), "magic_jpeg": content.starts_with(&[0xFF, 0xD8, 0xFF])}),
+                );
+            }
+            None => {
+                fields.insert(name, String::from_utf8_lossy(content).into());
+            }
+        }
+        at = next + 2 + delimiter.len();
+    }
+    json!({"fields": fields, "files": files})
+}
+
 /// A stream that breaks after its first chunk.
 fn dropping(first: String) -> HttpResponse {
     let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
@@ -215,7 +276,11 @@ async fn handle(
     base: Data<String>,
 ) -> HttpResponse {
     let path = req.path().to_string();
-    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let json: Value = if path.ends_with("/images/edits") {
+        multipart(&req, &body)
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
     let headers = req
         .headers()
         .iter()
@@ -313,6 +378,25 @@ async fn handle(
         }
         events.push("data: [DONE]\n\n".into());
         return sse(events);
+    }
+    if path.ends_with("/images/edits") {
+        // OpenAI refuses an edit without an image or a prompt, or with a file that
+        // is not an image.
+        let image = &json["files"]["image"];
+        if image.is_null() || json["fields"]["prompt"].is_null() {
+            return HttpResponse::BadRequest().json(json!({"error": {
+                "message": "image and prompt are required", "type": "invalid_request_error"}}));
+        }
+        if image["magic_png"] != true && image["magic_jpeg"] != true {
+            return HttpResponse::BadRequest().json(json!({"error": {
+                "message": "Invalid image file", "type": "invalid_request_error"}}));
+        }
+        let n = json["fields"]["n"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": PNG_B64})).collect();
+        return HttpResponse::Ok().json(json!({"created": 1, "data": data}));
     }
     if path.ends_with("/images/generations") {
         let n = json["n"].as_u64().unwrap_or(1);

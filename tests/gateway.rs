@@ -1444,6 +1444,10 @@ async fn image_edits_are_sent_to_each_provider_in_its_format_and_bad_images_cost
     assert_eq!(call.body["fields"]["prompt"], "the shoe on white");
     assert_eq!(call.body["fields"]["n"], "2");
     assert_eq!(call.body["fields"]["size"], "256x256");
+    assert!(
+        call.body["fields"].get("store").is_none(),
+        "chat's store option is not sent to an image endpoint"
+    );
     for file in ["image", "mask"] {
         let f = &call.body["files"][file];
         assert_eq!(

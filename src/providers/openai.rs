@@ -122,7 +122,8 @@ pub(super) async fn images(
     for (k, v) in &req.rest {
         body.entry(k.clone()).or_insert(v.clone());
     }
-    privacy(conn, &mut body);
+    // No privacy fields here: `store` exists only on chat, and OpenAI's image
+    // endpoints refuse a parameter they do not know.
     let request = match &req.source {
         None => conn
             .client

@@ -618,20 +618,26 @@ async function renderSkillEditor(main, slug) {
   runCard.append(el("h2", {}, "Test run"), el("p", { class: "muted" }, "Runs the newest version (saved first) as an agent would, with live progress. Paid nodes spend your credits."),
     runForm, runErr, runStatus, runOut, el("details", {}, el("summary", {}, "Progress"), runLog));
 
+  // The form follows the graph's input nodes; what was typed or chosen stays.
   function drawRunInputs() {
     const keep = {};
-    for (const i of runInputs.querySelectorAll("[data-input]")) if (i.type !== "file") keep[i.dataset.input] = i.value;
+    for (const i of runInputs.querySelectorAll("[data-input]")) keep[`${i.dataset.kind}:${i.dataset.input}`] = i;
     runInputs.replaceChildren();
     const ins = sk.graph.nodes.filter((n) => n.type.startsWith("input.") && n.params.name);
     if (!ins.length) runInputs.append(el("p", { class: "muted" }, "This skill takes no inputs."));
     for (const n of ins) {
       const name = String(n.params.name);
       const id = `sk-in-${name}`;
-      let input;
-      if (n.type === "input.image") input = el("input", { id, type: "file", accept: "image/*", "data-input": name });
-      else if (n.type === "input.number") input = el("input", { id, type: "number", step: "any", "data-input": name, placeholder: n.params.default !== undefined ? String(n.params.default) : "" });
-      else input = el("textarea", { id, rows: 2, "data-input": name, placeholder: n.params.default !== undefined ? String(n.params.default) : "" });
-      if (keep[name] !== undefined) input.value = keep[name];
+      const placeholder = n.params.default !== undefined ? String(n.params.default) : "";
+      let input = keep[`${n.type}:${name}`];
+      delete keep[`${n.type}:${name}`];
+      if (!input && n.type === "input.image") input = el("input", { type: "file", accept: "image/*" });
+      else if (!input && n.type === "input.number") input = el("input", { type: "number", step: "any" });
+      else if (!input) input = el("textarea", { rows: 2 });
+      input.id = id;
+      input.dataset.input = name;
+      input.dataset.kind = n.type;
+      if (n.type !== "input.image") input.placeholder = placeholder;
       runInputs.append(el("label", { for: id }, el("span", {}, name), input, n.params.description ? el("small", { class: "muted" }, String(n.params.description)) : null));
     }
   }
@@ -654,7 +660,7 @@ async function renderSkillEditor(main, slug) {
   }
 
   function showValue(v) {
-    const image = (x) => x && typeof x === "object" && typeof x.b64_json === "string" && /^image\/[a-z+.-]+$/.test(x.media_type || "");
+    const image = (x) => x && typeof x === "object" && typeof x.b64_json === "string" && /^image\/(png|jpeg|webp|gif)$/.test(x.media_type || "");
     if (image(v)) return el("img", { src: `data:${v.media_type};base64,${v.b64_json}`, alt: "", class: "sk-out-image", width: Math.min(v.width || 240, 240) });
     if (Array.isArray(v) && v.length && v.every(image)) return el("span", { class: "row" }, ...v.map(showValue));
     return el("pre", {}, typeof v === "string" ? v : JSON.stringify(v, null, 2));

@@ -149,7 +149,13 @@ async function renderSkillEditor(main, slug) {
     el("section", { class: "card", id: "sk-check" }, el("h2", {}, "Problems"), problemsList));
   const runCard = el("section", { class: "card", id: "sk-run" });
   const versionsCard = el("section", { class: "card", id: "sk-versions" });
-  main.append(runCard, versionsCard);
+  const runsCard = el("section", { class: "card", id: "sk-runs" });
+  const agentsCard = el("section", { class: "card", id: "sk-agents" }, el("h2", {}, "Calling it"),
+    el("p", {}, "Once published, agents and scripts call this skill with an API key that has the ", el("code", {}, "skills"), " scope:"),
+    el("pre", {}, `curl -H "Authorization: Bearer easel_sk_…" ${location.origin}/v1/skills/${slug}/run \
+  -d '{"inputs": {…}, "stream": false}'`),
+    el("p", {}, "MCP clients connect to ", el("code", {}, `${location.origin}/mcp`), " with the same key; the skill is the tool ", el("code", {}, slug), "."));
+  main.append(runCard, runsCard, versionsCard, agentsCard);
 
   // ---- the palette --------------------------------------------------------------
   const groups = {};
@@ -600,6 +606,23 @@ async function renderSkillEditor(main, slug) {
       el("table", {}, el("thead", {}, el("tr", {}, ...["Version", "Note", "Nodes", "Saved", "", ""].map((h) => el("th", {}, h)))), tbody));
   }
 
+  // Runs are kept as metadata only: no input, prompt or output.
+  async function fillRuns() {
+    const r = await getJSON(`/api/skills/${encodeURIComponent(slug)}/runs?limit=20`);
+    runsCard.replaceChildren(el("h2", {}, "Recent runs"));
+    if (!r.ok) return runsCard.append(el("p", { class: "notice error", role: "alert" }, errorText(r)));
+    if (!r.body.data.length) return runsCard.append(el("p", { class: "muted", id: "sk-no-runs" }, "No runs yet."));
+    const tbody = el("tbody", { id: "sk-run-list" });
+    for (const run of r.body.data) {
+      const failed = run.nodes.filter((n) => n.status === "failed").map((n) => `${n.id}${n.error ? ` (${n.error.code})` : ""}`);
+      tbody.append(el("tr", { "data-run": run.id }, el("td", {}, when(run.started_at)), el("td", {}, `v${run.version}`), el("td", {}, run.via),
+        el("td", {}, el("span", { class: `pill ${run.status === "succeeded" ? "ok" : "bad"}` }, run.status)),
+        el("td", { class: "num" }, `${run.ms} ms`), el("td", { class: "num" }, String(run.credits)), el("td", {}, failed.join(", "))));
+    }
+    runsCard.append(el("p", { class: "muted" }, "What is kept of a run: its version, each node's status, time and credits, and the error code of a failed node. Never an input, a prompt or an output."),
+      el("table", {}, el("thead", {}, el("tr", {}, ...["Started", "Version", "From", "Status", "Time", "Credits", "Failed"].map((h) => el("th", {}, h)))), tbody));
+  }
+
   function load(body) {
     sk.skill = body; sk.graph = body.graph; sk.dirty = false; sk.selected = null; sk.armed = null;
     for (const n of sk.graph.nodes) { n.params ||= {}; n.position ||= { x: 40, y: 40 }; }
@@ -736,6 +759,8 @@ async function renderSkillEditor(main, slug) {
       runBtn.disabled = false;
       cancelBtn.hidden = true;
       sk.run = null;
+      // The run's record is written just after it ends.
+      setTimeout(fillRuns, 300);
     }
   });
   cancelBtn.addEventListener("click", async () => {
@@ -746,7 +771,7 @@ async function renderSkillEditor(main, slug) {
 
   showMeta();
   draw();
-  await Promise.all([check(), fillVersions()]);
+  await Promise.all([check(), fillVersions(), fillRuns()]);
 }
 
 // Leaving the editor with unsaved changes asks first (closing the tab too).

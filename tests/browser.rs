@@ -1051,6 +1051,22 @@ async fn a_person_builds_a_skill_in_the_editor_runs_it_and_sees_the_output() {
         json!("2,1"),
     )
     .await;
+    // The run is listed as metadata: from the editor, succeeded, no input or output.
+    s.wait_for(
+        "const r = document.querySelector('#sk-run-list tr'); return r ? [...r.cells].slice(1, 4).map(c => c.textContent).join() : null",
+        json!("v2,editor,succeeded"),
+    )
+    .await;
+    let runs = s
+        .js("return document.getElementById('sk-runs').textContent")
+        .await;
+    assert!(!runs.as_str().unwrap().contains("Lovelace"), "{runs}");
+    // The wide editor page still fits the window: no sideways scrolling.
+    assert_eq!(
+        s.js("return document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        json!(true)
+    );
     s.screenshot("skill-run").await;
 
     // Publish: agents see it.

@@ -230,7 +230,7 @@ async function renderSkillEditor(main, slug) {
     ev.preventDefault();
     const start = { x: ev.clientX, y: ev.clientY, nx: n.position.x, ny: n.position.y };
     let moved = false;
-    head(box).setPointerCapture(ev.pointerId);
+    grip(box).setPointerCapture(ev.pointerId);
     const move = (e) => {
       n.position.x = Math.max(0, Math.round(start.nx + e.clientX - start.x));
       n.position.y = Math.max(0, Math.round(start.ny + e.clientY - start.y));
@@ -239,14 +239,14 @@ async function renderSkillEditor(main, slug) {
       drawWires();
     };
     const up = () => {
-      head(box).removeEventListener("pointermove", move);
-      head(box).removeEventListener("pointerup", up);
+      grip(box).removeEventListener("pointermove", move);
+      grip(box).removeEventListener("pointerup", up);
       if (moved) markDirty();
     };
-    head(box).addEventListener("pointermove", move);
-    head(box).addEventListener("pointerup", up);
+    grip(box).addEventListener("pointermove", move);
+    grip(box).addEventListener("pointerup", up);
   }
-  function head(box) { return box.querySelector(".sk-head"); }
+  function grip(box) { return box.querySelector(".sk-head"); }
 
   function draw() {
     for (const old of board.querySelectorAll(".sk-node")) old.remove();

@@ -1017,6 +1017,35 @@ async fn a_person_builds_a_skill_in_the_editor_runs_it_and_sees_the_output() {
         json!(true),
     )
     .await;
+    // A node is dragged by its title (real pointer events through WebDriver).
+    let before = s
+        .js("return parseInt(document.querySelector(\"#sk-board .sk-node[data-node='output']\").style.left)")
+        .await;
+    let grip = s
+        .element("#sk-board .sk-node[data-node='output'] .sk-head")
+        .await;
+    s.post(
+        "/actions",
+        json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [
+            {"type": "pointerMove", "origin": {"element-6066-11e4-a52e-4f735466cecf": grip}, "x": 0, "y": 0},
+            {"type": "pointerDown", "button": 0},
+            {"type": "pointerMove", "origin": "pointer", "x": 60, "y": 40, "duration": 100},
+            {"type": "pointerUp", "button": 0},
+        ]}]}),
+    )
+    .await;
+    let after = s
+        .js("return parseInt(document.querySelector(\"#sk-board .sk-node[data-node='output']\").style.left)")
+        .await;
+    assert_eq!(
+        after.as_i64().unwrap() - before.as_i64().unwrap(),
+        60,
+        "{before} → {after}"
+    );
+    assert_eq!(
+        s.js("return !!document.getElementById('sk-unsaved')").await,
+        json!(true)
+    );
     s.screenshot("skill-editor").await;
 
     // Run it: the graph is saved first, progress shows on the nodes, the output below.

@@ -1565,6 +1565,17 @@ async fn image_edits_are_sent_to_each_provider_in_its_format_and_bad_images_cost
             "model_not_capable",
         ),
         (
+            "a field name that is not plain (it goes on in a multipart header)",
+            vec![
+                ("model", "dalle-test"),
+                ("prompt", "x"),
+                ("x;filename=evil.sh", "y"),
+            ],
+            vec![("image", png.clone())],
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
+        (
             "an unknown model",
             vec![("model", "no-such"), ("prompt", "x")],
             vec![("image", png.clone())],

@@ -157,6 +157,14 @@ async fn image_edits(
     while let Some(field) = form.next().await {
         let mut field = field.map_err(multipart_error)?;
         let name = field.name().unwrap_or_default().to_string();
+        // Names go on to the provider inside a multipart header: plain ones only.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"_-[]".contains(&b);
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(plain) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "field names are letters, digits, `_`, `-` and `[]`, at most 64 of them",
+            ));
+        }
         let file = matches!(name.as_str(), "image" | "image[]" | "mask");
         let mut data = web::BytesMut::new();
         while let Some(chunk) = field.next().await {

@@ -1024,6 +1024,22 @@ async fn a_client_leaving_or_a_crash_mid_upload_leaves_no_partial_asset() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!part.exists(), "a cut-off upload's file is removed at once");
+    // The start-up catch-up of library_gc has run and is recorded, so it is not due
+    // again at the restart below: only the run this test asks for finds what the
+    // crash leaves (without this wait, the restart's catch-up could take it first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !p
+        .log_text()
+        .lines()
+        .any(|l| l.contains("job finished") && l.contains("library_gc"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "library_gc never finished its catch-up:\n{}",
+            p.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // The server dies part way: nothing is visible after the restart, and the upkeep
     // job removes what was left.

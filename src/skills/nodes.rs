@@ -149,6 +149,17 @@ const SIDE: Kind = Kind::Int { min: 1, max: 8192 };
 
 use PortType::{Any, Image, Images, Json, Number, Text};
 
+/// What image.generate and image.edit both take and give.
+const IMAGE_MODEL: &[Param] = &[
+    needed("model", "Model", Kind::Model(Capability::Image), ""),
+    param("size", "Size", SHORT, "Such as 1024x1024."),
+    with(
+        param("n", "Images", Kind::Int { min: 1, max: 4 }, ""),
+        Default::Int(1),
+    ),
+];
+const IMAGE_OUT: &[Port] = &[port("images", Images), port("image", Image)];
+
 /// Every node type, in the editor palette's order.
 pub static SPECS: &[Spec] = &[
     Spec {
@@ -302,15 +313,8 @@ pub static SPECS: &[Spec] = &[
         category: "Models",
         description: "Makes images from a prompt.",
         inputs: &[port("prompt", Text)],
-        outputs: &[port("images", Images), port("image", Image)],
-        params: &[
-            needed("model", "Model", Kind::Model(Capability::Image), ""),
-            param("size", "Size", SHORT, "Such as 1024x1024."),
-            with(
-                param("n", "Images", Kind::Int { min: 1, max: 4 }, ""),
-                Default::Int(1),
-            ),
-        ],
+        outputs: IMAGE_OUT,
+        params: IMAGE_MODEL,
         paid: true,
     },
     Spec {
@@ -323,15 +327,8 @@ pub static SPECS: &[Spec] = &[
             port("prompt", Text),
             optional("mask", Image),
         ],
-        outputs: &[port("images", Images), port("image", Image)],
-        params: &[
-            needed("model", "Model", Kind::Model(Capability::Image), ""),
-            param("size", "Size", SHORT, "Such as 1024x1024."),
-            with(
-                param("n", "Images", Kind::Int { min: 1, max: 4 }, ""),
-                Default::Int(1),
-            ),
-        ],
+        outputs: IMAGE_OUT,
+        params: IMAGE_MODEL,
         paid: true,
     },
     Spec {

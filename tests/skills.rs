@@ -470,6 +470,29 @@ async fn validation_points_at_the_node_and_port() {
         .run("draft", json!({"version": "latest", "inputs": {}}))
         .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    // An edge to or from a port the node lacks names the ports it has.
+    let (_, r) = t.post("/api/skills/check", json!({"graph": {"nodes": [
+        node("photo", "input.image", json!({"name": "photo"})),
+        node("shrink", "image.resize", json!({"width": 10})),
+        node("o", "output", json!({"name": "o"})),
+    ], "edges": [edge("photo.picture", "shrink.image"), edge("photo.image", "shrink.img"), edge("shrink.image", "o.value")]}})).await;
+    let problems = r["problems"].as_array().unwrap();
+    let at = |node: &str, port: &str| {
+        problems
+            .iter()
+            .find(|p| p["node"] == node && p["port"] == port && p["code"] == "unknown_port")
+            .unwrap_or_else(|| panic!("no unknown_port at {node}.{port}: {r}"))
+    };
+    assert_eq!(
+        at("photo", "picture")["message"],
+        "`input.image` has no output `picture`; it has image"
+    );
+    assert_eq!(at("photo", "picture")["edge"], 0);
+    assert_eq!(
+        at("shrink", "img")["message"],
+        "`image.resize` has no input `img`; it has image"
+    );
+    assert_eq!(at("shrink", "img")["edge"], 1);
     // A model that cannot see is refused for a chat node given an image.
     let (_, r) = t.post("/api/skills/check", json!({"graph": {"nodes": [
         node("photo", "input.image", json!({"name": "photo"})),

@@ -763,6 +763,28 @@ fn size(s: &str) -> Option<(u32, u32)> {
     (w > 0 && h > 0 && w <= 8192 && h <= 8192).then_some((w, h))
 }
 
+/// An edge names a port its node does not have: say which ones it has.
+fn unknown_port<'a>(
+    node: &str,
+    kind: &str,
+    side: &str,
+    port: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Problem {
+    let names: Vec<&str> = names.collect();
+    let has = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    Problem::node(
+        node,
+        "unknown_port",
+        format!("`{kind}` has no {side} `{port}`; it has {has}"),
+    )
+    .at_port(port)
+}
+
 /// One step of a checked graph, ready to run.
 #[derive(Debug)]
 pub struct Step {
@@ -1119,45 +1141,13 @@ pub fn check(g: &Graph, max_nodes: usize) -> Result<Plan, Vec<Problem>> {
             continue;
         };
         let Some(out) = fs.outputs.iter().find(|p| p.name == fp) else {
-            let names: Vec<&str> = fs.outputs.iter().map(|p| p.name).collect();
-            problems.push(
-                Problem::node(
-                    fa,
-                    "unknown_port",
-                    format!(
-                        "`{}` has no output `{fp}`; it has {}",
-                        fs.kind,
-                        if names.is_empty() {
-                            "none".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                )
-                .at_port(fp)
-                .at_edge(e_i),
-            );
+            let names = fs.outputs.iter().map(|p| p.name);
+            problems.push(unknown_port(fa, fs.kind, "output", fp, names).at_edge(e_i));
             continue;
         };
         let Some(pi) = ports[to].iter().position(|p| p.name == tp) else {
-            let names: Vec<&str> = ports[to].iter().map(|p| p.name.as_str()).collect();
-            problems.push(
-                Problem::node(
-                    ta,
-                    "unknown_port",
-                    format!(
-                        "`{}` has no input `{tp}`; it has {}",
-                        g.nodes[to].kind,
-                        if names.is_empty() {
-                            "none".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                )
-                .at_port(tp)
-                .at_edge(e_i),
-            );
+            let names = ports[to].iter().map(|p| p.name.as_str());
+            problems.push(unknown_port(ta, &g.nodes[to].kind, "input", tp, names).at_edge(e_i));
             continue;
         };
         let inp = &ports[to][pi];

@@ -794,17 +794,8 @@ async fn the_export_carries_the_files_and_erasure_removes_them() {
     let id = asset["id"].as_str().expect("id");
 
     let ada = Browser::login(&t.s, "ada@example.com", PASSWORD).await;
-    let r = common::http()
-        .get(t.s.url("/api/privacy/export"))
-        .header(
-            "cookie",
-            format!("easel_session={}", ada.cookie.clone().expect("cookie")),
-        )
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(r.status(), StatusCode::OK);
-    let zip_bytes = r.bytes().await.expect("zip").to_vec();
+    let (status, zip_bytes) = ada.export(&t.s, "/api/privacy/export").await;
+    assert_eq!(status, StatusCode::OK);
     let mut zip = zip::ZipArchive::new(Cursor::new(zip_bytes)).expect("zip");
     let mut lines = String::new();
     zip.by_name("assets.jsonl")

@@ -702,31 +702,6 @@ fn ids(v: &[Value]) -> Vec<String> {
     out
 }
 
-async fn download(s: &TestServer, b: &Browser, path: &str) -> (StatusCode, Vec<u8>) {
-    let res = common::http()
-        .get(s.url(path))
-        .header(
-            "cookie",
-            format!("easel_session={}", b.cookie.as_deref().expect("cookie")),
-        )
-        .send()
-        .await
-        .expect("send");
-    let status = res.status();
-    if status == StatusCode::OK {
-        assert_eq!(
-            res.headers()["content-type"],
-            "application/zip",
-            "an export is a ZIP"
-        );
-        let disposition = res.headers()["content-disposition"]
-            .to_str()
-            .expect("ascii");
-        assert!(disposition.starts_with("attachment; filename=\"easel-export-"));
-    }
-    (status, res.bytes().await.expect("body").to_vec())
-}
-
 #[tokio::test]
 async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else() {
     let t = setup("").await;
@@ -763,7 +738,7 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
     assert_eq!(truth_usage.len(), 2);
     assert_eq!(bob_usage.len(), 1);
 
-    let (status, zip) = download(&t.s, &ada, "/api/privacy/export").await;
+    let (status, zip) = ada.export(&t.s, "/api/privacy/export").await;
     assert_eq!(status, StatusCode::OK);
     let files = unzip(&zip);
     for name in [
@@ -847,18 +822,18 @@ async fn an_export_holds_every_record_of_the_person_and_nothing_of_anyone_else()
 
     // An admin's access request gives the same records and is audited; a member
     // cannot export someone else.
-    let (status, zip) = download(
-        &t.s,
-        &t.admin,
-        &format!("/api/admin/users/{}/export", t.member),
-    )
-    .await;
+    let (status, zip) = t
+        .admin
+        .export(&t.s, &format!("/api/admin/users/{}/export", t.member))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let by_admin = unzip(&zip);
     assert_eq!(by_admin["usage.jsonl"], files["usage.jsonl"]);
-    let (status, _) = download(&t.s, &ada, &format!("/api/admin/users/{bob}/export")).await;
+    let (status, _) = ada
+        .export(&t.s, &format!("/api/admin/users/{bob}/export"))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = download(&t.s, &t.admin, "/api/admin/users/0000/export").await;
+    let (status, _) = t.admin.export(&t.s, "/api/admin/users/0000/export").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, audit) = t
         .admin(Method::GET, "/api/admin/audit?limit=500", None)

@@ -938,17 +938,8 @@ async fn the_export_holds_skills_and_runs_and_erasure_removes_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let ada = common::api::Browser::login(&t.s, "ada@example.com", PASSWORD).await;
-    let res = common::http()
-        .get(t.s.url("/api/privacy/export"))
-        .header(
-            "cookie",
-            format!("easel_session={}", ada.cookie.clone().expect("cookie")),
-        )
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(res.status(), StatusCode::OK);
-    let bytes = res.bytes().await.expect("zip").to_vec();
+    let (status, bytes) = ada.export(&t.s, "/api/privacy/export").await;
+    assert_eq!(status, StatusCode::OK);
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("zip");
     let mut read = |name: &str| {
         let mut s = String::new();

@@ -93,6 +93,33 @@ impl Browser {
         }
     }
 
+    /// Downloads an export (`/api/privacy/export` or an admin's
+    /// `/api/admin/users/{id}/export`); a 200 must be a ZIP sent as an attachment.
+    pub async fn export(&self, s: &TestServer, path: &str) -> (StatusCode, Vec<u8>) {
+        let res = super::http()
+            .get(s.url(path))
+            .header(
+                "cookie",
+                format!("easel_session={}", self.cookie.as_deref().expect("cookie")),
+            )
+            .send()
+            .await
+            .expect("send");
+        let status = res.status();
+        if status == StatusCode::OK {
+            assert_eq!(
+                res.headers()["content-type"],
+                "application/zip",
+                "an export is a ZIP"
+            );
+            let disposition = res.headers()["content-disposition"]
+                .to_str()
+                .expect("ascii");
+            assert!(disposition.starts_with("attachment; filename=\"easel-export-"));
+        }
+        (status, res.bytes().await.expect("body").to_vec())
+    }
+
     pub async fn login(s: &TestServer, email: &str, password: &str) -> Browser {
         let a = anonymous_post(
             s,

@@ -131,10 +131,7 @@ async fn load(url: String, key: Option<String>, seconds: u64) -> Vec<u64> {
 }
 
 fn part2() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = common::start(dir.path(), "", "").await;

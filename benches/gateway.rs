@@ -422,10 +422,7 @@ fn main() {
     if let (Ok(up), Ok(port)) = (std::env::var(BARE_UPSTREAM), std::env::var(BARE_PORT)) {
         return bare_proxy(up, port.parse().expect("port"));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let up = upstream().await;
         let dir = tempfile::tempdir().expect("tempdir");

@@ -41,11 +41,6 @@ fn mbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 async fn timed_get(client: &reqwest::Client, url: &str, key: Option<&str>, len: usize) -> Duration {
     let started = Instant::now();
     let mut req = client.get(url);
@@ -62,10 +57,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = common::start(
@@ -107,7 +99,7 @@ fn main() {
             times.push(started.elapsed());
             id = v["assets"][0]["id"].as_str().expect("id").to_string();
         }
-        let up = median(times.clone());
+        let up = common::median(times.clone());
         println!(
             "upload+seal+thumbnail: median {:.0} ms per 12 MP JPEG ({:.1} MB/s, {:.2} images/s); min {:.0} ms, max {:.0} ms",
             up.as_secs_f64() * 1e3,
@@ -131,7 +123,7 @@ fn main() {
             reads.push(started.elapsed());
             assert_eq!(b.len(), asset_len);
         }
-        let fs = median(reads);
+        let fs = common::median(reads);
 
         // Plain file over the same HTTP stack: a bare actix-web server that reads the
         // file and sends it.
@@ -168,7 +160,7 @@ fn main() {
             p.push(timed_get(&client, &plain_url, None, asset_len).await);
             s.push(timed_get(&client, &sealed_url, Some(&key), asset_len).await);
         }
-        let (plain_http, sealed) = (median(p), median(s));
+        let (plain_http, sealed) = (common::median(p), common::median(s));
 
         // Opening the sealed file alone, without HTTP.
         let lib = running.services().library.clone();
@@ -197,7 +189,7 @@ fn main() {
             opens.push(started.elapsed());
             assert_eq!(total, asset_len);
         }
-        let open = median(opens);
+        let open = common::median(opens);
 
         println!("plain file, std::fs::read:        {:>7.0} MB/s", mbps(asset_len, fs));
         println!("sealed file, opened (no HTTP):     {:>7.0} MB/s", mbps(asset_len, open));

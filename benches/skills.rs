@@ -121,8 +121,7 @@ impl Bench {
                 times.push(d);
             }
         }
-        times.sort();
-        times[times.len() / 2]
+        common::median(times)
     }
 }
 
@@ -143,18 +142,14 @@ fn resize_alone(png: &[u8]) -> f64 {
         std::hint::black_box(out);
         times.push(t.elapsed());
     }
-    times.sort();
-    times[times.len() / 2].as_secs_f64() * 1e6
+    common::median(times).as_secs_f64() * 1e6
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = common::start(dir.path(), "workers = 2", "[skills]\nmax_nodes = 200\n").await;

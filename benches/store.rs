@@ -2,6 +2,8 @@
 //! group commit against one commit per write. Run: cargo bench --bench store
 //! Target (issue 2): at 256 writers, group commit >= 20x one commit per write.
 
+mod common;
+
 use easel::store::burst::burst;
 use easel::store::{Store, StoreOptions};
 use std::sync::Arc;
@@ -46,10 +48,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; nothing to list
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let mut ratio_256 = 0.0;
         for writers in [1usize, 16, 256] {

@@ -7,12 +7,6 @@
 "use strict";
 
 const SK_SVG = "http://www.w3.org/2000/svg";
-// What an input port of each type accepts (graph.rs, PortType::accepts).
-const SK_ACCEPTS = {
-  image: ["image"], images: ["images", "image"], text: ["text", "number", "json"],
-  json: ["json", "text", "number"], number: ["number"],
-  any: ["image", "images", "text", "json", "number"],
-};
 
 // The editor's state while a skill is open.
 let sk = null;
@@ -118,7 +112,7 @@ async function renderSkillEditor(main, slug) {
   const specs = {};
   for (const n of nodes.body.data) specs[n.type] = n;
   sk = {
-    slug, specs, skill: skill.body, graph: skill.body.graph, dirty: false, selected: null, armed: null,
+    slug, specs, accepts: nodes.body.accepts, skill: skill.body, graph: skill.body.graph, dirty: false, selected: null, armed: null,
     problems: [], models: models.ok ? models.body.data : [], checkTimer: 0, checkSeq: 0, run: null,
   };
   for (const n of sk.graph.nodes) { n.params ||= {}; n.position ||= { x: 40, y: 40 }; }
@@ -303,7 +297,7 @@ async function renderSkillEditor(main, slug) {
     if (out) out.classList.add("armed");
     for (const b of board.querySelectorAll(".sk-port.in")) {
       const same = b.closest(".sk-node").dataset.node === a.node;
-      b.classList.add(!same && SK_ACCEPTS[b.dataset.type].includes(a.type) ? "can" : "cannot");
+      b.classList.add(!same && sk.accepts[b.dataset.type].includes(a.type) ? "can" : "cannot");
     }
     hint.textContent = `Connecting ${a.node}.${a.port} (${a.type}): click an input port that takes it. Esc cancels.`;
   }
@@ -313,7 +307,7 @@ async function renderSkillEditor(main, slug) {
       hint.textContent = `To connect ${node}.${port.name}, click an output port first.`;
       return;
     }
-    if (!SK_ACCEPTS[port.type].includes(sk.armed.type)) {
+    if (!sk.accepts[port.type].includes(sk.armed.type)) {
       hint.textContent = `${node}.${port.name} takes ${port.type}, not ${sk.armed.type}.`;
       return;
     }

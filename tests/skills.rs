@@ -470,6 +470,26 @@ async fn validation_points_at_the_node_and_port() {
         .run("draft", json!({"version": "latest", "inputs": {}}))
         .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    // The editor gets the node types and the port conversions from the server.
+    let (st, types) = t.get("/api/skills/nodes").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(types["accepts"]["text"], json!(["text", "number", "json"]));
+    assert_eq!(types["accepts"]["images"], json!(["image", "images"]));
+    assert_eq!(types["accepts"]["image"], json!(["image"]));
+    assert_eq!(
+        types["accepts"]["any"],
+        json!(["image", "images", "text", "number", "json"])
+    );
+    let edit = types["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "image.edit")
+        .expect("image.edit is listed");
+    assert_eq!(
+        edit["params"]["properties"]["model"]["x-capability"],
+        "image"
+    );
     // An edge to or from a port the node lacks names the ports it has.
     let (_, r) = t.post("/api/skills/check", json!({"graph": {"nodes": [
         node("photo", "input.image", json!({"name": "photo"})),

@@ -22,6 +22,31 @@ pub enum PortType {
 }
 
 impl PortType {
+    /// Every port type.
+    pub const ALL: [PortType; 6] = [
+        PortType::Image,
+        PortType::Images,
+        PortType::Text,
+        PortType::Number,
+        PortType::Json,
+        PortType::Any,
+    ];
+
+    /// For each input type, the output types it takes (for the editor).
+    pub fn accepted() -> serde_json::Map<String, serde_json::Value> {
+        Self::ALL
+            .iter()
+            .map(|to| {
+                let from: Vec<&str> = Self::ALL
+                    .iter()
+                    .filter(|f| **f != PortType::Any && to.accepts(**f))
+                    .map(|f| f.name())
+                    .collect();
+                (to.name().to_string(), from.into())
+            })
+            .collect()
+    }
+
     /// The name used in graphs and messages.
     pub fn name(self) -> &'static str {
         match self {

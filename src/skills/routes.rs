@@ -100,7 +100,8 @@ async fn create(
     create_from(&skills, &caller.0.account, d).await
 }
 
-/// The node types with their ports and parameter schemas (for the editor).
+/// The node types with their ports and parameter schemas, and which output types
+/// each input type takes (for the editor).
 #[utoipa::path(tag = "skills", responses((status = 200, description = "Node types")))]
 #[get("/api/skills/nodes")]
 async fn node_types(_caller: Caller) -> HttpResponse {
@@ -108,7 +109,7 @@ async fn node_types(_caller: Caller) -> HttpResponse {
         .iter()
         .map(super::nodes::Spec::view)
         .collect();
-    HttpResponse::Ok().json(json!({"data": data}))
+    HttpResponse::Ok().json(json!({"data": data, "accepts": super::graph::PortType::accepted()}))
 }
 
 /// The example skills shipped with Easel.

@@ -219,16 +219,21 @@ async fn the_local_model_writes_alt_text_end_to_end() {
 }
 
 #[tokio::test]
-async fn quantised_gguf_weights_serve_the_same_alt_text() {
-    let t = setup_with(
-        &format!("{}\n[alt_text]\nmodel = \"local\"\n", common::FAST),
+async fn quantised_gguf_and_f16_weights_serve_the_same_alt_text() {
+    for store in [
         Store::Gguf(candle_core::quantized::GgmlDType::Q8_0),
-    )
-    .await;
-    let (status, v) = t.upload(png(40, 40), &[]).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["alt_text"], tiny_alt());
-    t.s.stop().await;
+        Store::SafetensorsF16,
+    ] {
+        let t = setup_with(
+            &format!("{}\n[alt_text]\nmodel = \"local\"\n", common::FAST),
+            store,
+        )
+        .await;
+        let (status, v) = t.upload(png(40, 40), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{store:?}: {v}");
+        assert_eq!(v["alt_text"], tiny_alt(), "{store:?}");
+        t.s.stop().await;
+    }
 }
 
 #[tokio::test]

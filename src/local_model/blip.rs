@@ -7,6 +7,7 @@
 //! image (cross-attention memo): the image does not change during a caption, so they
 //! are computed once instead of at every step.
 
+use super::kernels::{attention, gelu_erf};
 use super::weights::{Lin, Weights};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::LayerNorm;
@@ -155,12 +156,6 @@ fn unheads(xs: &Tensor) -> Result<Tensor> {
     xs.transpose(1, 2)?.reshape((b, n, h * hd))
 }
 
-/// Scaled dot-product attention over `(b, heads, n, hd)` tensors.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = (q * scale)?.matmul(&k.t()?)?;
-    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
-}
-
 struct VisionLayer {
     ln1: LayerNorm,
     qkv: Lin,
@@ -248,10 +243,10 @@ impl Vision {
             let q = qkv.get(0)?.contiguous()?;
             let k = qkv.get(1)?.contiguous()?;
             let v = qkv.get(2)?.contiguous()?;
-            let a = unheads(&attend(&q, &k, &v, scale)?)?;
+            let a = unheads(&attention(&q, &k, &v, scale)?)?;
             xs = (xs + l.proj.forward(&a)?)?;
             let h = xs.apply(&l.ln2)?;
-            let h = l.fc2.forward(&l.fc1.forward(&h)?.gelu_erf()?)?;
+            let h = l.fc2.forward(&gelu_erf(&l.fc1.forward(&h)?)?)?;
             xs = (xs + h)?;
         }
         xs.apply(&self.post_ln)
@@ -372,25 +367,21 @@ impl TextDecoder {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
             };
-            let out = unheads(&attend(&q, &k, &v, self.scale)?)?;
+            let out = unheads(&attention(&q, &k, &v, self.scale)?)?;
             cache.kv[i] = Some((k, v));
             x = (a.dense.forward(&out)? + &x)?.apply(&a.ln)?;
 
             let c = &l.cross;
             let q = heads(&c.query.forward(&x)?, self.heads)?;
             let (mk, mv) = &memo[i];
-            let out = unheads(&attend(&q, mk, mv, self.scale)?)?;
+            let out = unheads(&attention(&q, mk, mv, self.scale)?)?;
             x = (c.dense.forward(&out)? + &x)?.apply(&c.ln)?;
 
-            let h = l.out.forward(&l.inter.forward(&x)?.gelu_erf()?)?;
+            let h = l.out.forward(&gelu_erf(&l.inter.forward(&x)?)?)?;
             x = (h + &x)?.apply(&l.out_ln)?;
         }
         cache.len += 1;
-        let h = self
-            .head_dense
-            .forward(&x)?
-            .gelu_erf()?
-            .apply(&self.head_ln)?;
+        let h = gelu_erf(&self.head_dense.forward(&x)?)?.apply(&self.head_ln)?;
         self.head.forward(&h)?.flatten_all()
     }
 }
@@ -496,7 +487,8 @@ mod tests {
 
     impl TextDecoder {
         /// The reference: every position at once under a causal mask, the image's
-        /// keys and values computed inline; no cache, no memo.
+        /// keys and values computed inline, candle's own softmax and GELU; no cache,
+        /// no memo, no fused kernels.
         fn forward_full(&self, tokens: &[u32], image: &Tensor) -> Result<Tensor> {
             let n = tokens.len();
             let dev = image.device();
@@ -526,7 +518,8 @@ mod tests {
                 let q = heads(&c.query.forward(&x)?, self.heads)?;
                 let k = heads(&c.key.forward(image)?, self.heads)?;
                 let v = heads(&c.value.forward(image)?, self.heads)?;
-                let out = unheads(&attend(&q, &k, &v, self.scale)?)?;
+                let s = (q * self.scale)?.matmul(&k.t()?)?;
+                let out = unheads(&candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?)?;
                 x = (c.dense.forward(&out)? + &x)?.apply(&c.ln)?;
                 let h = l.out.forward(&l.inter.forward(&x)?.gelu_erf()?)?;
                 x = (h + &x)?.apply(&l.out_ln)?;

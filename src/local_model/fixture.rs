@@ -260,7 +260,10 @@ pub fn tokenizer_json(vocab: &[&str]) -> String {
 /// How the weights are stored.
 #[derive(Clone, Copy, Debug)]
 pub enum Store {
+    /// f32 safetensors.
     Safetensors,
+    /// f16 safetensors, as many published checkpoints are.
+    SafetensorsF16,
     Gguf(GgmlDType),
 }
 
@@ -302,8 +305,15 @@ pub fn write_model(
     std::fs::write(dir.join("config.json"), config_json(config))?;
     std::fs::write(dir.join("tokenizer.json"), tokenizer)?;
     match store {
-        Store::Safetensors => {
-            let map: std::collections::HashMap<String, Tensor> = tensors.iter().cloned().collect();
+        Store::Safetensors | Store::SafetensorsF16 => {
+            let dtype = match store {
+                Store::SafetensorsF16 => candle_core::DType::F16,
+                _ => candle_core::DType::F32,
+            };
+            let map = tensors
+                .iter()
+                .map(|(name, t)| Ok((name.clone(), t.to_dtype(dtype)?)))
+                .collect::<Result<std::collections::HashMap<String, Tensor>>>()?;
             candle_core::safetensors::save(&map, dir.join("model.safetensors"))
         }
         Store::Gguf(dtype) => write_gguf(&dir.join("model.gguf"), tensors, dtype),

@@ -9,6 +9,7 @@
 
 pub mod blip;
 pub mod fixture;
+mod kernels;
 pub mod pull;
 
 pub mod weights;
@@ -318,6 +319,7 @@ mod tests {
     fn the_tiny_model_captions_from_safetensors_and_gguf() {
         for store in [
             Store::Safetensors,
+            Store::SafetensorsF16,
             Store::Gguf(candle_core::quantized::GgmlDType::Q8_0),
         ] {
             let dir = tempfile::tempdir().unwrap();

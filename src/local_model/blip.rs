@@ -142,18 +142,10 @@ fn layer_norm(w: &Weights, size: usize, eps: f64) -> Result<LayerNorm> {
     ))
 }
 
-/// Splits `(b, n, heads*hd)` into `(b, heads, n, hd)`, contiguous.
+/// Views `(b, n, heads*hd)` as `(b, heads, n, hd)`, without copying.
 fn heads(xs: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (b, n, h) = xs.dims3()?;
-    xs.reshape((b, n, n_heads, h / n_heads))?
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-/// Joins `(b, heads, n, hd)` back into `(b, n, heads*hd)`.
-fn unheads(xs: &Tensor) -> Result<Tensor> {
-    let (b, h, n, hd) = xs.dims4()?;
-    xs.transpose(1, 2)?.reshape((b, n, h * hd))
+    xs.reshape((b, n, n_heads, h / n_heads))?.transpose(1, 2)
 }
 
 struct VisionLayer {
@@ -235,15 +227,15 @@ impl Vision {
         for l in &self.layers {
             let h = xs.apply(&l.ln1)?;
             let (b, n, c) = h.dims3()?;
+            // Each head of q, k and v is a strided view into the one projection.
             let qkv = l
                 .qkv
                 .forward(&h)?
                 .reshape((b, n, 3, self.heads, c / self.heads))?
                 .permute((2, 0, 3, 1, 4))?;
-            let q = qkv.get(0)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let a = unheads(&attention(&q, &k, &v, scale)?)?;
+            // (`get` would copy: it reshapes, and a reshape of a view copies.)
+            let part = |i| qkv.narrow(0, i, 1)?.squeeze(0);
+            let a = attention(&part(0)?, &part(1)?, &part(2)?, scale)?;
             xs = (xs + l.proj.forward(&a)?)?;
             let h = xs.apply(&l.ln2)?;
             let h = l.fc2.forward(&gelu_erf(&l.fc1.forward(&h)?)?)?;
@@ -367,14 +359,14 @@ impl TextDecoder {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
             };
-            let out = unheads(&attention(&q, &k, &v, self.scale)?)?;
+            let out = attention(&q, &k, &v, self.scale)?;
             cache.kv[i] = Some((k, v));
             x = (a.dense.forward(&out)? + &x)?.apply(&a.ln)?;
 
             let c = &l.cross;
             let q = heads(&c.query.forward(&x)?, self.heads)?;
             let (mk, mv) = &memo[i];
-            let out = unheads(&attention(&q, mk, mv, self.scale)?)?;
+            let out = attention(&q, mk, mv, self.scale)?;
             x = (c.dense.forward(&out)? + &x)?.apply(&c.ln)?;
 
             let h = l.out.forward(&gelu_erf(&l.inter.forward(&x)?)?)?;
@@ -485,6 +477,17 @@ mod tests {
     use crate::local_model::fixture::{random_tensors, tiny_config};
     use crate::local_model::weights::Weights;
 
+    /// `(b, n, heads*hd)` as a contiguous `(b, heads, n, hd)`.
+    fn split(xs: &Tensor, n_heads: usize) -> Result<Tensor> {
+        heads(xs, n_heads)?.contiguous()
+    }
+
+    /// Joins `(b, heads, n, hd)` back into `(b, n, heads*hd)`.
+    fn unheads(xs: &Tensor) -> Result<Tensor> {
+        let (b, h, n, hd) = xs.dims4()?;
+        xs.transpose(1, 2)?.reshape((b, n, h * hd))
+    }
+
     impl TextDecoder {
         /// The reference: every position at once under a causal mask, the image's
         /// keys and values computed inline, candle's own softmax and GELU; no cache,
@@ -508,16 +511,16 @@ mod tests {
             let mask = Tensor::from_vec(mask, (n, n), dev)?;
             for l in &self.layers {
                 let a = &l.self_attn;
-                let q = heads(&a.query.forward(&x)?, self.heads)?;
-                let k = heads(&a.key.forward(&x)?, self.heads)?;
-                let v = heads(&a.value.forward(&x)?, self.heads)?;
+                let q = split(&a.query.forward(&x)?, self.heads)?;
+                let k = split(&a.key.forward(&x)?, self.heads)?;
+                let v = split(&a.value.forward(&x)?, self.heads)?;
                 let s = (q * self.scale)?.matmul(&k.t()?)?.broadcast_add(&mask)?;
                 let out = unheads(&candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?)?;
                 x = (a.dense.forward(&out)? + &x)?.apply(&a.ln)?;
                 let c = &l.cross;
-                let q = heads(&c.query.forward(&x)?, self.heads)?;
-                let k = heads(&c.key.forward(image)?, self.heads)?;
-                let v = heads(&c.value.forward(image)?, self.heads)?;
+                let q = split(&c.query.forward(&x)?, self.heads)?;
+                let k = split(&c.key.forward(image)?, self.heads)?;
+                let v = split(&c.value.forward(image)?, self.heads)?;
                 let s = (q * self.scale)?.matmul(&k.t()?)?;
                 let out = unheads(&candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?)?;
                 x = (c.dense.forward(&out)? + &x)?.apply(&c.ln)?;

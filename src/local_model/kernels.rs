@@ -147,9 +147,61 @@ impl<'a> View<'a> {
         })
     }
 
-    /// The first value of head `hi` of batch `bi`.
-    fn head(&self, bi: usize, hi: usize) -> *const f32 {
-        self.data[self.start + bi * self.stride[0] + hi * self.stride[1]..].as_ptr()
+    /// Head `hi` of batch `bi`: from its first value to its last.
+    fn head(&self, bi: usize, hi: usize) -> &'a [f32] {
+        let [_, _, r, d] = self.dims;
+        let from = self.start + bi * self.stride[0] + hi * self.stride[1];
+        &self.data[from..from + (r - 1) * self.stride[2] + d]
+    }
+}
+
+/// Queries per head up to which attention takes the direct path (dot products and
+/// sums of rows) rather than two matmuls, whose packing of k and v would cost more
+/// than the product: a decoding step has one query against 577 image keys.
+const FEW_QUERIES: usize = 4;
+
+/// One head's part of an attention, for the direct path: rows of `d` values, `qs`,
+/// `ks` and `vs` apart.
+struct Head<'a> {
+    q: &'a [f32],
+    qs: usize,
+    k: &'a [f32],
+    ks: usize,
+    v: &'a [f32],
+    vs: usize,
+    n: usize,
+    d: usize,
+    scale: f32,
+}
+
+/// Attention for each of the head's `n` query rows, directly: `scores` is one row of
+/// m, and row i of the answer goes to `out[i·os..][..d]`.
+#[inline(always)]
+fn few_queries_body(head: &Head, scores: &mut [f32], out: &mut [f32], os: usize) {
+    let (d, scale) = (head.d, head.scale);
+    for i in 0..head.n {
+        let qi = &head.q[i * head.qs..][..d];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kj = &head.k[j * head.ks..][..d];
+            let mut acc = [0f32; LANES];
+            let mut pairs = qi.chunks_exact(LANES).zip(kj.chunks_exact(LANES));
+            for (a, b) in &mut pairs {
+                for ((acc, &x), &y) in acc.iter_mut().zip(a).zip(b) {
+                    *acc += x * y;
+                }
+            }
+            let done = d - d % LANES;
+            let tail: f32 = qi[done..].iter().zip(&kj[done..]).map(|(x, y)| x * y).sum();
+            *s = (acc.iter().sum::<f32>() + tail) * scale;
+        }
+        softmax_rows_body(scores, scores.len());
+        let oi = &mut out[i * os..][..d];
+        oi.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            for (o, &x) in oi.iter_mut().zip(&head.v[j * head.vs..][..d]) {
+                *o += p * x;
+            }
+        }
     }
 }
 
@@ -193,16 +245,40 @@ impl CustomOp3 for Attention {
         // its rows are h·d apart.
         let mut out = vec![0f32; b * n * h * d];
         let dst = SharedMut(out.as_mut_ptr());
-        let row = (h * d) as isize;
+        let few = pick::<FewQueries>(few_queries_avx512, few_queries_avx2, few_queries_base);
+        let row = h * d;
         // One task per head: its n × m scores live only in that worker's scratch.
         on_pool(b * h, |i| {
             let (bi, hi) = (i / h, i % h);
+            let (qh, kh, vh) = (q.head(bi, hi), k.head(bi, hi), v.head(bi, hi));
+            let at = bi * n * row + hi * d;
             SCORES.with_borrow_mut(|scores| {
+                if n <= FEW_QUERIES {
+                    scores.resize(m, 0.0);
+                    // SAFETY: this head's rows of `out` (d values, `row` apart from
+                    // `at`) are inside it, no other head writes them, and `out`
+                    // outlives the pool call.
+                    let mine = unsafe {
+                        std::slice::from_raw_parts_mut(dst.get().add(at), (n - 1) * row + d)
+                    };
+                    let head = Head {
+                        q: qh,
+                        qs: q.stride[2],
+                        k: kh,
+                        ks: k.stride[2],
+                        v: vh,
+                        vs: v.stride[2],
+                        n,
+                        d,
+                        scale,
+                    };
+                    few(&head, scores, mine, row);
+                    return;
+                }
                 scores.resize(n * m, 0.0);
-                // SAFETY: `View::new` checked that every (row, column) the strides
-                // below reach is inside q, k and v; scores is n × m; the pool runs
-                // each head once and heads write disjoint columns of `out`, which
-                // outlives the call.
+                // SAFETY: `View::head` bounds each head's slice, and the strides below
+                // stay inside it; scores is n × m; the pool runs each head once and
+                // heads write disjoint columns of `out`, which outlives the call.
                 unsafe {
                     gemm::gemm(
                         n,
@@ -212,10 +288,10 @@ impl CustomOp3 for Attention {
                         1,
                         m as isize,
                         false,
-                        q.head(bi, hi),
+                        qh.as_ptr(),
                         1,
                         q.stride[2] as isize,
-                        k.head(bi, hi),
+                        kh.as_ptr(),
                         k.stride[2] as isize,
                         1,
                         0.0,
@@ -230,14 +306,14 @@ impl CustomOp3 for Attention {
                         n,
                         d,
                         m,
-                        dst.get().add(bi * n * h * d + hi * d),
+                        dst.get().add(at),
                         1,
-                        row,
+                        row as isize,
                         false,
                         scores.as_ptr(),
                         1,
                         m as isize,
-                        v.head(bi, hi),
+                        vh.as_ptr(),
                         1,
                         v.stride[2] as isize,
                         0.0,
@@ -431,6 +507,25 @@ variant!(softmax_rows_avx2, softmax_rows_body, (xs: &mut [f32], row: usize), "av
 variant!(gelu_avx512, gelu_body, (src: &[f32], dst: &mut [f32]), "avx512f");
 variant!(gelu_avx2, gelu_body, (src: &[f32], dst: &mut [f32]), "avx2,fma");
 
+type FewQueries = fn(&Head, &mut [f32], &mut [f32], usize);
+
+variant!(
+    few_queries_avx512,
+    few_queries_body,
+    (head: &Head, scores: &mut [f32], out: &mut [f32], os: usize),
+    "avx512f"
+);
+variant!(
+    few_queries_avx2,
+    few_queries_body,
+    (head: &Head, scores: &mut [f32], out: &mut [f32], os: usize),
+    "avx2,fma"
+);
+
+fn few_queries_base(head: &Head, scores: &mut [f32], out: &mut [f32], os: usize) {
+    few_queries_body(head, scores, out, os)
+}
+
 fn softmax_rows_base(xs: &mut [f32], row: usize) {
     softmax_rows_body(xs, row)
 }
@@ -521,6 +616,68 @@ mod tests {
             }
         }
         assert!(tried >= 1);
+
+        // The direct attention path of each variant against f64: 3 queries of 20
+        // values (not a multiple of the lanes), rows farther apart than that.
+        let few: [(Level, FewQueries); 3] = [
+            (Level::Avx512, few_queries_avx512),
+            (Level::Avx2, few_queries_avx2),
+            (Level::Base, few_queries_base),
+        ];
+        let (n, m, d, stride) = (3, 37, 20, 24);
+        let (q, k, v) = (
+            values(n * stride, 2.0),
+            values(m * stride + 1, 2.0),
+            values(m * stride + 2, 2.0),
+        );
+        for (needs, kernel) in few {
+            if needs > level() {
+                continue;
+            }
+            let head = Head {
+                q: &q,
+                qs: stride,
+                k: &k[1..],
+                ks: stride,
+                v: &v[2..],
+                vs: stride,
+                n,
+                d,
+                scale: 0.3,
+            };
+            let mut scores = vec![0f32; m];
+            let mut out = vec![f32::NAN; n * 30];
+            kernel(&head, &mut scores, &mut out, 30);
+            for i in 0..n {
+                let s: Vec<f64> = (0..m)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| {
+                                f64::from(q[i * stride + c]) * f64::from(k[1 + j * stride + c])
+                            })
+                            .sum::<f64>()
+                            * 0.3
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                for c in 0..d {
+                    let want: f64 = (0..m)
+                        .map(|j| (s[j] - max).exp() / sum * f64::from(v[2 + j * stride + c]))
+                        .sum();
+                    let got = out[i * 30 + c];
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5,
+                        "{needs:?}: row {i} col {c}: {got}, want {want}"
+                    );
+                }
+                // Only the row's d values are written.
+                assert!(
+                    out[i * 30 + d..(i + 1) * 30].iter().all(|x| x.is_nan()),
+                    "{needs:?}"
+                );
+            }
+        }
     }
 
     /// erf in f64 by its series and continued fraction, independent of the code above.
@@ -586,7 +743,7 @@ mod tests {
             assert_eq!(ours.dims(), theirs.dims(), "{what}");
             assert!(max_diff(&ours, &theirs) < 1e-5, "{what}");
         };
-        for (n, m) in [(577, 577), (5, 577), (1, 9), (1, 1)] {
+        for (n, m) in [(577, 577), (5, 577), (4, 577), (1, 9), (1, 1)] {
             let (q, k, v) = (
                 qkv(2, 3, n, 16, 1),
                 qkv(2, 3, m, 16, 2),
@@ -603,6 +760,8 @@ mod tests {
         assert!(!q.is_contiguous() && v.layout().start_offset() > 0);
         assert_eq!(attention(&q, &k, &v, 0.25).unwrap().dims(), &[2, 7, 32]);
         check(&q, &k, &v, "packed qkv");
+        let q2 = q.narrow(2, 0, 2).unwrap();
+        check(&q2, &k, &v, "two packed queries");
         let q = qkv(1, 8, 2, 4, 4).transpose(1, 2).unwrap();
         let (k, v) = (qkv(1, 2, 8, 4, 5), qkv(1, 2, 8, 4, 6));
         check(&q, &k, &v, "strided rows");

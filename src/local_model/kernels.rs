@@ -169,38 +169,35 @@ struct Head<'a> {
     ks: usize,
     v: &'a [f32],
     vs: usize,
-    n: usize,
     d: usize,
     scale: f32,
 }
 
-/// Attention for each of the head's `n` query rows, directly: `scores` is one row of
-/// m, and row i of the answer goes to `out[i·os..][..d]`.
+/// Attention for the head's query row `i`, directly: `scores` is one row of m and
+/// `out` the row's d answers.
 #[inline(always)]
-fn few_queries_body(head: &Head, scores: &mut [f32], out: &mut [f32], os: usize) {
+fn few_queries_body(head: &Head, i: usize, scores: &mut [f32], out: &mut [f32]) {
     let (d, scale) = (head.d, head.scale);
-    for i in 0..head.n {
-        let qi = &head.q[i * head.qs..][..d];
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kj = &head.k[j * head.ks..][..d];
-            let mut acc = [0f32; LANES];
-            let mut pairs = qi.chunks_exact(LANES).zip(kj.chunks_exact(LANES));
-            for (a, b) in &mut pairs {
-                for ((acc, &x), &y) in acc.iter_mut().zip(a).zip(b) {
-                    *acc += x * y;
-                }
+    let qi = &head.q[i * head.qs..][..d];
+    for (j, s) in scores.iter_mut().enumerate() {
+        let kj = &head.k[j * head.ks..][..d];
+        let mut acc = [0f32; LANES];
+        let mut pairs = qi.chunks_exact(LANES).zip(kj.chunks_exact(LANES));
+        for (a, b) in &mut pairs {
+            for ((acc, &x), &y) in acc.iter_mut().zip(a).zip(b) {
+                *acc += x * y;
             }
-            let done = d - d % LANES;
-            let tail: f32 = qi[done..].iter().zip(&kj[done..]).map(|(x, y)| x * y).sum();
-            *s = (acc.iter().sum::<f32>() + tail) * scale;
         }
-        softmax_rows_body(scores, scores.len());
-        let oi = &mut out[i * os..][..d];
-        oi.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            for (o, &x) in oi.iter_mut().zip(&head.v[j * head.vs..][..d]) {
-                *o += p * x;
-            }
+        let done = d - d % LANES;
+        let tail: f32 = qi[done..].iter().zip(&kj[done..]).map(|(x, y)| x * y).sum();
+        *s = (acc.iter().sum::<f32>() + tail) * scale;
+    }
+    softmax_rows_body(scores, scores.len());
+    let out = &mut out[..d];
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&head.v[j * head.vs..][..d]) {
+            *o += p * x;
         }
     }
 }
@@ -255,12 +252,6 @@ impl CustomOp3 for Attention {
             SCORES.with_borrow_mut(|scores| {
                 if n <= FEW_QUERIES {
                     scores.resize(m, 0.0);
-                    // SAFETY: this head's rows of `out` (d values, `row` apart from
-                    // `at`) are inside it, no other head writes them, and `out`
-                    // outlives the pool call.
-                    let mine = unsafe {
-                        std::slice::from_raw_parts_mut(dst.get().add(at), (n - 1) * row + d)
-                    };
                     let head = Head {
                         q: qh,
                         qs: q.stride[2],
@@ -268,11 +259,18 @@ impl CustomOp3 for Attention {
                         ks: k.stride[2],
                         v: vh,
                         vs: v.stride[2],
-                        n,
                         d,
                         scale,
                     };
-                    few(&head, scores, mine, row);
+                    for qi in 0..n {
+                        // SAFETY: row `qi` of this head is the d values at
+                        // `at + qi·row`, inside `out`; no other head or row touches
+                        // them, and `out` outlives the pool call.
+                        let mine = unsafe {
+                            std::slice::from_raw_parts_mut(dst.get().add(at + qi * row), d)
+                        };
+                        few(&head, qi, scores, mine);
+                    }
                     return;
                 }
                 scores.resize(n * m, 0.0);
@@ -507,23 +505,23 @@ variant!(softmax_rows_avx2, softmax_rows_body, (xs: &mut [f32], row: usize), "av
 variant!(gelu_avx512, gelu_body, (src: &[f32], dst: &mut [f32]), "avx512f");
 variant!(gelu_avx2, gelu_body, (src: &[f32], dst: &mut [f32]), "avx2,fma");
 
-type FewQueries = fn(&Head, &mut [f32], &mut [f32], usize);
+type FewQueries = fn(&Head, usize, &mut [f32], &mut [f32]);
 
 variant!(
     few_queries_avx512,
     few_queries_body,
-    (head: &Head, scores: &mut [f32], out: &mut [f32], os: usize),
+    (head: &Head, i: usize, scores: &mut [f32], out: &mut [f32]),
     "avx512f"
 );
 variant!(
     few_queries_avx2,
     few_queries_body,
-    (head: &Head, scores: &mut [f32], out: &mut [f32], os: usize),
+    (head: &Head, i: usize, scores: &mut [f32], out: &mut [f32]),
     "avx2,fma"
 );
 
-fn few_queries_base(head: &Head, scores: &mut [f32], out: &mut [f32], os: usize) {
-    few_queries_body(head, scores, out, os)
+fn few_queries_base(head: &Head, i: usize, scores: &mut [f32], out: &mut [f32]) {
+    few_queries_body(head, i, scores, out)
 }
 
 fn softmax_rows_base(xs: &mut [f32], row: usize) {
@@ -641,13 +639,14 @@ mod tests {
                 ks: stride,
                 v: &v[2..],
                 vs: stride,
-                n,
                 d,
                 scale: 0.3,
             };
             let mut scores = vec![0f32; m];
             let mut out = vec![f32::NAN; n * 30];
-            kernel(&head, &mut scores, &mut out, 30);
+            for i in 0..n {
+                kernel(&head, i, &mut scores, &mut out[i * 30..(i + 1) * 30]);
+            }
             for i in 0..n {
                 let s: Vec<f64> = (0..m)
                     .map(|j| {

@@ -1,5 +1,5 @@
-//! CPU kernels for the two element-wise steps of BLIP that cost the most after the
-//! matmuls: softmax over attention rows and GELU (the exact, erf form).
+//! CPU kernels for the steps of BLIP that cost the most after the matmuls: attention
+//! (with its softmax) and GELU (the exact, erf form).
 //!
 //! candle's CPU versions call libm's `expf` and `erff` once per element. BLIP-large's
 //! image encoder runs 128 M exponentials (24 layers × 16 heads × 577 × 577) and
@@ -14,15 +14,6 @@
 //! noise of q4k or q8_0 weights. Other devices and dtypes use candle's own ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
-
-/// Softmax over the last dimension; the fast kernel for contiguous f32 on the CPU.
-pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
-        xs.contiguous()?.apply_op1_no_bwd(&Softmax)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
-}
 
 /// GELU, `x · (1 + erf(x / √2)) / 2`; the fast kernel for f32 on the CPU.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
@@ -54,13 +45,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     } else {
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         let scores = (q * scale)?.matmul(&k.t()?)?;
-        let out = softmax_last_dim(&scores)?.matmul(&v)?;
+        let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
         let (b, h, n, d) = out.dims4()?;
         out.transpose(1, 2)?.reshape((b, n, h * d))
     }
 }
 
-struct Softmax;
 struct Gelu;
 struct Attention {
     scale: f64,
@@ -74,27 +64,6 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
     match layout.contiguous_offsets() {
         Some((from, to)) => Ok(&all[from..to]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "easel-softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = f32_slice(storage, layout, self.name())?;
-        let shape = layout.shape().clone();
-        let row = shape.dims().last().copied().unwrap_or(1).max(1);
-        let mut dst = src.to_vec();
-        // Whole rows per task, about 16k values each, so short rows are not one task each.
-        let kernel = pick::<fn(&mut [f32], usize)>(
-            softmax_rows_avx512,
-            softmax_rows_avx2,
-            softmax_rows_base,
-        );
-        on_pieces(&mut dst, row * (16_384 / row).max(1), |_, d| kernel(d, row));
-        Ok((CpuStorage::F32(dst), shape))
     }
 }
 
@@ -706,19 +675,13 @@ mod tests {
     fn the_tensor_ops_match_candles_and_keep_odd_values() {
         let dev = Device::Cpu;
         let xs = Tensor::from_vec(values(3 * 4 * 577, 30.0), (3, 4, 577), &dev).unwrap();
-        let ours = softmax_last_dim(&xs).unwrap();
-        let theirs = candle_nn::ops::softmax_last_dim(&xs).unwrap();
-        assert_eq!(ours.dims(), theirs.dims());
-        assert!(max_diff(&ours, &theirs) < 1e-6);
         let ours = gelu_erf(&xs).unwrap();
         let theirs = xs.gelu_erf().unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
 
         // A transposed (strided) input is made contiguous first.
         let t = xs.transpose(1, 2).unwrap();
-        let ours = softmax_last_dim(&t).unwrap();
-        let theirs = candle_nn::ops::softmax_last_dim(&t.contiguous().unwrap()).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-6);
+        assert!(max_diff(&gelu_erf(&t).unwrap(), &t.gelu_erf().unwrap()) < 1e-5);
 
         // Fused attention against candle's three steps, with keys longer than the
         // queries (cross-attention), a single query (a decoding step), the heads of one
@@ -775,10 +738,12 @@ mod tests {
         assert!(wrong.unwrap_err().to_string().contains("does not fit"));
 
         // -inf scores (a causal mask) weigh nothing; NaN stays NaN; ±0 and huge GELU inputs.
-        let row = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY]], &dev).unwrap();
-        let p = softmax_last_dim(&row).unwrap().to_vec2::<f32>().unwrap();
-        assert!(p[0][1] < 1e-37 && p[0][3] < 1e-37, "{p:?}");
-        assert!((p[0][0] + p[0][2] - 1.0).abs() < 1e-6, "{p:?}");
+        let mut p = [0f32, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY];
+        pick::<fn(&mut [f32], usize)>(softmax_rows_avx512, softmax_rows_avx2, softmax_rows_base)(
+            &mut p, 4,
+        );
+        assert!(p[1] < 1e-37 && p[3] < 1e-37, "{p:?}");
+        assert!((p[0] + p[2] - 1.0).abs() < 1e-6, "{p:?}");
         let odd = Tensor::new(&[0f32, -0.0, 1e30, -1e30, f32::NAN, 1e-30], &dev).unwrap();
         let g = gelu_erf(&odd).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&g[..4], &[0.0, 0.0, 1e30, 0.0]);

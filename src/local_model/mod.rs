@@ -10,6 +10,16 @@
 pub mod blip;
 pub mod fixture;
 mod kernels;
+
+/// The largest absolute value in `t`: how tests tell two tensors apart.
+#[cfg(test)]
+pub(crate) fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.flatten_all())
+        .and_then(|a| a.max(0))
+        .and_then(|a| a.to_scalar::<f32>())
+        .expect("a float tensor")
+}
 pub mod pull;
 
 pub mod weights;

@@ -257,27 +257,8 @@ mod tests {
         let x = ramp(3, 256, 1.0).unsqueeze(0).unwrap();
         let got = quant.forward(&x).unwrap();
         let want = float.forward(&x).unwrap();
-        let err = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_keepdim(2)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let size = want
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = crate::local_model::max_abs(&(got - &want).unwrap());
+        let size = crate::local_model::max_abs(&want);
         assert!(
             err < 0.05 * size,
             "q4k error {err} against outputs up to {size}"

@@ -29,6 +29,11 @@ use tokio::net::{TcpListener, TcpStream};
 const SECONDS: u64 = 4;
 const WARMUP_MS: u64 = 500;
 const LEVELS: [usize; 3] = [1, 16, 64];
+/// `mode:clients` pairs to run, comma-separated (for example `whole:64` while
+/// profiling); all cells when unset.
+const CELLS: &str = "EASEL_BENCH_CELLS";
+/// Seconds each measured load runs (default [`SECONDS`]).
+const SECONDS_VAR: &str = "EASEL_BENCH_SECONDS";
 const MODEL: &str = "bench-model";
 
 // ---- the upstream ----------------------------------------------------------------
@@ -467,6 +472,11 @@ fn main() {
         let easel_url = format!("{}/v1/chat/completions", easel.base);
         let mut proxied = 0u64;
         let mut bare_rows = Vec::new();
+        let cells = std::env::var(CELLS).ok();
+        let seconds: u64 = std::env::var(SECONDS_VAR)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SECONDS);
         println!(
             "| mode | clients | direct p50 / p99 (ms) | via Easel p50 / p99 (ms) | overhead p50 / p99 (ms) | req/s direct / via Easel | Easel CPU per request | requests per commit |"
         );
@@ -474,13 +484,17 @@ fn main() {
         for stream in [false, true] {
             let mode = if stream { "stream" } else { "whole" };
             for clients in LEVELS {
+                let wanted = format!("{mode}:{clients}");
+                if cells.as_ref().is_some_and(|c| !c.split(',').any(|w| w.trim() == wanted)) {
+                    continue;
+                }
                 load(&client, &direct_url, "sk", stream, clients, WARMUP_MS).await;
-                let direct = load(&client, &direct_url, "sk", stream, clients, SECONDS * 1000).await;
+                let direct = load(&client, &direct_url, "sk", stream, clients, seconds * 1000).await;
                 let warm = load(&client, &easel_url, &key, stream, clients, WARMUP_MS).await;
                 proxied += warm.latencies.len() as u64;
                 let commits0 = commits(&client, &easel.base).await;
                 let cpu0 = easel.cpu_us();
-                let via = load(&client, &easel_url, &key, stream, clients, SECONDS * 1000).await;
+                let via = load(&client, &easel_url, &key, stream, clients, seconds * 1000).await;
                 // Settlements finish in the background; give them a moment to count.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let cpu = (easel.cpu_us() - cpu0) as f64 / via.latencies.len() as f64;
@@ -500,7 +514,7 @@ fn main() {
                 );
                 load(&client, &bare_url, "", stream, clients, WARMUP_MS).await;
                 let cpu0 = bare.cpu_us();
-                let floor = load(&client, &bare_url, "", stream, clients, SECONDS * 1000).await;
+                let floor = load(&client, &bare_url, "", stream, clients, seconds * 1000).await;
                 let cpu = (bare.cpu_us() - cpu0) as f64 / floor.latencies.len() as f64;
                 bare_rows.push(format!(
                     "| {mode} | {clients} | {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",

@@ -44,10 +44,6 @@ pub struct Gateway {
     /// Who allows anonymous feature-use counting.
     pub analytics: Analytics,
     pending: Arc<Pending>,
-    /// The runtime settlements run on: the one the gateway was made on, which
-    /// outlives the HTTP workers (a task spawned on a worker's runtime would be
-    /// dropped, unfinished, when the worker stops at shutdown).
-    rt: Option<tokio::runtime::Handle>,
 }
 
 /// Charges waiting for their commit beyond which new paid requests wait: when the
@@ -115,31 +111,7 @@ impl Gateway {
             analytics,
             files: Arc::new(ImageFiles::default()),
             pending: Arc::default(),
-            rt: tokio::runtime::Handle::try_current().ok(),
         }
-    }
-
-    /// Runs a settlement in the background, counted so shutdown can wait for it.
-    fn spawn_settle<F, T, E>(&self, fut: F)
-    where
-        F: Future<Output = Result<T, E>> + Send + 'static,
-        E: std::fmt::Display,
-    {
-        let Some(rt) = self
-            .rt
-            .clone()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-        else {
-            return;
-        };
-        let pending = self.pending.clone();
-        pending.enter();
-        rt.spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::error!(error = %e, "cannot record a request's usage and charge");
-            }
-            pending.leave();
-        });
     }
 
     /// Waits (up to `limit`) until every settlement under way is committed.
@@ -348,14 +320,22 @@ impl Meter {
         };
         // Anonymous: a day and a feature, counted only with the person's consent.
         let counted = self.gateway.analytics.consents(&self.account);
-        let fut = hold.settle(charged, posting, move |tx, _| {
+        // Settled on the store's writer thread: no task and no wake-up per request.
+        let pending = self.gateway.pending.clone();
+        pending.enter();
+        let also = move |tx: &crate::store::WriteTx<'_>, _: Option<&crate::ledger::Entry>| {
             crate::usage::record(tx, &rk, &record)?;
             if counted {
                 crate::analytics::count_in(tx, at_ms, &record.endpoint)?;
             }
             also(tx)
+        };
+        hold.settle(charged, posting, also, move |result| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot record a request's usage and charge");
+            }
+            pending.leave();
         });
-        self.gateway.spawn_settle(fut);
     }
 }
 

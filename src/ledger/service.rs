@@ -7,7 +7,6 @@ use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey,
 use actix_web::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use utoipa::ToSchema;
 
@@ -480,72 +479,103 @@ impl Hold {
     }
 
     /// Charges `cost` (at most what is held) for a request and gives back the rest.
-    /// The books change at once; the returned future commits the usage entry together
-    /// with whatever `also` writes (the usage record), in one transaction. When the
-    /// commit fails the books are put back.
-    pub fn settle<F>(
-        self,
-        cost: i64,
-        posting: Posting,
-        also: F,
-    ) -> impl Future<Output = Result<Option<Entry>, LedgerError>> + Send + 'static
+    /// The books change at once; the usage entry is committed in the background,
+    /// together with whatever `also` writes (the usage record), in one transaction, and
+    /// `done` gets the outcome on the store's writer thread (so it must be quick). When
+    /// the commit fails the books are put back first.
+    pub fn settle<F, D>(self, cost: i64, posting: Posting, also: F, done: D)
     where
         F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
+        D: FnOnce(Result<Option<Entry>, LedgerError>) + Send + 'static,
     {
-        self.settle_as(EntryKind::Usage, cost, posting, also)
+        let (ledger, charged) = self.book(cost);
+        let op = charged.op(EntryKind::Usage, posting, also);
+        ledger.store.clone().write_detached(op, move |result| {
+            if result.is_err() {
+                charged.undo(&ledger);
+            }
+            done(result);
+        });
     }
 
-    fn settle_as<F>(
-        mut self,
+    /// Like [`Hold::settle`] for an admin's adjustment: returns once it is durable.
+    async fn settle_as<F>(
+        self,
         kind: EntryKind,
         cost: i64,
         posting: Posting,
-        mut also: F,
-    ) -> impl Future<Output = Result<Option<Entry>, LedgerError>> + Send + 'static
+        also: F,
+    ) -> Result<Option<Entry>, LedgerError>
     where
         F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
     {
+        let (ledger, charged) = self.book(cost);
+        let result = ledger.store.write(charged.op(kind, posting, also)).await;
+        if result.is_err() {
+            charged.undo(&ledger);
+        }
+        result
+    }
+
+    /// Closes the hold in the books: the held amount is released and `cost` (at most
+    /// what was held) charged.
+    fn book(mut self, cost: i64) -> (Ledger, Charged) {
         let charge = cost.clamp(0, self.amount);
         self.open = false;
-        let ledger = self.ledger.clone();
-        let account = self.account.clone();
-        let key = self.key.clone();
         {
-            let mut books = ledger.books();
-            let b = books.accounts.entry(account.clone()).or_default();
+            let mut books = self.ledger.books();
+            let b = books.accounts.entry(self.account.clone()).or_default();
             b.reserved -= self.amount;
             b.balance -= charge;
-            if let Some(k) = &key {
+            if let Some(k) = &self.key {
                 let kb = books.keys.entry(k.clone()).or_default();
                 kb.reserved -= self.amount;
                 kb.spent += charge;
             }
         }
-        async move {
-            let owner = account.clone();
-            let op = move |tx: &WriteTx<'_>| {
-                // A free request leaves its usage record but no entry.
-                let entry = (charge > 0)
-                    .then(|| post(tx, &owner, kind, -charge, &posting))
-                    .transpose()?;
-                also(tx, entry.as_ref())?;
-                Ok::<_, LedgerError>(entry)
-            };
-            // A request's charge is answered before its commit (nobody waits on it);
-            // an admin's adjustment is answered after.
-            let result = if kind == EntryKind::Usage {
-                ledger.store.write_background(op).await
-            } else {
-                ledger.store.write(op).await
-            };
-            if result.is_err() {
-                let mut books = ledger.books();
-                books.accounts.entry(account).or_default().balance += charge;
-                if let Some(k) = key {
-                    books.keys.entry(k).or_default().spent -= charge;
-                }
-            }
-            result
+        let charged = Charged {
+            account: std::mem::take(&mut self.account),
+            key: self.key.take(),
+            charge,
+        };
+        (self.ledger.clone(), charged)
+    }
+}
+
+/// A charge made in the books, on its way to storage.
+struct Charged {
+    account: String,
+    key: Option<String>,
+    charge: i64,
+}
+
+impl Charged {
+    /// The write: the entry (none for a free request) and whatever `also` adds.
+    fn op<F>(
+        &self,
+        kind: EntryKind,
+        posting: Posting,
+        mut also: F,
+    ) -> impl FnMut(&WriteTx<'_>) -> Result<Option<Entry>, LedgerError> + Send + 'static
+    where
+        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let (owner, charge) = (self.account.clone(), self.charge);
+        move |tx: &WriteTx<'_>| {
+            let entry = (charge > 0)
+                .then(|| post(tx, &owner, kind, -charge, &posting))
+                .transpose()?;
+            also(tx, entry.as_ref())?;
+            Ok(entry)
+        }
+    }
+
+    /// Puts the books back after the write failed.
+    fn undo(self, ledger: &Ledger) {
+        let mut books = ledger.books();
+        books.accounts.entry(self.account).or_default().balance += self.charge;
+        if let Some(k) = self.key {
+            books.keys.entry(k).or_default().spent -= self.charge;
         }
     }
 }

@@ -1016,6 +1016,20 @@ impl Store {
         self.inner.writer.submit(true, op).await
     }
 
+    /// Like [`Store::write_background`], for a caller that does not wait at all:
+    /// `done` gets the outcome once the commit is durable (or failed). It runs on the
+    /// writer thread, so it must be quick and must not block; in exchange the write
+    /// costs its caller no task, no channel and no thread wake-up.
+    pub fn write_detached<T, E, F, D>(&self, op: F, done: D)
+    where
+        F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.inner.writer.submit_detached(op, done);
+    }
+
     /// Runs `op` on a read snapshot on the blocking thread pool.
     pub async fn read<T, E, F>(&self, op: F) -> Result<T, E>
     where
@@ -1239,6 +1253,53 @@ mod tests {
         );
         let count = store.read(|r| r.count(&ITEMS)).await.expect("reads");
         assert_eq!(count, 20);
+    }
+
+    #[tokio::test]
+    async fn detached_writes_report_after_their_commit_and_a_failed_one_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_with_delay(dir.path(), 20);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..10u32 {
+            let tx = tx.clone();
+            store.write_detached(
+                move |w| {
+                    if i == 3 {
+                        w.insert(&ITEMS, &"half".to_string(), &i)?;
+                        return Err(StoreError::Db("refused".into()));
+                    }
+                    w.insert(&ITEMS, &format!("d{i}"), &i)
+                },
+                move |result: Result<(), StoreError>| {
+                    let _ = tx.send((i, result.is_ok()));
+                },
+            );
+        }
+        drop(tx);
+        let mut outcomes = Vec::new();
+        while let Some(o) = rx.recv().await {
+            outcomes.push(o);
+        }
+        outcomes.sort();
+        assert_eq!(outcomes.len(), 10, "every write reported once");
+        for (i, ok) in outcomes {
+            assert_eq!(ok, i != 3, "write {i}");
+        }
+        let (count, half) = store
+            .read(|r| Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &"half".to_string())?)))
+            .await
+            .expect("reads");
+        assert_eq!(count, 9, "the nine good writes are stored");
+        assert_eq!(half, None, "the failed write left nothing");
+        store.close().await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.write_detached(
+            |w| w.insert(&ITEMS, &"late".to_string(), &0),
+            move |r: Result<(), StoreError>| {
+                let _ = tx.send(matches!(r, Err(StoreError::Closed)));
+            },
+        );
+        assert_eq!(rx.recv().ok(), Some(true), "a closed store says so at once");
     }
 
     #[tokio::test]

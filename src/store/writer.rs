@@ -21,11 +21,56 @@ use tokio::sync::oneshot;
 
 type Reply = Box<dyn Any + Send>;
 type RunFn = Box<dyn FnMut(&WriteTx<'_>) -> (bool, Reply) + Send>;
+type Outcome = Result<Reply, Arc<StoreError>>;
 
 struct Op {
     run: RunFn,
-    reply: oneshot::Sender<Result<Reply, Arc<StoreError>>>,
+    reply: Answer,
     background: bool,
+}
+
+/// How a write's outcome reaches its caller.
+enum Answer {
+    /// A task awaits it.
+    Wait(oneshot::Sender<Outcome>),
+    /// Nobody awaits it: the writer thread calls this once the outcome is known, so a
+    /// write costs its caller no task and no thread wake-up.
+    Call(Box<dyn FnOnce(Outcome) + Send>),
+}
+
+impl Answer {
+    fn send(self, outcome: Outcome) {
+        match self {
+            Answer::Wait(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Answer::Call(done) => {
+                // A panicking callback must not take the writer thread with it.
+                if catch_unwind(AssertUnwindSafe(|| done(outcome))).is_err() {
+                    tracing::error!("a write's completion callback panicked");
+                }
+            }
+        }
+    }
+}
+
+/// The typed result of a write, out of the writer's type-erased answer.
+fn typed<T, E>(outcome: Outcome) -> Result<T, E>
+where
+    T: 'static,
+    E: From<StoreError> + 'static,
+{
+    match outcome {
+        Ok(boxed) => match boxed.downcast::<Result<T, E>>() {
+            Ok(r) => *r,
+            Err(_) => Err(StoreError::Db("writer answered with the wrong type".into()).into()),
+        },
+        Err(e) => Err(E::from(match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(shared) if matches!(*shared, StoreError::Closed) => StoreError::Closed,
+            Err(shared) => StoreError::Db(shared.to_string()),
+        })),
+    }
 }
 
 /// What waits for the writer. A background write wakes the writer only when it is
@@ -131,41 +176,64 @@ impl Writer {
         &self.stats
     }
 
-    pub(super) async fn submit<T, E, F>(&self, background: bool, mut op: F) -> Result<T, E>
+    pub(super) async fn submit<T, E, F>(&self, background: bool, op: F) -> Result<T, E>
     where
         F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        if self.enqueue(background, op, Answer::Wait(reply)).is_err() {
+            return Err(StoreError::Closed.into());
+        }
+        match answer.await {
+            Ok(outcome) => typed(outcome),
+            Err(_) => Err(StoreError::Closed.into()),
+        }
+    }
+
+    /// Queues a background write whose outcome goes to `done`, called on the writer
+    /// thread (so it must be quick and must not block).
+    pub(super) fn submit_detached<T, E, F, D>(&self, op: F, done: D)
+    where
+        F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        let call = Answer::Call(Box::new(move |outcome| done(typed(outcome))));
+        if let Err(call) = self.enqueue(true, op, call) {
+            call.send(Err(Arc::new(StoreError::Closed)));
+        }
+    }
+
+    /// Queues `op`, waking the writer when it should start; gives `reply` back when
+    /// the writer takes no more writes.
+    fn enqueue<T, E, F>(&self, background: bool, mut op: F, reply: Answer) -> Result<(), Answer>
+    where
+        F: FnMut(&WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let run: RunFn = Box::new(move |w| {
             let r = op(w);
             (r.is_ok(), Box::new(r) as Reply)
         });
-        {
-            let mut q = self.queue.lock();
-            if q.closed {
-                return Err(StoreError::Closed.into());
-            }
-            q.ops.push_back(Op {
-                run,
-                reply,
-                background,
-            });
-            q.urgent |= !background;
-            // A full batch is worth waking a holding writer for.
-            if !background || !q.holding || q.ops.len() >= self.max_batch {
-                self.queue.wake.notify_one();
-            }
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Err(reply);
         }
-        match answer.await {
-            Ok(Ok(boxed)) => match boxed.downcast::<Result<T, E>>() {
-                Ok(r) => *r,
-                Err(_) => Err(StoreError::Db("writer answered with the wrong type".into()).into()),
-            },
-            Ok(Err(e)) => Err(E::from(StoreError::Db(e.to_string()))),
-            Err(_) => Err(StoreError::Closed.into()),
+        q.ops.push_back(Op {
+            run,
+            reply,
+            background,
+        });
+        q.urgent |= !background;
+        // A full batch is worth waking a holding writer for.
+        if !background || !q.holding || q.ops.len() >= self.max_batch {
+            self.queue.wake.notify_one();
         }
+        Ok(())
     }
 
     /// Commits everything queued, then stops the writer; later writes get `Closed`.
@@ -263,7 +331,7 @@ fn commit_batch(db: &redb::Database, mut pending: Vec<Op>, stats: &WriterStats) 
         if let Some((i, answer)) = failed {
             let _ = txn.abort();
             let op = pending.remove(i);
-            let _ = op.reply.send(answer);
+            op.reply.send(answer);
             stats.rejected.fetch_add(1, Ordering::Relaxed);
             if pending.is_empty() {
                 return;
@@ -274,7 +342,7 @@ fn commit_batch(db: &redb::Database, mut pending: Vec<Op>, stats: &WriterStats) 
             Ok(()) => {
                 stats.observe_batch(pending.len());
                 for (op, out) in pending.into_iter().zip(outputs) {
-                    let _ = op.reply.send(Ok(out));
+                    op.reply.send(Ok(out));
                 }
             }
             Err(e) => fail_all(pending, StoreError::from(e)),
@@ -287,6 +355,6 @@ fn fail_all(ops: Vec<Op>, e: StoreError) {
     tracing::error!(error = %e, writes = ops.len(), "a group commit failed; its writes were not stored");
     let e = Arc::new(e);
     for op in ops {
-        let _ = op.reply.send(Err(e.clone()));
+        op.reply.send(Err(e.clone()));
     }
 }

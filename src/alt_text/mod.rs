@@ -463,7 +463,13 @@ impl AltText {
             let chat = &chat;
             async move {
                 match conn.chat(&upstream, chat, ANSWER_TOKENS).await? {
-                    ChatOutput::Full { body, usage } => Ok((body, usage)),
+                    ChatOutput::Full { body, usage } => match body.into_value() {
+                        Ok(body) => Ok((body, usage)),
+                        Err(detail) => Err(UpstreamError::Garbage {
+                            provider: conn.name.clone(),
+                            detail,
+                        }),
+                    },
                     ChatOutput::Stream(_) => Err(UpstreamError::Unsupported(
                         "the provider streamed an answer that was asked whole".into(),
                     )),

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use crate::config::Capability;
 use crate::http::ApiError;
 use crate::providers::wire::{ChatRequest, Usage};
-use crate::providers::{ChatOutput, StreamEvent, UpstreamError};
+use crate::providers::{ChatOutput, StreamEvent, UpstreamError, Whole};
 use crate::store::now_ms;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -68,18 +68,6 @@ fn guess(input_chars: usize, output_chars: usize) -> Usage {
         input_tokens: (input_chars as u64).div_ceil(4),
         output_tokens: (output_chars as u64).div_ceil(4),
     }
-}
-
-fn output_chars(body: &Value) -> usize {
-    body.get("choices")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                .map(str::len)
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A chat call made: its meter, route and answer, with the input size.
@@ -158,14 +146,14 @@ pub async fn complete_value(
     let model = model_for(gw, caller, &req).await?;
     let c = call(gw, caller, &req, &model).await?;
     match c.out {
-        ChatOutput::Full { body, usage } => Ok(settle_full(
-            c.meter,
-            &model,
-            c.route,
-            body,
-            usage,
-            c.input_chars,
-        )),
+        ChatOutput::Full { body, usage } => {
+            settle_full(c.meter, &model, c.route, &body, usage, c.input_chars);
+            let mut body = body.into_value().map_err(|e| {
+                ApiError::internal(format!("a checked answer is no longer JSON: {e}"))
+            })?;
+            body["model"] = model.id.clone().into();
+            Ok(body)
+        }
         ChatOutput::Stream(_) => Err(ApiError::internal(
             "a provider streamed an answer that was asked for whole",
         )),
@@ -189,20 +177,18 @@ async fn first_event(out: Result<ChatOutput, UpstreamError>) -> Result<ChatOutpu
     }
 }
 
-/// Charges a whole answer and gives it Easel's model name.
+/// Charges a whole answer.
 fn settle_full(
     mut meter: Meter,
     model: &Resolved,
     route: &super::Route,
-    mut body: Value,
+    body: &Whole,
     usage: Option<Usage>,
     input_chars: usize,
-) -> Value {
-    let usage = usage.unwrap_or_else(|| guess(input_chars, output_chars(&body)));
-    body["model"] = model.id.clone().into();
+) {
+    let usage = usage.unwrap_or_else(|| guess(input_chars, body.output_chars()));
     let cost = model.cost(route, usage, 0);
     meter.finish(200, usage, 0, cost);
-    body
 }
 
 fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
@@ -214,7 +200,10 @@ fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
     } = c;
     match out {
         ChatOutput::Full { body, usage } => {
-            HttpResponse::Ok().json(settle_full(meter, model, route, body, usage, input_chars))
+            settle_full(meter, model, route, &body, usage, input_chars);
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(body.with_model(&model.id))
         }
         ChatOutput::Stream(events) => {
             let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);

@@ -127,7 +127,10 @@ pub(super) async fn chat(
             finish,
             usage.unwrap_or_default(),
         );
-        return Ok(ChatOutput::Full { body, usage });
+        return Ok(ChatOutput::Full {
+            body: super::Whole::Built(body),
+            usage,
+        });
     }
     let name = conn.name.clone();
     let model = model.to_string();

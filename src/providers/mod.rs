@@ -10,9 +10,11 @@ mod openai;
 mod routes;
 mod service;
 mod upstream;
+mod whole;
 pub mod wire;
 
 pub use routes::routes;
 pub use service::{NewProvider, ProviderError, Providers, StoredProvider, TestResult, describe};
 pub use service::{Reachable, TABLES, count_of, erase_in, export_page};
 pub use upstream::{ChatOutput, Connection, StreamEvent, UpstreamError};
+pub use whole::Whole;

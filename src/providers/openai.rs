@@ -1,6 +1,7 @@
 //! `openai` and `openai-compatible`: the request goes through nearly as sent, with
 //! the upstream model name and the provider's privacy options.
 
+use super::Whole;
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
 use super::wire::{ChatRequest, Image, ImageRequest, SourceImage, Usage};
 use crate::config::ProviderKind;
@@ -63,14 +64,9 @@ pub(super) async fn chat(
     };
     let res = conn.send(auth(conn, post.json(&body)), !req.stream).await?;
     if !req.stream {
-        let body = conn.json(res).await?;
-        if body.get("choices").and_then(Value::as_array).is_none() {
-            return Err(UpstreamError::garbage(
-                &conn.name,
-                "no `choices` in the answer",
-            ));
-        }
-        let usage = Usage::from_openai(&body);
+        let bytes = res.bytes().await.map_err(|e| conn.transport(&e))?;
+        let (body, usage) =
+            Whole::check(bytes).map_err(|e| UpstreamError::garbage(&conn.name, e))?;
         return Ok(ChatOutput::Full { body, usage });
     }
     let name = conn.name.clone();

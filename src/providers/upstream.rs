@@ -107,7 +107,10 @@ impl Breaker {
 /// What a chat call gives back.
 pub enum ChatOutput {
     /// A whole completion in OpenAI's shape, with its usage when reported.
-    Full { body: Value, usage: Option<Usage> },
+    Full {
+        body: super::Whole,
+        usage: Option<Usage>,
+    },
     /// Events in OpenAI's chunk shape.
     Stream(BoxStream<'static, Result<StreamEvent, UpstreamError>>),
 }

@@ -177,7 +177,11 @@ impl Usage {
 
     /// Reads OpenAI's `usage` object.
     pub fn from_openai(v: &Value) -> Option<Usage> {
-        let u = v.get("usage")?;
+        Usage::from_openai_usage(v.get("usage")?)
+    }
+
+    /// Token counts from OpenAI's `usage` object itself.
+    pub fn from_openai_usage(u: &Value) -> Option<Usage> {
         Some(Usage {
             input_tokens: u.get("prompt_tokens")?.as_u64()?,
             output_tokens: u

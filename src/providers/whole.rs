@@ -1,0 +1,316 @@
+//! A whole (not streamed) chat completion in OpenAI's shape.
+//!
+//! An `openai` or `openai-compatible` answer is relayed as the provider's own bytes:
+//! checked once (valid JSON with a `choices` list; usage and answer length read on the
+//! way), then sent on with only the top-level `model` changed to the catalog's name.
+//! Building a `serde_json::Value` of it and writing it out again cost a proxied request
+//! more than any other step of its own.
+
+use super::wire::Usage;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A whole completion: the provider's checked bytes, or one an adapter built.
+#[derive(Debug)]
+pub enum Whole {
+    /// OpenAI's shape as the provider sent it.
+    Raw {
+        body: Bytes,
+        /// Bytes of answer text (for a usage guess when none is reported).
+        output_chars: usize,
+    },
+    /// Built by an adapter that translates another format.
+    Built(Value),
+}
+
+/// What is read of a raw answer while checking it.
+#[derive(Deserialize)]
+struct Check {
+    choices: Vec<CheckChoice>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CheckChoice {
+    #[serde(default)]
+    message: Option<CheckMessage>,
+}
+
+#[derive(Deserialize)]
+struct CheckMessage {
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+impl Whole {
+    /// Checks a provider's answer: the usage it reports, or why it cannot be read.
+    pub fn check(body: Bytes) -> Result<(Whole, Option<Usage>), String> {
+        let check: Check = serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() && e.to_string().contains("`choices`") {
+                "no `choices` in the answer".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
+        if !body.trim_ascii_start().starts_with(b"{") {
+            return Err("the answer is not a JSON object".into());
+        }
+        let output_chars = check
+            .choices
+            .iter()
+            .filter_map(|c| c.message.as_ref()?.content.as_ref()?.as_str())
+            .map(str::len)
+            .sum();
+        let usage = check.usage.as_ref().and_then(Usage::from_openai_usage);
+        Ok((Whole::Raw { body, output_chars }, usage))
+    }
+
+    /// Bytes of answer text.
+    pub fn output_chars(&self) -> usize {
+        match self {
+            Whole::Raw { output_chars, .. } => *output_chars,
+            Whole::Built(body) => body
+                .get("choices")
+                .and_then(Value::as_array)
+                .map(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                        .map(str::len)
+                        .sum()
+                })
+                .unwrap_or(0),
+        }
+    }
+
+    /// The completion as a JSON value.
+    pub fn into_value(self) -> Result<Value, String> {
+        match self {
+            Whole::Raw { body, .. } => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+            Whole::Built(v) => Ok(v),
+        }
+    }
+
+    /// The completion as JSON text, with `model` as its top-level model.
+    pub fn with_model(self, model: &str) -> Bytes {
+        match self {
+            Whole::Raw { body, .. } => set_model(&body, model),
+            Whole::Built(mut v) => {
+                v["model"] = model.into();
+                Bytes::from(v.to_string())
+            }
+        }
+    }
+}
+
+/// `json` (a JSON object's text, already checked) with every top-level `model` value
+/// replaced by `model`, or one added first when there is none.
+fn set_model(json: &[u8], model: &str) -> Bytes {
+    let value = Value::from(model).to_string();
+    let spans = top_level_values(json, b"model");
+    let mut out = Vec::with_capacity(json.len() + value.len() + 10);
+    if spans.is_empty() {
+        let Some(open) = json.iter().position(|&b| b == b'{') else {
+            return Bytes::copy_from_slice(json);
+        };
+        let empty = json[open + 1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b'}');
+        out.extend_from_slice(&json[..=open]);
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(value.as_bytes());
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(&json[open + 1..]);
+        return Bytes::from(out);
+    }
+    let mut at = 0;
+    for span in spans {
+        out.extend_from_slice(&json[at..span.start]);
+        out.extend_from_slice(value.as_bytes());
+        at = span.end;
+    }
+    out.extend_from_slice(&json[at..]);
+    Bytes::from(out)
+}
+
+/// Byte ranges of the values of the top-level members named `key` (as written, with
+/// no escapes) of a JSON object's text. Text that is not a well-formed object gives
+/// what was found before the fault; it never panics.
+fn top_level_values(json: &[u8], key: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return found;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        match json.get(i) {
+            Some(b'"') => {}
+            _ => return found,
+        }
+        let Some(key_end) = string_end(json, i) else {
+            return found;
+        };
+        let name = &json[i + 1..key_end - 1];
+        i = skip_ws(json, key_end);
+        if json.get(i) != Some(&b':') {
+            return found;
+        }
+        let start = skip_ws(json, i + 1);
+        let Some(end) = value_end(json, start) else {
+            return found;
+        };
+        if name == key {
+            found.push(start..end);
+        }
+        i = skip_ws(json, end);
+        match json.get(i) {
+            Some(b',') => i += 1,
+            _ => return found,
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that opens at `i` (a `"`).
+fn string_end(json: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match json.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index just past the value that starts at `i`.
+fn value_end(json: &[u8], i: usize) -> Option<usize> {
+    match json.get(i)? {
+        b'"' => string_end(json, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match json.get(j)? {
+                    b'"' => {
+                        j = string_end(json, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while json
+                .get(j)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Whole, set_model, top_level_values};
+    use serde_json::{Value, json};
+
+    fn relabel(text: &str) -> Value {
+        serde_json::from_slice(&set_model(text.as_bytes(), "ours")).expect("still JSON")
+    }
+
+    #[test]
+    fn only_the_top_level_model_changes() {
+        let text = r#" { "id" : "x", "model" : "up-\"q\"-1", "choices": [{"message": {"model": "inner", "content": "a \"model\": b"}}], "usage": {"model": 1} } "#;
+        let mut want: Value = serde_json::from_str(text).expect("json");
+        want["model"] = "ours".into();
+        assert_eq!(relabel(text), want);
+    }
+
+    #[test]
+    fn a_missing_model_is_added_and_odd_values_are_replaced_whole() {
+        assert_eq!(
+            relabel(r#"{"choices":[]}"#),
+            json!({"model": "ours", "choices": []})
+        );
+        assert_eq!(relabel("{ }"), json!({"model": "ours"}));
+        for v in [
+            "null",
+            "12.5e3",
+            "true",
+            r#"{"a":[1,{"b":"}"}]}"#,
+            r#"["]",2]"#,
+        ] {
+            let text = format!(r#"{{"model":{v},"choices":[]}}"#);
+            assert_eq!(
+                relabel(&text),
+                json!({"model": "ours", "choices": []}),
+                "{v}"
+            );
+        }
+        // A name with characters JSON must escape stays valid.
+        let out = set_model(br#"{"model":"m"}"#, "a\"b\\c");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["model"], "a\"b\\c");
+    }
+
+    #[test]
+    fn broken_text_never_panics() {
+        let text = br#"{"model":"a","x":[1,{"y":"\""#;
+        for end in 0..=text.len() {
+            let _ = top_level_values(&text[..end], b"model");
+            let _ = set_model(&text[..end], "m");
+        }
+        let found = top_level_values(br#"{"model":"a","#, b"model");
+        assert_eq!(found, vec![std::ops::Range { start: 9, end: 12 }]);
+    }
+
+    #[test]
+    fn the_check_reads_usage_and_answer_length_and_refuses_what_is_not_an_answer() {
+        let body = json!({"choices": [{"message": {"content": "héllo"}}, {"message": {"content": null}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+        let (whole, usage) = Whole::check(body.to_string().into()).expect("an answer");
+        let usage = usage.expect("usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (7, 3));
+        assert_eq!(whole.output_chars(), "héllo".len());
+        assert_eq!(whole.into_value().expect("json"), body);
+        let (_, none) = Whole::check(r#"{"choices":[]}"#.into()).expect("an answer");
+        assert!(none.is_none());
+        for bad in [
+            r#"{"id":"x"}"#,
+            r#"{"choices":{}}"#,
+            "<html>",
+            "[]",
+            r#"{"choices":[]"#,
+        ] {
+            assert!(Whole::check(bad.into()).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Whole::check(r#"{"id":"x"}"#.into()).expect_err("no choices"),
+            "no `choices` in the answer"
+        );
+    }
+}

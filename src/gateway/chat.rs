@@ -11,8 +11,8 @@ use crate::store::now_ms;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 
 fn validate(req: &ChatRequest) -> Result<(), ApiError> {
@@ -216,7 +216,7 @@ fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
                 usage: None,
                 input_chars,
                 output_chars: 0,
-                last_id: String::new(),
+                last: None,
                 ended: false,
             };
             let body = futures_util::stream::unfold(state, |mut s| async move {
@@ -232,6 +232,9 @@ fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
     }
 }
 
+/// Bytes of events gathered into one send at most.
+const GATHER_BYTES: usize = 64 * 1024;
+
 /// A stream being relayed. When the client leaves, actix drops this state: the
 /// upstream response is dropped with it (closing that connection) and the meter
 /// records the request as 499.
@@ -244,12 +247,9 @@ struct StreamState {
     usage: Option<Usage>,
     input_chars: usize,
     output_chars: usize,
-    last_id: String,
+    /// The last chunk relayed, whose id the closing usage chunk takes.
+    last: Option<Whole>,
     ended: bool,
-}
-
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
 }
 
 impl StreamState {
@@ -261,57 +261,72 @@ impl StreamState {
         self.meter.finish(status, usage, 0, cost);
     }
 
+    /// What the provider has sent so far, as one piece: the first event waited for,
+    /// then every event already received, so a burst of events costs the client's
+    /// connection one send rather than one each. The upstream connection hands over
+    /// one event at a time and decodes the next only when it runs again, so when none
+    /// is at hand this task yields once (no waiting: it is polled again at once) before
+    /// it sends what it has.
     async fn next_bytes(&mut self) -> Option<Bytes> {
-        if self.ended {
-            return None;
+        let mut out = Vec::new();
+        while !self.ended && out.is_empty() {
+            let event = self.events.next().await;
+            self.relay(event, &mut out);
+            let mut yielded = false;
+            while !self.ended && out.len() < GATHER_BYTES {
+                match self.events.next().now_or_never() {
+                    Some(event) => {
+                        self.relay(event, &mut out);
+                        yielded = false;
+                    }
+                    None if !yielded => {
+                        tokio::task::yield_now().await;
+                        yielded = true;
+                    }
+                    None => break,
+                }
+            }
         }
-        loop {
-            match self.events.next().await {
-                Some(Ok(StreamEvent::Chunk(mut v))) => {
-                    v["model"] = self.model.id.clone().into();
-                    if let Some(id) = v.get("id").and_then(Value::as_str) {
-                        id.clone_into(&mut self.last_id);
-                    }
-                    if let Some(cs) = v.get("choices").and_then(Value::as_array) {
-                        self.output_chars += cs
-                            .iter()
-                            .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
-                            .map(str::len)
-                            .sum::<usize>();
-                    }
-                    return Some(sse(&v));
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// Writes one event of the provider's stream (`None`: its end) as the client sees it.
+    fn relay(&mut self, event: Option<Result<StreamEvent, UpstreamError>>, out: &mut Vec<u8>) {
+        match event {
+            Some(Ok(StreamEvent::Chunk(chunk))) => {
+                self.output_chars += chunk.output_chars();
+                chunk.write_sse(&self.model.id, out);
+                self.last = Some(chunk);
+            }
+            Some(Ok(StreamEvent::Usage(u))) => self.usage = Some(u),
+            Some(Err(e)) => {
+                // Too late to retry: the client has part of the answer. Say so in the
+                // stream, the way OpenAI's SDKs read errors.
+                self.ended = true;
+                tracing::warn!(provider = %self.route.conn.name, error = %e, "stream broke");
+                self.settle(StatusCode::BAD_GATEWAY.as_u16());
+                let err = upstream_error(&self.model.id, &e);
+                let body = serde_json::json!({"error": {
+                    "message": err.message, "type": err.kind(), "code": err.code,
+                }});
+                out.extend_from_slice(format!("data: {body}\n\n").as_bytes());
+            }
+            None => {
+                self.ended = true;
+                if self.include_usage {
+                    let usage = self
+                        .usage
+                        .unwrap_or_else(|| guess(self.input_chars, self.output_chars));
+                    let id = self.last.as_ref().and_then(Whole::id).unwrap_or_default();
+                    let chunk = serde_json::json!({
+                        "id": id, "object": "chat.completion.chunk",
+                        "created": now_ms() / 1000, "model": self.model.id,
+                        "choices": [], "usage": usage.to_json(),
+                    });
+                    out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
                 }
-                Some(Ok(StreamEvent::Usage(u))) => self.usage = Some(u),
-                Some(Err(e)) => {
-                    // Too late to retry: the client has part of the answer. Say so in
-                    // the stream, the way OpenAI's SDKs read errors.
-                    self.ended = true;
-                    tracing::warn!(provider = %self.route.conn.name, error = %e, "stream broke");
-                    self.settle(StatusCode::BAD_GATEWAY.as_u16());
-                    let err = upstream_error(&self.model.id, &e);
-                    let body = serde_json::json!({"error": {
-                        "message": err.message, "type": err.kind(), "code": err.code,
-                    }});
-                    return Some(sse(&body));
-                }
-                None => {
-                    self.ended = true;
-                    let mut tail = String::new();
-                    if self.include_usage {
-                        let usage = self
-                            .usage
-                            .unwrap_or_else(|| guess(self.input_chars, self.output_chars));
-                        let chunk = serde_json::json!({
-                            "id": self.last_id, "object": "chat.completion.chunk",
-                            "created": now_ms() / 1000, "model": self.model.id,
-                            "choices": [], "usage": usage.to_json(),
-                        });
-                        tail.push_str(&format!("data: {chunk}\n\n"));
-                    }
-                    tail.push_str("data: [DONE]\n\n");
-                    self.settle(200);
-                    return Some(Bytes::from(tail));
-                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.settle(200);
             }
         }
     }

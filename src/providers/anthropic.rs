@@ -78,7 +78,7 @@ pub(super) async fn chat(
         .send(
             auth(
                 conn,
-                conn.client.post(url).json(&body(model, req, max_tokens)),
+                conn.client().post(url).json(&body(model, req, max_tokens)),
             ),
             !req.stream,
         )

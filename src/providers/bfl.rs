@@ -59,7 +59,7 @@ async fn one(conn: &Connection, model: &str, req: &ImageRequest) -> Result<Image
     }
     let url = format!("{}/v1/{model}", conn.base_url);
     let res = conn
-        .send(auth(conn, conn.client.post(url).json(&body)), true)
+        .send(auth(conn, conn.client().post(url).json(&body)), true)
         .await?;
     let task = conn.json(res).await?;
     let id = task
@@ -86,7 +86,7 @@ async fn one(conn: &Connection, model: &str, req: &ImageRequest) -> Result<Image
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
         let res = conn
-            .send(auth(conn, conn.client.get(&polling)), true)
+            .send(auth(conn, conn.client().get(&polling)), true)
             .await?;
         let v = conn.json(res).await?;
         match v.get("status").and_then(Value::as_str) {

@@ -102,7 +102,7 @@ pub(super) async fn chat(
         format!("{}/v1beta/models/{model}:generateContent", conn.base_url)
     };
     let res = conn
-        .send(auth(conn, conn.client.post(url).json(&body)), !req.stream)
+        .send(auth(conn, conn.client().post(url).json(&body)), !req.stream)
         .await?;
     let created = crate::store::now_ms() / 1000;
     let id = format!("chatcmpl-gemini-{created}");
@@ -190,7 +190,7 @@ pub(super) async fn images(
     let mut out = Vec::new();
     for _ in 0..req.count() {
         let res = conn
-            .send(auth(conn, conn.client.post(&url).json(&body)), true)
+            .send(auth(conn, conn.client().post(&url).json(&body)), true)
             .await?;
         let v = conn.json(res).await?;
         let parts = v

@@ -3,7 +3,7 @@
 
 use super::Whole;
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
-use super::wire::{ChatRequest, Image, ImageRequest, SourceImage, Usage};
+use super::wire::{ChatRequest, Image, ImageRequest, SourceImage};
 use crate::config::ProviderKind;
 use base64::Engine;
 use futures_util::StreamExt;
@@ -57,9 +57,9 @@ pub(super) async fn chat(
     }
     privacy(conn, obj);
     let post = match &conn.chat_url {
-        Some(url) => conn.client.post(url.clone()),
+        Some(url) => conn.client().post(url.clone()),
         None => conn
-            .client
+            .client()
             .post(format!("{}/chat/completions", conn.base_url)),
     };
     let res = conn.send(auth(conn, post.json(&body)), !req.stream).await?;
@@ -75,20 +75,16 @@ pub(super) async fn chat(
         .flat_map(move |d| {
             let out: Vec<Result<StreamEvent, UpstreamError>> = match d {
                 Err(e) => vec![Err(e)],
-                Ok(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(text) => match Whole::check_chunk(text.into()) {
                     Err(e) => vec![Err(UpstreamError::garbage(&name, e))],
-                    Ok(v) => {
+                    Ok(c) => {
                         let mut out = Vec::new();
-                        if let Some(u) = Usage::from_openai(&v) {
+                        if let Some(u) = c.usage {
                             out.push(Ok(StreamEvent::Usage(u)));
                         }
-                        let has_choices = v
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .is_some_and(|c| !c.is_empty());
-                        if has_choices {
-                            out.push(Ok(StreamEvent::Chunk(v)));
-                        } else if v.get("error").is_some() {
+                        if let Some(chunk) = c.chunk {
+                            out.push(Ok(StreamEvent::Chunk(chunk)));
+                        } else if c.error {
                             out.push(Err(UpstreamError::garbage(&name, "an error mid-stream")));
                         }
                         out
@@ -122,7 +118,7 @@ pub(super) async fn images(
     // endpoints refuse a parameter they do not know.
     let request = match &req.source {
         None => conn
-            .client
+            .client()
             .post(format!("{}/images/generations", conn.base_url))
             .json(&body),
         Some(image) => {
@@ -131,7 +127,7 @@ pub(super) async fn images(
                 files.push(("mask", mask));
             }
             let (content_type, form) = multipart(&body, &files);
-            conn.client
+            conn.client()
                 .post(format!("{}/images/edits", conn.base_url))
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(form)

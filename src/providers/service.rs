@@ -131,7 +131,7 @@ struct Inner {
     org: ArcSwap<Map>,
     personal: RwLock<HashMap<String, Arc<Map>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
-    clients: Mutex<HashMap<(String, u64), reqwest::Client>>,
+    clients: Mutex<HashMap<(String, u64), upstream::Clients>>,
 }
 
 /// The provider connections; cheap to clone.
@@ -208,14 +208,18 @@ impl Providers {
         map.entry(storage_key(owner, name)).or_default().clone()
     }
 
-    /// One pooled client per endpoint and timeout.
-    fn client(&self, base_url: &str, timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    /// One set of pooled clients per endpoint and timeout.
+    fn client(
+        &self,
+        base_url: &str,
+        timeout: Duration,
+    ) -> Result<upstream::Clients, ProviderError> {
         let mut map = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
         let k = (base_url.to_string(), timeout.as_millis() as u64);
         if let Some(c) = map.get(&k) {
             return Ok(c.clone());
         }
-        let c = upstream::client(timeout).map_err(ProviderError::Invalid)?;
+        let c = upstream::Clients::new(timeout).map_err(ProviderError::Invalid)?;
         map.insert(k, c.clone());
         Ok(c)
     }

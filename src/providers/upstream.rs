@@ -8,7 +8,7 @@ use crate::crypto::Secret;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Whose connection this is.
@@ -119,7 +119,7 @@ pub enum ChatOutput {
 #[derive(Debug)]
 pub enum StreamEvent {
     /// A chunk in OpenAI's shape.
-    Chunk(Value),
+    Chunk(super::Whole),
     /// Token counts (usually at the end).
     Usage(Usage),
 }
@@ -134,7 +134,7 @@ pub struct Connection {
     pub timeout: Duration,
     pub retries: u32,
     pub owner: Owner,
-    pub(super) client: reqwest::Client,
+    clients: Clients,
     pub breaker: Arc<Breaker>,
     /// `{base_url}/chat/completions`, parsed once rather than on every request.
     pub(super) chat_url: Option<reqwest::Url>,
@@ -162,18 +162,44 @@ pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
     }
 }
 
-/// Builds the pooled client of one connection.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    // Idempotent: the first caller installs ring for the whole process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .read_timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+/// The pooled HTTP clients of one endpoint: one pool per lane, and each thread keeps
+/// to one lane. A pooled upstream connection is driven by the thread that opened it;
+/// reused from another HTTP worker, every read and write on it would wake that
+/// thread too (one cross-thread wake-up per proxied request, measured).
+#[derive(Clone)]
+pub struct Clients(Arc<[reqwest::Client]>);
+
+impl Clients {
+    /// Clients for one endpoint: a lane per core and one spare, so the HTTP workers
+    /// still get lanes of their own when another thread (start-up, a background job)
+    /// called first.
+    pub fn new(timeout: Duration) -> Result<Clients, String> {
+        // Idempotent: the first caller installs ring for the whole process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) + 1;
+        let clients = (0..lanes)
+            .map(|_| {
+                reqwest::Client::builder()
+                    .connect_timeout(timeout.min(Duration::from_secs(10)))
+                    .read_timeout(timeout)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| format!("cannot build an HTTP client: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Clients(clients.into()))
+    }
+
+    /// This thread's client.
+    fn get(&self) -> &reqwest::Client {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        &self.0[LANE.with(|l| *l) % self.0.len()]
+    }
 }
 
 impl Connection {
@@ -188,7 +214,7 @@ impl Connection {
         timeout: Duration,
         retries: u32,
         owner: Owner,
-        client: reqwest::Client,
+        clients: Clients,
         breaker: Arc<Breaker>,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
@@ -202,9 +228,14 @@ impl Connection {
             timeout,
             retries,
             owner,
-            client,
+            clients,
             breaker,
         }
+    }
+
+    /// The pooled HTTP client for calls made on this thread.
+    pub(super) fn client(&self) -> &reqwest::Client {
+        self.clients.get()
     }
 
     /// Whether this is a person's own key.
@@ -287,7 +318,7 @@ impl Connection {
 
     /// Downloads a file the provider points at (a generated image).
     pub(super) async fn download(&self, url: &str) -> Result<(Vec<u8>, String), UpstreamError> {
-        let res = self.send(self.client.get(url), true).await?;
+        let res = self.send(self.client().get(url), true).await?;
         let media = res
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -351,19 +382,20 @@ impl Connection {
     pub async fn test(&self) -> Result<(), UpstreamError> {
         let req = match self.kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                openai::auth(self, self.client.get(format!("{}/models", self.base_url)))
+                openai::auth(self, self.client().get(format!("{}/models", self.base_url)))
             }
             ProviderKind::Anthropic => anthropic::auth(
                 self,
-                self.client.get(format!("{}/v1/models", self.base_url)),
+                self.client().get(format!("{}/v1/models", self.base_url)),
             ),
             ProviderKind::Gemini => gemini::auth(
                 self,
-                self.client.get(format!("{}/v1beta/models", self.base_url)),
+                self.client()
+                    .get(format!("{}/v1beta/models", self.base_url)),
             ),
             ProviderKind::Bfl => bfl::auth(
                 self,
-                self.client.get(format!("{}/v1/credits", self.base_url)),
+                self.client().get(format!("{}/v1/credits", self.base_url)),
             ),
         };
         self.send(req, true).await.map(drop)

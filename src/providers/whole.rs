@@ -1,23 +1,24 @@
-//! A whole (not streamed) chat completion in OpenAI's shape.
+//! A chat completion, or one streamed chunk of one, in OpenAI's shape.
 //!
-//! An `openai` or `openai-compatible` answer is relayed as the provider's own bytes:
-//! checked once (valid JSON with a `choices` list; usage and answer length read on the
-//! way), then sent on with only the top-level `model` changed to the catalog's name.
-//! Building a `serde_json::Value` of it and writing it out again cost a proxied request
-//! more than any other step of its own.
+//! An `openai` or `openai-compatible` answer (and each event of its stream) is relayed
+//! as the provider's own bytes: checked once (valid JSON with a `choices` list; usage
+//! and answer length read on the way), then sent on with only the top-level `model`
+//! changed to the catalog's name. Building a `serde_json::Value` of it and writing it
+//! out again cost a proxied request more than any other step of its own.
 
 use super::wire::Usage;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A whole completion: the provider's checked bytes, or one an adapter built.
-#[derive(Debug)]
+/// A completion or chunk: the provider's checked bytes, or one an adapter built.
+#[derive(Clone, Debug)]
 pub enum Whole {
     /// OpenAI's shape as the provider sent it.
     Raw {
         body: Bytes,
-        /// Bytes of answer text (for a usage guess when none is reported).
+        /// Bytes of answer text, or of a chunk's delta (for a usage guess when none
+        /// is reported).
         output_chars: usize,
     },
     /// Built by an adapter that translates another format.
@@ -44,6 +45,48 @@ struct CheckMessage {
     content: Option<Value>,
 }
 
+/// What is read of a streamed chunk while checking it.
+#[derive(Deserialize)]
+struct CheckChunk {
+    #[serde(default)]
+    choices: Option<Vec<CheckDelta>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CheckDelta {
+    #[serde(default)]
+    delta: Option<CheckMessage>,
+}
+
+/// One streamed event of an OpenAI-shaped stream, checked.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The event to relay, when it has choices.
+    pub chunk: Option<Whole>,
+    /// Token counts, when it reports them.
+    pub usage: Option<Usage>,
+    /// It is an error object (a provider failing mid-stream).
+    pub error: bool,
+}
+
+fn text_len(content: Option<&CheckMessage>) -> usize {
+    content
+        .and_then(|m| m.content.as_ref()?.as_str())
+        .map_or(0, str::len)
+}
+
+fn an_object(body: &[u8]) -> Result<(), String> {
+    if body.trim_ascii_start().starts_with(b"{") {
+        Ok(())
+    } else {
+        Err("the answer is not a JSON object".into())
+    }
+}
+
 impl Whole {
     /// Checks a provider's answer: the usage it reports, or why it cannot be read.
     pub fn check(body: Bytes) -> Result<(Whole, Option<Usage>), String> {
@@ -54,20 +97,61 @@ impl Whole {
                 e.to_string()
             }
         })?;
-        if !body.trim_ascii_start().starts_with(b"{") {
-            return Err("the answer is not a JSON object".into());
-        }
+        an_object(&body)?;
         let output_chars = check
             .choices
             .iter()
-            .filter_map(|c| c.message.as_ref()?.content.as_ref()?.as_str())
-            .map(str::len)
+            .map(|c| text_len(c.message.as_ref()))
             .sum();
         let usage = check.usage.as_ref().and_then(Usage::from_openai_usage);
         Ok((Whole::Raw { body, output_chars }, usage))
     }
 
-    /// Bytes of answer text.
+    /// Checks one event of a provider's OpenAI-shaped stream (the text after `data:`).
+    pub fn check_chunk(body: Bytes) -> Result<Chunk, String> {
+        let check: CheckChunk = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        an_object(&body)?;
+        let usage = check.usage.as_ref().and_then(Usage::from_openai_usage);
+        let choices = check.choices.unwrap_or_default();
+        let chunk = (!choices.is_empty()).then(|| Whole::Raw {
+            output_chars: choices.iter().map(|c| text_len(c.delta.as_ref())).sum(),
+            body,
+        });
+        Ok(Chunk {
+            chunk,
+            usage,
+            error: check.error.is_some(),
+        })
+    }
+
+    /// The top-level `id`, if it is a string.
+    pub fn id(&self) -> Option<String> {
+        match self {
+            Whole::Raw { body, .. } => top_level_values(body, b"id")
+                .into_iter()
+                .next()
+                .and_then(|span| serde_json::from_slice(&body[span]).ok()),
+            Whole::Built(v) => v.get("id").and_then(Value::as_str).map(str::to_string),
+        }
+    }
+
+    /// Writes the chunk to `out` as a server-sent event (`data: …` and a blank line),
+    /// with `model` as its top-level model.
+    pub fn write_sse(&self, model: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: ");
+        match self {
+            Whole::Raw { body, .. } => write_with_model(body, model, out),
+            Whole::Built(v) => {
+                let mut v = v.clone();
+                v["model"] = model.into();
+                // Writing a Value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, &v);
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+
+    /// Bytes of answer text (a chunk: of its delta).
     pub fn output_chars(&self) -> usize {
         match self {
             Whole::Raw { output_chars, .. } => *output_chars,
@@ -76,7 +160,8 @@ impl Whole {
                 .and_then(Value::as_array)
                 .map(|cs| {
                     cs.iter()
-                        .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                        .filter_map(|c| c.get("message").or_else(|| c.get("delta")))
+                        .filter_map(|m| m.get("content").and_then(Value::as_str))
                         .map(str::len)
                         .sum()
                 })
@@ -95,7 +180,11 @@ impl Whole {
     /// The completion as JSON text, with `model` as its top-level model.
     pub fn with_model(self, model: &str) -> Bytes {
         match self {
-            Whole::Raw { body, .. } => set_model(&body, model),
+            Whole::Raw { body, .. } => {
+                let mut out = Vec::with_capacity(body.len() + model.len() + 16);
+                write_with_model(&body, model, &mut out);
+                Bytes::from(out)
+            }
             Whole::Built(mut v) => {
                 v["model"] = model.into();
                 Bytes::from(v.to_string())
@@ -104,15 +193,15 @@ impl Whole {
     }
 }
 
-/// `json` (a JSON object's text, already checked) with every top-level `model` value
-/// replaced by `model`, or one added first when there is none.
-fn set_model(json: &[u8], model: &str) -> Bytes {
+/// Writes `json` (a JSON object's text, already checked) to `out` with every
+/// top-level `model` value replaced by `model`, or one added first when there is none.
+fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
     let value = Value::from(model).to_string();
     let spans = top_level_values(json, b"model");
-    let mut out = Vec::with_capacity(json.len() + value.len() + 10);
     if spans.is_empty() {
         let Some(open) = json.iter().position(|&b| b == b'{') else {
-            return Bytes::copy_from_slice(json);
+            out.extend_from_slice(json);
+            return;
         };
         let empty = json[open + 1..]
             .iter()
@@ -125,7 +214,7 @@ fn set_model(json: &[u8], model: &str) -> Bytes {
             out.push(b',');
         }
         out.extend_from_slice(&json[open + 1..]);
-        return Bytes::from(out);
+        return;
     }
     let mut at = 0;
     for span in spans {
@@ -134,7 +223,6 @@ fn set_model(json: &[u8], model: &str) -> Bytes {
         at = span.end;
     }
     out.extend_from_slice(&json[at..]);
-    Bytes::from(out)
 }
 
 /// Byte ranges of the values of the top-level members named `key` (as written, with
@@ -235,8 +323,14 @@ fn value_end(json: &[u8], i: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Whole, set_model, top_level_values};
+    use super::{Whole, top_level_values, write_with_model};
     use serde_json::{Value, json};
+
+    fn set_model(json: &[u8], model: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_with_model(json, model, &mut out);
+        out
+    }
 
     fn relabel(text: &str) -> Value {
         serde_json::from_slice(&set_model(text.as_bytes(), "ours")).expect("still JSON")
@@ -312,5 +406,35 @@ mod tests {
             Whole::check(r#"{"id":"x"}"#.into()).expect_err("no choices"),
             "no `choices` in the answer"
         );
+    }
+
+    #[test]
+    fn chunks_are_relayed_relabelled_with_their_id_usage_and_delta_length() {
+        let text = json!({"id": "c-1", "model": "up", "choices": [{"delta": {"content": "ab"}}, {"delta": {}}]});
+        let c = Whole::check_chunk(text.to_string().into()).expect("a chunk");
+        let chunk = c.chunk.expect("has choices");
+        assert!(c.usage.is_none() && !c.error);
+        assert_eq!(chunk.output_chars(), 2, "bytes of the delta's text");
+        assert_eq!(chunk.id().as_deref(), Some("c-1"));
+        let mut sse = Vec::new();
+        chunk.write_sse("ours", &mut sse);
+        let data = sse.strip_prefix(b"data: ".as_slice()).expect("data line");
+        let data = data.strip_suffix(b"\n\n".as_slice()).expect("blank line");
+        let mut want = text.clone();
+        want["model"] = "ours".into();
+        assert_eq!(serde_json::from_slice::<Value>(data).expect("json"), want);
+
+        let usage = json!({"id": "c-1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}});
+        let c = Whole::check_chunk(usage.to_string().into()).expect("a usage chunk");
+        assert!(c.chunk.is_none(), "no choices: nothing to relay");
+        assert_eq!(
+            c.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((5, 2))
+        );
+        let c = Whole::check_chunk(r#"{"error":{"message":"overloaded"}}"#.into()).expect("json");
+        assert!(c.error && c.chunk.is_none());
+        for bad in ["{", "[1]", r#"{"choices":3}"#, "data"] {
+            assert!(Whole::check_chunk(bad.into()).is_err(), "{bad}");
+        }
     }
 }

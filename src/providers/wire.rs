@@ -230,19 +230,19 @@ pub fn chunk(
     created: u64,
     text: Option<&str>,
     finish: Option<&str>,
-) -> Value {
+) -> super::Whole {
     let mut delta = Map::new();
     if let Some(t) = text {
         delta.insert("role".into(), "assistant".into());
         delta.insert("content".into(), t.into());
     }
-    serde_json::json!({
+    super::Whole::Built(serde_json::json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    })
+    }))
 }
 
 /// `POST /v1/images/generations` as a client sends it.

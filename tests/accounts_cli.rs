@@ -263,8 +263,8 @@ async fn users_and_keys_are_made_from_the_cli_with_the_server_stopped_and_runnin
         );
     }
 
-    let log = server.log_text();
-    assert!(server.stop().success());
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
 
     // Secrets appear nowhere: not in the log, not in the database file.
     let db = std::fs::read(dir.path().join("data").join("easel.redb")).expect("db file");

@@ -233,8 +233,8 @@ fn secrets_never_appear_in_logs_or_output() {
         &["--config", cfg.to_str().expect("utf8"), "config", "check"],
         &env,
     );
-    let log = server.log_text();
-    assert!(server.stop().success());
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
     assert!(log.contains("request"), "the test saw request logs: {log}");
     for secret in [
         master,

@@ -1,7 +1,18 @@
 //! Tracing output on stderr, pretty or JSON, with a filter that a reload can change.
+//!
+//! Access lines (target `easel::http`, info and below) are gathered in memory and
+//! written at least every [`GATHER_MS`] ms, or at [`GATHER_BYTES`], so a busy server
+//! makes one write for many requests instead of one each. Every other line is written
+//! at once, after what was gathered, so lines keep their order; a clean shutdown
+//! writes the rest ([`flush`]).
 
 use crate::config::{LogConfig, LogFormat};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -18,6 +29,110 @@ impl LogHandle {
     }
 }
 
+/// Longest an access line waits in memory.
+pub const GATHER_MS: u64 = 50;
+/// Bytes of access lines that are written as soon as they are gathered.
+const GATHER_BYTES: usize = 16 * 1024;
+
+/// Access lines not yet written.
+static GATHERED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The flusher thread runs: only then are lines gathered.
+static FLUSHING: AtomicBool = AtomicBool::new(false);
+
+fn gathered() -> MutexGuard<'static, Vec<u8>> {
+    // Only ever appended to and drained: consistent under any panic.
+    GATHERED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_out(buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        // Nowhere to report a failed write of the log itself.
+        let _ = std::io::stderr().lock().write_all(buf);
+        buf.clear();
+    }
+}
+
+/// Writes every gathered access line now.
+pub fn flush() {
+    write_out(&mut gathered());
+}
+
+/// Chooses, per line, whether it is gathered or written at once.
+struct Sink;
+
+/// One line on its way to stderr.
+struct Line {
+    gather: bool,
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line { gather: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        Line {
+            gather: meta.target() == "easel::http"
+                && *meta.level() >= Level::INFO
+                && FLUSHING.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = gathered();
+        if self.gather {
+            buf.extend_from_slice(data);
+            if buf.len() >= GATHER_BYTES {
+                write_out(&mut buf);
+            }
+        } else {
+            write_out(&mut buf);
+            std::io::stderr().lock().write_all(data)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts the thread that writes gathered lines out every [`GATHER_MS`] ms, once.
+fn start_flusher() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("easel-log".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_millis(GATHER_MS));
+                    flush();
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                FLUSHING.store(true, Ordering::Relaxed);
+                // A panic's message goes straight to stderr: what came before it first.
+                let previous = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    // try_lock: never wait on a lock this thread may hold.
+                    if let Ok(mut buf) = GATHERED.try_lock() {
+                        write_out(&mut buf);
+                    }
+                    previous(info);
+                }));
+            }
+            Err(_) => {
+                eprintln!("cannot start the log thread; access lines are written as they come")
+            }
+        }
+    });
+}
+
 /// Installs the global subscriber. A second call (tests that start several servers in
 /// one process) keeps the first subscriber and returns a handle that changes nothing.
 pub fn init(cfg: &LogConfig) -> LogHandle {
@@ -30,16 +145,20 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_writer(std::io::stderr)
+            .with_writer(Sink)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_writer(Sink)
             .boxed(),
     };
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        start_flusher();
+    }
     LogHandle(handle)
 }

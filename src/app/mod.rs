@@ -515,6 +515,7 @@ impl Running {
         let _ = std::fs::remove_file(&self.socket);
         self.store.close().await;
         tracing::info!("stopped; the database is closed");
+        logging::flush();
     }
 }
 

@@ -220,7 +220,9 @@ impl From<config::ConfigError> for Failure {
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let outcome = run(cli);
+    crate::app::logging::flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("error: {:#}", f.error);

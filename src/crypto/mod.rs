@@ -54,6 +54,34 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(buf)
 }
 
+/// Random bytes for what must be unique but is no secret (record and request ids):
+/// served from a per-thread buffer of the operating system's randomness, refilled
+/// 256 bytes at a time, so a request's ids cost no system call each. Keys, tokens and
+/// nonces use [`random_bytes`].
+pub fn unique_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    const POOL: usize = 256;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<([u8; POOL], usize)> =
+            const { std::cell::RefCell::new(([0; POOL], POOL)) };
+    }
+    if N > POOL {
+        return random_bytes();
+    }
+    BUFFER.with(|cell| {
+        let mut state = cell.borrow_mut();
+        let (pool, used) = &mut *state;
+        if *used + N > POOL {
+            getrandom::fill(pool)
+                .map_err(|e| CryptoError::Internal(format!("no randomness: {e}")))?;
+            *used = 0;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&pool[*used..*used + N]);
+        *used += N;
+        Ok(out)
+    })
+}
+
 /// A 256-bit symmetric key with a public 8-byte id derived from it.
 #[derive(Clone)]
 pub struct SymKey {
@@ -246,6 +274,27 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_bytes_never_repeat_across_refills_or_threads() {
+        let mine: Vec<[u8; 12]> = (0..1000).map(|_| unique_bytes().expect("random")).collect();
+        let other: Vec<[u8; 12]> =
+            std::thread::spawn(|| (0..1000).map(|_| unique_bytes().expect("random")).collect())
+                .join()
+                .expect("thread");
+        let all: std::collections::HashSet<_> = mine.iter().chain(&other).collect();
+        assert_eq!(
+            all.len(),
+            2000,
+            "96-bit ids from 2 threads, over 90 refills, all distinct"
+        );
+        assert!(
+            mine.iter().all(|b| b != &[0; 12]),
+            "never the unfilled buffer"
+        );
+        let big: [u8; 300] = unique_bytes().expect("larger than the buffer");
+        assert!(big.iter().any(|&b| b != 0));
+    }
 
     #[test]
     fn hex_is_lower_case_two_digits_a_byte_and_unhex_reverses_it() {

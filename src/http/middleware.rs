@@ -38,7 +38,7 @@ fn request_id(req: &ServiceRequest) -> String {
         });
     match incoming {
         Some(id) => id.to_string(),
-        None => crate::crypto::random_bytes::<12>()
+        None => crate::crypto::unique_bytes::<12>()
             .map(|b| crate::crypto::hex(&b))
             .unwrap_or_else(|_| "unknown".into()),
     }

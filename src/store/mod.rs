@@ -287,7 +287,7 @@ impl TimedKey {
     /// two records of the same millisecond apart.
     pub fn new(owner: &str, at_ms: u64) -> Result<Self, StoreError> {
         let rand: [u8; 4] =
-            crate::crypto::random_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
+            crate::crypto::unique_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
         let mut key = Self::prefix(owner);
         key.extend_from_slice(&at_ms.to_be_bytes());
         key.extend_from_slice(&rand);

@@ -235,6 +235,8 @@ pub struct Process {
     pub child: Child,
     pub addr: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -256,7 +258,7 @@ impl Process {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("is ready")
                     && let Some(addr) = ready_addr(&line)
@@ -276,7 +278,12 @@ impl Process {
                 );
             }
         };
-        Process { child, addr, log }
+        Process {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     /// A URL on this server.
@@ -312,6 +319,17 @@ impl Process {
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
         wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// [`Process::stop`], then everything it logged, to its last line (access lines
+    /// are written in batches, the last ones at shutdown).
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log_text())
     }
 }
 

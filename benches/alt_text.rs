@@ -139,7 +139,7 @@ fn intake(runs: usize) {
     let mut out_len = 0;
     for run in 0..=runs {
         let t0 = Instant::now();
-        let got = easel::imaging::decode(&jpeg, limits).expect("decode");
+        let got = easel::imaging::decode_within(&jpeg, limits, 1024).expect("decode");
         let t1 = Instant::now();
         let small = easel::imaging::downscale(got.image, 1024);
         let t2 = Instant::now();

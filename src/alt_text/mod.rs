@@ -374,7 +374,8 @@ impl AltText {
         };
         let longest = cfg.downscale_to;
         let image = tokio::task::spawn_blocking(move || {
-            imaging::decode(&bytes, limits).map(|i| imaging::downscale(i.image, longest))
+            imaging::decode_within(&bytes, limits, longest)
+                .map(|i| imaging::downscale(i.image, longest))
         })
         .await
         .map_err(|e| ApiError::internal(format!("the image task ended: {e}")))??;

@@ -11,6 +11,11 @@
 //!    *before* decoding, so a small file declaring a huge image (a decompression
 //!    bomb) costs nothing; the decoder also gets an allocation limit;
 //! 4. decode (the first frame of an animated GIF) and apply the EXIF orientation.
+//!
+//! An image that is only going to be scaled down ([`decode_within`]) may be decoded
+//! smaller in the first place: a JPEG at least twice the size wanted is decoded at
+//! 1/2, 1/4 or 1/8 of its size by the decoder's scaled IDCT, which skips most of the
+//! work of decoding and then reducing all of its pixels.
 
 use crate::http::ApiError;
 use actix_web::http::StatusCode;
@@ -242,10 +247,85 @@ pub fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     Ok(Intake { image, format })
 }
 
+/// Like [`decode`] for an image that will be scaled down to at most `longest` pixels
+/// on its longest side: a large JPEG may come back smaller than it is (never below
+/// `longest`, so [`downscale`] still makes the final size).
+pub fn decode_within(bytes: &[u8], limits: Limits, longest: u32) -> Result<Intake, IntakeError> {
+    if bytes.len() as u64 <= limits.max_bytes
+        && sniff(bytes).ok() == Some(Format::Jpeg)
+        && jpeg_complete(bytes)
+        && let Some(image) = jpeg_scaled(Cursor::new(bytes), limits, longest)
+    {
+        return Ok(Intake {
+            image,
+            format: Format::Jpeg,
+        });
+    }
+    decode(bytes, limits)
+}
+
+/// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2) that keeps its longest
+/// side at `longest` or more, upright. `None` when no reduction applies or this
+/// decoder cannot read it (CMYK, 16-bit, anything it refuses): the caller then takes
+/// the ordinary path, which reports what is wrong, if anything.
+fn jpeg_scaled<R: std::io::Read>(reader: R, limits: Limits, longest: u32) -> Option<DynamicImage> {
+    // A hostile file must not take the thread down with a decoder panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jpeg_scaled_inner(reader, limits, longest)
+    }))
+    .ok()
+    .flatten()
+}
+
+fn jpeg_scaled_inner<R: std::io::Read>(
+    reader: R,
+    limits: Limits,
+    longest: u32,
+) -> Option<DynamicImage> {
+    let mut d = jpeg_decoder::Decoder::new(reader);
+    d.read_info().ok()?;
+    let info = d.info()?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let side = w.max(h);
+    let pixels = u64::from(w) * u64::from(h);
+    let longest = longest.max(1);
+    if side < longest.saturating_mul(2) || pixels == 0 || pixels > limits.max_pixels {
+        return None;
+    }
+    if !matches!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::L8 | jpeg_decoder::PixelFormat::RGB24
+    ) {
+        return None;
+    }
+    // The smallest scale whose longest side is still at least `longest`.
+    let want =
+        |n: u32| u16::try_from((u64::from(n) * u64::from(longest)).div_ceil(u64::from(side))).ok();
+    let (sw, sh) = d.scale(want(w)?, want(h)?).ok()?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    if sw.max(sh) >= side || sw.max(sh) < longest {
+        return None;
+    }
+    d.set_max_decoding_buffer_size(usize::try_from(limits.max_pixels.saturating_mul(4)).ok()?);
+    let pixels = d.decode().ok()?;
+    let mut image = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(sw, sh, pixels)?)
+        }
+        _ => DynamicImage::ImageRgb8(image::RgbImage::from_raw(sw, sh, pixels)?),
+    };
+    let orientation = d
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    image.apply_orientation(orientation);
+    Some(image)
+}
+
 /// `image` scaled down (never up) so its longest side is at most `longest`, keeping
 /// its proportions. Area-averaging, which is sharp and alias-free for large
-/// reductions: a whole-factor box reduction first (integer sums, split across the
-/// cores), then an exact area average to the final size.
+/// reductions: a whole-factor box reduction first (integer sums), then an exact area
+/// average to the final size (fixed-point weights), each split across the cores.
 pub fn downscale(image: DynamicImage, longest: u32) -> DynamicImage {
     let longest = longest.max(1);
     let side = image.width().max(image.height());
@@ -264,7 +344,7 @@ pub fn downscale(image: DynamicImage, longest: u32) -> DynamicImage {
     } else {
         image
     };
-    // The rest (a factor below 2) with a triangle filter, which is exact enough there.
+    // The rest (a factor below 2): an exact area average.
     let (w, h) = (image.width(), image.height());
     let scale = f64::from(longest) / f64::from(w.max(h));
     if scale >= 1.0 {
@@ -272,7 +352,116 @@ pub fn downscale(image: DynamicImage, longest: u32) -> DynamicImage {
     }
     let nw = ((f64::from(w) * scale).round() as u32).clamp(1, longest);
     let nh = ((f64::from(h) * scale).round() as u32).clamp(1, longest);
-    image.resize_exact(nw, nh, image::imageops::FilterType::Triangle)
+    match image {
+        DynamicImage::ImageRgb8(i) => DynamicImage::ImageRgb8(area_resize::<_, 3>(&i, nw, nh)),
+        DynamicImage::ImageRgba8(i) => DynamicImage::ImageRgba8(area_resize::<_, 4>(&i, nw, nh)),
+        DynamicImage::ImageLuma8(i) => DynamicImage::ImageLuma8(area_resize::<_, 1>(&i, nw, nh)),
+        DynamicImage::ImageLumaA8(i) => DynamicImage::ImageLumaA8(area_resize::<_, 2>(&i, nw, nh)),
+        other => other.resize_exact(nw, nh, image::imageops::FilterType::Triangle),
+    }
+}
+
+/// Fixed-point one of area weights.
+const ONE: u32 = 1 << 16;
+
+/// For each of `to` output samples spanning `from` input samples (`to <= from`): the
+/// first input it covers and the weights (summing to [`ONE`]) of the inputs it covers,
+/// by how much of each falls inside it.
+fn area_weights(from: usize, to: usize) -> Vec<(usize, Vec<u32>)> {
+    let scale = from as f64 / to as f64;
+    (0..to)
+        .map(|o| {
+            let (a, b) = (o as f64 * scale, ((o + 1) as f64 * scale).min(from as f64));
+            let first = (a.floor() as usize).min(from - 1);
+            let last = (b.ceil() as usize).clamp(first + 1, from);
+            let mut w: Vec<u32> = (first..last)
+                .map(|i| {
+                    let cover = b.min(i as f64 + 1.0) - a.max(i as f64);
+                    (cover.max(0.0) / (b - a) * f64::from(ONE)).round() as u32
+                })
+                .collect();
+            // Rounding must not make the weights add up to more or less than one.
+            let sum: u32 = w.iter().sum();
+            if let Some(top) = w.iter_mut().max() {
+                *top = (*top + ONE).saturating_sub(sum);
+            }
+            (first, w)
+        })
+        .collect()
+}
+
+/// `img` averaged down to `nw`×`nh` (each no larger than the input's), by area:
+/// across, then down, each pass split across the cores. `C` is the channel count.
+fn area_resize<P, const C: usize>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    nw: u32,
+    nh: u32,
+) -> image::ImageBuffer<P, Vec<u8>>
+where
+    P: image::Pixel<Subpixel = u8>,
+{
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (nw, nh) = ((nw as usize).clamp(1, w), (nh as usize).clamp(1, h));
+    let src: &[u8] = img.as_raw();
+    let round = |acc: u32| ((acc + ONE / 2) >> 16).min(255) as u8;
+    let across = area_weights(w, nw);
+    let mut wide = vec![0u8; nw * h * C];
+    in_bands(&mut wide, nw * C, |y, dst| {
+        let line = &src[y * w * C..(y + 1) * w * C];
+        for ((first, weights), out) in across.iter().zip(dst.chunks_exact_mut(C)) {
+            let mut acc = [0u32; C];
+            for (j, wt) in weights.iter().enumerate() {
+                let px = &line[(first + j) * C..(first + j + 1) * C];
+                for k in 0..C {
+                    acc[k] += wt * u32::from(px[k]);
+                }
+            }
+            for k in 0..C {
+                out[k] = round(acc[k]);
+            }
+        }
+    });
+    let down = area_weights(h, nh);
+    let mut out = vec![0u8; nw * nh * C];
+    let row_len = nw * C;
+    in_bands(&mut out, row_len, |oy, dst| {
+        let (first, weights) = &down[oy];
+        let mut acc = vec![0u32; row_len];
+        for (j, wt) in weights.iter().enumerate() {
+            let line = &wide[(first + j) * row_len..(first + j + 1) * row_len];
+            for (a, &v) in acc.iter_mut().zip(line) {
+                *a += wt * u32::from(v);
+            }
+        }
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = round(a);
+        }
+    });
+    image::ImageBuffer::from_raw(nw as u32, nh as u32, out).unwrap_or_else(|| {
+        // The buffer is made to the exact size above; this cannot be reached.
+        image::ImageBuffer::new(nw as u32, nh as u32)
+    })
+}
+
+/// Fills `out`, rows of `row_len` bytes, calling `row(index, row)` for each, in bands
+/// of rows split across the cores.
+fn in_bands(out: &mut [u8], row_len: usize, row: impl Fn(usize, &mut [u8]) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows)
+        .max(1);
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (i, band) in out.chunks_mut(per * row_len).enumerate() {
+            let row = &row;
+            scope.spawn(move || {
+                for (j, dst) in band.chunks_mut(row_len).enumerate() {
+                    row(i * per + j, dst);
+                }
+            });
+        }
+    });
 }
 
 /// Averages each `f`×`f` block into one pixel (a remainder of fewer than `f` pixels
@@ -312,20 +501,7 @@ where
             *d = ((s + area / 2) / area) as u8;
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(oh);
-    let per = oh.div_ceil(threads.max(1));
-    std::thread::scope(|scope| {
-        for (i, band) in out.chunks_mut(per * ow * c).enumerate() {
-            let row = &row;
-            scope.spawn(move || {
-                for (j, dst) in band.chunks_mut(ow * c).enumerate() {
-                    row(i * per + j, dst);
-                }
-            });
-        }
-    });
+    in_bands(&mut out, ow * c, row);
     image::ImageBuffer::from_raw(ow as u32, oh as u32, out).unwrap_or_else(|| {
         // The buffer is made to the exact size above; this cannot be reached.
         image::ImageBuffer::new(ow as u32, oh as u32)
@@ -530,6 +706,125 @@ mod tests {
         assert_eq!((upright.width(), upright.height()), (20, 10));
         let turned = decode(&with_orientation(&jpeg, 6), LIMITS).unwrap().image;
         assert_eq!((turned.width(), turned.height()), (10, 20));
+    }
+
+    /// A smooth photo-like picture with a sharp edge, as a JPEG (q90).
+    fn photo(w: u32, h: u32, gray: bool) -> Vec<u8> {
+        let rgb = image::RgbImage::from_fn(w, h, |x, y| {
+            let edge = if x > w / 3 { 60 } else { 0 };
+            image::Rgb([
+                (x * 200 / w + edge) as u8,
+                (y * 220 / h) as u8,
+                ((x + y) % 97 + 80) as u8,
+            ])
+        });
+        let img = if gray {
+            DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8())
+        } else {
+            DynamicImage::ImageRgb8(rgb)
+        };
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    fn mean_abs_diff(a: &DynamicImage, b: &DynamicImage) -> f64 {
+        let (a, b) = (a.to_rgb8(), b.to_rgb8());
+        assert_eq!(a.dimensions(), b.dimensions());
+        let sum: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        sum as f64 / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn a_large_jpeg_decoded_smaller_looks_like_the_full_decode_scaled() {
+        let limits = Limits {
+            max_bytes: 16 << 20,
+            max_pixels: 50_000_000,
+        };
+        for (w, h, gray, orientation, longest) in [
+            (1200, 800, false, 1, 256), // 1/4
+            (800, 1200, true, 1, 300),  // 1/2, grey
+            (1600, 700, false, 6, 180), // 1/8, turned a quarter
+        ] {
+            let jpeg = with_orientation(&photo(w, h, gray), orientation);
+            let full = downscale(decode(&jpeg, limits).unwrap().image, longest);
+            let within = decode_within(&jpeg, limits, longest).unwrap();
+            assert_eq!(within.format, Format::Jpeg);
+            let side = within.image.width().max(within.image.height());
+            assert!(
+                side >= longest && side < w.max(h) / 2 + 8,
+                "{w}×{h} to {longest}: decoded at {side}, smaller but not below the target"
+            );
+            let small = downscale(within.image, longest);
+            assert_eq!(small.color().channel_count(), full.color().channel_count());
+            // Rounding may leave the short side a pixel apart (88 rows at 1/8 where
+            // whole-factor boxes keep 87): compare at the same size.
+            let (fw, fh) = (full.width(), full.height());
+            assert_eq!(small.width().max(small.height()), fw.max(fh));
+            assert!(small.width().abs_diff(fw) + small.height().abs_diff(fh) <= 1);
+            let small = small.resize_exact(fw, fh, image::imageops::FilterType::Triangle);
+            let diff = mean_abs_diff(&small, &full);
+            assert!(
+                diff < 2.5,
+                "{w}×{h} to {longest}: off by {diff:.2} a channel on average"
+            );
+        }
+        // Too small to reduce, or not a JPEG: the ordinary decode, same pixels.
+        for bytes in [photo(900, 600, false), png(300, 200)] {
+            let a = decode_within(&bytes, limits, 512).unwrap().image;
+            let b = decode(&bytes, limits).unwrap().image;
+            assert_eq!(a.as_bytes(), b.as_bytes());
+        }
+        // Bad input gets the ordinary reasons.
+        let jpeg = photo(1200, 800, false);
+        let err = decode_within(&jpeg[..jpeg.len() / 2], limits, 256)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let tight = Limits {
+            max_bytes: 16 << 20,
+            max_pixels: 500_000,
+        };
+        assert!(matches!(
+            decode_within(&jpeg, tight, 256),
+            Err(IntakeError::TooManyPixels { .. })
+        ));
+        let mut hostile = jpeg.clone();
+        for b in hostile.iter_mut().skip(600).step_by(97) {
+            *b ^= 0x5A;
+        }
+        // Whatever the damaged scan gives, it is an answer or a refusal, never a panic.
+        let _ = decode_within(&hostile, limits, 256);
+    }
+
+    #[test]
+    fn the_area_average_weighs_each_pixel_by_how_much_of_it_is_covered() {
+        // 3 pixels to 2: each output covers one and a half inputs.
+        let row = image::GrayImage::from_raw(3, 1, vec![0, 90, 180]).unwrap();
+        assert_eq!(area_resize::<_, 1>(&row, 2, 1).into_raw(), [30, 150]);
+        for (from, to) in [(7, 4), (1000, 999), (1999, 1024), (5, 1)] {
+            let weights = area_weights(from, to);
+            assert_eq!(weights.len(), to);
+            for (first, w) in &weights {
+                assert_eq!(w.iter().sum::<u32>(), ONE, "{from}→{to}");
+                assert!(first + w.len() <= from);
+            }
+        }
+        // A flat colour stays flat; a gradient keeps its mean.
+        let flat = image::RgbImage::from_pixel(301, 203, image::Rgb([12, 200, 77]));
+        let out = area_resize::<_, 3>(&flat, 200, 135);
+        assert!(out.pixels().all(|p| p.0 == [12, 200, 77]));
+        let ramp = image::GrayImage::from_fn(300, 10, |x, _| image::Luma([(x * 255 / 299) as u8]));
+        let out = area_resize::<_, 1>(&ramp, 170, 7);
+        let mean = |v: &[u8]| v.iter().map(|&b| f64::from(b)).sum::<f64>() / v.len() as f64;
+        assert!((mean(ramp.as_raw()) - mean(out.as_raw())).abs() < 0.6);
     }
 
     #[test]

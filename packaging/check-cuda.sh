@@ -2,8 +2,10 @@
 # Compiles Easel with the `cuda` feature on a machine without a GPU or a CUDA install:
 # NVIDIA's CUDA 13.4 compiler, headers and runtime come from PyPI wheels into a
 # scratch folder, and `cargo check --features cuda` builds candle's CUDA kernels
-# (nvcc) and type-checks everything. It does not link (that needs the driver's
-# libcuda) and runs nothing. About 30 minutes on 2 cores; not part of CI.
+# (nvcc) and type-checks everything, tests included. It does not link (that needs the
+# driver's libcuda) and runs nothing. About 30 minutes on 2 cores; not part of CI.
+# Where a GPU is, `cargo test --features cuda --lib local_model` also checks that the
+# tiny model captions the same on the GPU as on the CPU.
 #
 #   bash packaging/check-cuda.sh            # sm_90 (H100); CUDA_COMPUTE_CAP=80 for A100
 set -euo pipefail
@@ -21,4 +23,4 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${TMPDIR:-/tmp}/easel-cuda-target}
 nvcc --version | tail -1
 cd "$root"
-cargo check --features cuda --lib --bins
+cargo check --features cuda --lib --bins --tests

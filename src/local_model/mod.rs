@@ -347,6 +347,30 @@ mod tests {
         }
     }
 
+    /// Run where a GPU is: `cargo test --features cuda --lib local_model`. The tiny
+    /// model must give the GPU the same caption as the CPU, in every weight format.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_tiny_model_captions_the_same_on_the_gpu() {
+        for store in [
+            Store::Safetensors,
+            Store::SafetensorsF16,
+            Store::Gguf(candle_core::quantized::GgmlDType::Q8_0),
+            Store::Gguf(candle_core::quantized::GgmlDType::Q4K),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let model = dir.path().join("blip-tiny");
+            write_tiny(&model, store).unwrap();
+            let cpu = Captioner::load(&model, "cpu").unwrap();
+            let gpu = Captioner::load(&model, "cuda").unwrap();
+            assert_eq!(
+                gpu.caption(&picture(), 30).unwrap(),
+                cpu.caption(&picture(), 30).unwrap(),
+                "{store:?}"
+            );
+        }
+    }
+
     #[test]
     fn missing_or_broken_files_say_what_to_do() {
         let dir = tempfile::tempdir().unwrap();

@@ -325,6 +325,14 @@ mod tests {
         })
     }
 
+    /// The tiny model in `store`'s format, in a folder kept while the guard lives.
+    fn tiny_model(store: Store) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("blip-tiny");
+        write_tiny(&model, store).unwrap();
+        (dir, model)
+    }
+
     #[test]
     fn the_tiny_model_captions_from_safetensors_and_gguf() {
         for store in [
@@ -332,9 +340,7 @@ mod tests {
             Store::SafetensorsF16,
             Store::Gguf(candle_core::quantized::GgmlDType::Q8_0),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let model = dir.path().join("blip-tiny");
-            write_tiny(&model, store).unwrap();
+            let (_dir, model) = tiny_model(store);
             let c = Captioner::load(&model, "cpu").unwrap();
             assert_eq!(c.name, "local/blip-tiny");
             assert_eq!(
@@ -358,9 +364,7 @@ mod tests {
             Store::Gguf(candle_core::quantized::GgmlDType::Q8_0),
             Store::Gguf(candle_core::quantized::GgmlDType::Q4K),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let model = dir.path().join("blip-tiny");
-            write_tiny(&model, store).unwrap();
+            let (_dir, model) = tiny_model(store);
             let cpu = Captioner::load(&model, "cpu").unwrap();
             let gpu = Captioner::load(&model, "cuda").unwrap();
             assert_eq!(

@@ -186,6 +186,13 @@ pub struct Intake {
 
 /// Checks, decodes and orients `bytes`.
 pub fn decode(bytes: &[u8], limits: Limits) -> Result<Intake, IntakeError> {
+    let format = checked(bytes, limits)?;
+    decode_reader(Cursor::new(bytes), format, limits)
+}
+
+/// The checks made on the bytes before decoding: not empty, within the byte limit, a
+/// format Easel reads, and a JPEG not cut off. Returns the format.
+fn checked(bytes: &[u8], limits: Limits) -> Result<Format, IntakeError> {
     if bytes.is_empty() {
         return Err(IntakeError::Empty);
     }
@@ -202,7 +209,7 @@ pub fn decode(bytes: &[u8], limits: Limits) -> Result<Intake, IntakeError> {
             "the JPEG is truncated (its data ends before the end-of-image marker)".into(),
         ));
     }
-    decode_reader(Cursor::new(bytes), format, limits)
+    Ok(format)
 }
 
 /// Decodes an image of a known `format` from a reader (a sealed file being opened, so
@@ -251,17 +258,13 @@ pub fn decode_reader<R: std::io::BufRead + std::io::Seek>(
 /// on its longest side: a large JPEG may come back smaller than it is (never below
 /// `longest`, so [`downscale`] still makes the final size).
 pub fn decode_within(bytes: &[u8], limits: Limits, longest: u32) -> Result<Intake, IntakeError> {
-    if bytes.len() as u64 <= limits.max_bytes
-        && sniff(bytes).ok() == Some(Format::Jpeg)
-        && jpeg_complete(bytes)
+    let format = checked(bytes, limits)?;
+    if format == Format::Jpeg
         && let Some(image) = jpeg_scaled(Cursor::new(bytes), limits, longest)
     {
-        return Ok(Intake {
-            image,
-            format: Format::Jpeg,
-        });
+        return Ok(Intake { image, format });
     }
-    decode(bytes, limits)
+    decode_reader(Cursor::new(bytes), format, limits)
 }
 
 /// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2) that keeps its longest

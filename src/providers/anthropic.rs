@@ -1,5 +1,6 @@
 //! `anthropic`: the Messages API, with image input, whole and streamed.
 
+use super::client::Call;
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
 use super::wire::{self, ChatRequest, Usage};
 use futures_util::StreamExt;
@@ -7,8 +8,8 @@ use serde_json::{Value, json};
 
 const VERSION: &str = "2023-06-01";
 
-pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    req.header("x-api-key", conn.key())
+pub(super) fn auth(conn: &Connection, req: Call) -> Call {
+    req.secret_header("x-api-key", conn.key())
         .header("anthropic-version", VERSION)
 }
 
@@ -74,15 +75,8 @@ pub(super) async fn chat(
     max_tokens: u32,
 ) -> Result<ChatOutput, UpstreamError> {
     let url = format!("{}/v1/messages", conn.base_url);
-    let res = conn
-        .send(
-            auth(
-                conn,
-                conn.client().post(url).json(&body(model, req, max_tokens)),
-            ),
-            !req.stream,
-        )
-        .await?;
+    let call = conn.post(&url).json(&body(model, req, max_tokens));
+    let res = conn.send(auth(conn, call)).await?;
     if !req.stream {
         let v = conn.json(res).await?;
         let parts = v

@@ -1,21 +1,22 @@
 //! `bfl` (Black Forest Labs' Flux): submit a task, poll until it is ready, then fetch
 //! the image it points at.
 
+use super::client::Call;
 use super::upstream::{Connection, UpstreamError};
 use super::wire::{Image, ImageRequest};
 use base64::Engine;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    req.header("x-key", conn.key())
+pub(super) fn auth(conn: &Connection, req: Call) -> Call {
+    req.secret_header("x-key", conn.key())
 }
 
 /// Only follow links into the provider's own domain: a polling or delivery URL must
 /// not turn Easel into a client of arbitrary hosts.
 fn same_site(base: &str, url: &str) -> bool {
     let host = |u: &str| {
-        reqwest::Url::parse(u)
+        url::Url::parse(u)
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
     };
@@ -58,9 +59,7 @@ async fn one(conn: &Connection, model: &str, req: &ImageRequest) -> Result<Image
         }
     }
     let url = format!("{}/v1/{model}", conn.base_url);
-    let res = conn
-        .send(auth(conn, conn.client().post(url).json(&body)), true)
-        .await?;
+    let res = conn.send(auth(conn, conn.post(&url).json(&body))).await?;
     let task = conn.json(res).await?;
     let id = task
         .get("id")
@@ -85,9 +84,7 @@ async fn one(conn: &Connection, model: &str, req: &ImageRequest) -> Result<Image
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
-        let res = conn
-            .send(auth(conn, conn.client().get(&polling)), true)
-            .await?;
+        let res = conn.send(auth(conn, conn.get(&polling))).await?;
         let v = conn.json(res).await?;
         match v.get("status").and_then(Value::as_str) {
             Some("Ready") => {

@@ -1,13 +1,14 @@
 //! `gemini`: native `generateContent`, with image input and image output.
 
+use super::client::Call;
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
 use super::wire::{self, ChatRequest, Image, ImageRequest, Usage};
 use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    req.header("x-goog-api-key", conn.key())
+pub(super) fn auth(conn: &Connection, req: Call) -> Call {
+    req.secret_header("x-goog-api-key", conn.key())
 }
 
 fn contents(req: &ChatRequest) -> Result<(Vec<Value>, Option<String>), UpstreamError> {
@@ -101,9 +102,7 @@ pub(super) async fn chat(
     } else {
         format!("{}/v1beta/models/{model}:generateContent", conn.base_url)
     };
-    let res = conn
-        .send(auth(conn, conn.client().post(url).json(&body)), !req.stream)
-        .await?;
+    let res = conn.send(auth(conn, conn.post(&url).json(&body))).await?;
     let created = crate::store::now_ms() / 1000;
     let id = format!("chatcmpl-gemini-{created}");
     if !req.stream {
@@ -189,9 +188,7 @@ pub(super) async fn images(
     let url = format!("{}/v1beta/models/{model}:generateContent", conn.base_url);
     let mut out = Vec::new();
     for _ in 0..req.count() {
-        let res = conn
-            .send(auth(conn, conn.client().post(&url).json(&body)), true)
-            .await?;
+        let res = conn.send(auth(conn, conn.post(&url).json(&body))).await?;
         let v = conn.json(res).await?;
         let parts = v
             .pointer("/candidates/0/content/parts")

@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod bfl;
+mod client;
 mod gemini;
 mod openai;
 mod routes;

@@ -2,6 +2,7 @@
 //! the upstream model name and the provider's privacy options.
 
 use super::Whole;
+use super::client::Call;
 use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
 use super::wire::{ChatRequest, Image, ImageRequest, SourceImage};
 use crate::config::ProviderKind;
@@ -9,9 +10,9 @@ use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-pub(super) fn auth(conn: &Connection, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+pub(super) fn auth(conn: &Connection, req: Call) -> Call {
     if conn.has_key() {
-        req.bearer_auth(conn.key())
+        req.bearer(conn.key())
     } else {
         req
     }
@@ -56,15 +57,9 @@ pub(super) async fn chat(
         obj.insert("stream_options".into(), json!({"include_usage": true}));
     }
     privacy(conn, obj);
-    let post = match &conn.chat_url {
-        Some(url) => conn.client().post(url.clone()),
-        None => conn
-            .client()
-            .post(format!("{}/chat/completions", conn.base_url)),
-    };
-    let res = conn.send(auth(conn, post.json(&body)), !req.stream).await?;
+    let res = conn.send(auth(conn, conn.post_chat().json(&body))).await?;
     if !req.stream {
-        let bytes = res.bytes().await.map_err(|e| conn.transport(&e))?;
+        let bytes = conn.read(res).await?;
         let (body, usage) =
             Whole::check(bytes).map_err(|e| UpstreamError::garbage(&conn.name, e))?;
         return Ok(ChatOutput::Full { body, usage });
@@ -118,8 +113,7 @@ pub(super) async fn images(
     // endpoints refuse a parameter they do not know.
     let request = match &req.source {
         None => conn
-            .client()
-            .post(format!("{}/images/generations", conn.base_url))
+            .post(&format!("{}/images/generations", conn.base_url))
             .json(&body),
         Some(image) => {
             let mut files = vec![("image", image)];
@@ -127,13 +121,11 @@ pub(super) async fn images(
                 files.push(("mask", mask));
             }
             let (content_type, form) = multipart(&body, &files);
-            conn.client()
-                .post(format!("{}/images/edits", conn.base_url))
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(form)
+            conn.post(&format!("{}/images/edits", conn.base_url))
+                .body(&content_type, form)
         }
     };
-    let res = conn.send(auth(conn, request), true).await?;
+    let res = conn.send(auth(conn, request)).await?;
     let answer = conn.json(res).await?;
     let data = answer
         .get("data")

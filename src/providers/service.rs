@@ -3,6 +3,7 @@
 //! with their account's data key). Keys are opened once into memory and never leave
 //! it: lists show only their last four characters.
 
+use super::client;
 use super::upstream::{self, Breaker, Connection, Owner, UpstreamError};
 use crate::config::{self, Live, ProviderKind};
 use crate::crypto::{CryptoError, Keyring, Secret};
@@ -131,7 +132,7 @@ struct Inner {
     org: ArcSwap<Map>,
     personal: RwLock<HashMap<String, Arc<Map>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
-    clients: Mutex<HashMap<(String, u64), upstream::Clients>>,
+    clients: Mutex<HashMap<(String, u64), client::Clients>>,
 }
 
 /// The provider connections; cheap to clone.
@@ -209,17 +210,13 @@ impl Providers {
     }
 
     /// One set of pooled clients per endpoint and timeout.
-    fn client(
-        &self,
-        base_url: &str,
-        timeout: Duration,
-    ) -> Result<upstream::Clients, ProviderError> {
+    fn client(&self, base_url: &str, timeout: Duration) -> Result<client::Clients, ProviderError> {
         let mut map = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
         let k = (base_url.to_string(), timeout.as_millis() as u64);
         if let Some(c) = map.get(&k) {
             return Ok(c.clone());
         }
-        let c = upstream::Clients::new(timeout).map_err(ProviderError::Invalid)?;
+        let c = client::Clients::new(timeout).map_err(ProviderError::Invalid)?;
         map.insert(k, c.clone());
         Ok(c)
     }

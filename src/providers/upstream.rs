@@ -1,6 +1,7 @@
 //! A live provider connection: its pooled HTTP client, key, timeouts and circuit
 //! breaker, and the calls every adapter makes through it.
 
+use super::client::{Body, Call, Clients, Reply};
 use super::wire::{ChatRequest, Image, ImageRequest, Usage};
 use super::{anthropic, bfl, gemini, openai};
 use crate::config::ProviderKind;
@@ -8,7 +9,7 @@ use crate::crypto::Secret;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Whose connection this is.
@@ -137,7 +138,7 @@ pub struct Connection {
     clients: Clients,
     pub breaker: Arc<Breaker>,
     /// `{base_url}/chat/completions`, parsed once rather than on every request.
-    pub(super) chat_url: Option<reqwest::Url>,
+    chat_url: Option<http::Uri>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -159,46 +160,6 @@ pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
         ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
         ProviderKind::Anthropic => Some("https://api.anthropic.com"),
         ProviderKind::Bfl => Some("https://api.bfl.ai"),
-    }
-}
-
-/// The pooled HTTP clients of one endpoint: one pool per lane, and each thread keeps
-/// to one lane. A pooled upstream connection is driven by the thread that opened it;
-/// reused from another HTTP worker, every read and write on it would wake that
-/// thread too (one cross-thread wake-up per proxied request, measured).
-#[derive(Clone)]
-pub struct Clients(Arc<[reqwest::Client]>);
-
-impl Clients {
-    /// Clients for one endpoint: a lane per core and one spare, so the HTTP workers
-    /// still get lanes of their own when another thread (start-up, a background job)
-    /// called first.
-    pub fn new(timeout: Duration) -> Result<Clients, String> {
-        // Idempotent: the first caller installs ring for the whole process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) + 1;
-        let clients = (0..lanes)
-            .map(|_| {
-                reqwest::Client::builder()
-                    .connect_timeout(timeout.min(Duration::from_secs(10)))
-                    .read_timeout(timeout)
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(|e| format!("cannot build an HTTP client: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Clients(clients.into()))
-    }
-
-    /// This thread's client.
-    fn get(&self) -> &reqwest::Client {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-        }
-        &self.0[LANE.with(|l| *l) % self.0.len()]
     }
 }
 
@@ -233,9 +194,22 @@ impl Connection {
         }
     }
 
-    /// The pooled HTTP client for calls made on this thread.
-    pub(super) fn client(&self) -> &reqwest::Client {
-        self.clients.get()
+    /// A POST to `url`.
+    pub(super) fn post(&self, url: &str) -> Call {
+        Call::new(http::Method::POST, url)
+    }
+
+    /// A GET of `url`.
+    pub(super) fn get(&self, url: &str) -> Call {
+        Call::new(http::Method::GET, url)
+    }
+
+    /// A POST to `{base_url}/chat/completions`.
+    pub(super) fn post_chat(&self) -> Call {
+        match &self.chat_url {
+            Some(uri) => Call::post_to(uri.clone()),
+            None => self.post(&format!("{}/chat/completions", self.base_url)),
+        }
     }
 
     /// Whether this is a person's own key.
@@ -265,37 +239,24 @@ impl Connection {
         self.has_key() || self.kind == ProviderKind::OpenaiCompatible
     }
 
-    /// Sends a request and classifies transport failures.
-    pub(super) async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        whole: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        // A whole answer must arrive within the timeout (reqwest's own timer covers the
-        // body too); a stream's headers must.
-        let sent = if whole {
-            Ok(req.timeout(self.timeout).send().await)
-        } else {
-            tokio::time::timeout(self.timeout, req.send()).await
-        };
-        let res = match sent {
-            Err(_) => return Err(UpstreamError::Timeout(self.name.clone())),
-            Ok(Err(e)) => return Err(self.transport(&e)),
-            Ok(Ok(r)) => r,
-        };
-        let status = res.status();
-        if status.is_success() {
+    /// Sends a request; an error status becomes an error with the provider's own
+    /// message (never its whole body). A whole answer must arrive entirely within the
+    /// timeout; for a stream, its head must, and then each wait for more.
+    pub(super) async fn send(&self, call: Call) -> Result<Reply, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let res = self.clients.send(call, &self.name, deadline).await?;
+        if res.status.is_success() {
             return Ok(res);
         }
+        let status = res.status.as_u16();
         let retry_after = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+            .header("retry-after")
             .and_then(|v| v.trim().parse().ok());
-        let text = tokio::time::timeout(Duration::from_secs(5), res.text())
+        let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+        let text = res
+            .bytes_by(&self.name, soon.min(deadline))
             .await
-            .ok()
-            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let mut message = error_message(&text);
         // A provider may quote the key it was sent; it must not travel further.
@@ -304,39 +265,32 @@ impl Connection {
         }
         Err(UpstreamError::Status {
             provider: self.name.clone(),
-            status: status.as_u16(),
+            status,
             message,
             retry_after,
         })
     }
 
+    /// Reads a whole body.
+    pub(super) async fn read(&self, res: Reply) -> Result<bytes::Bytes, UpstreamError> {
+        res.bytes(&self.name).await
+    }
+
     /// Reads a whole JSON body.
-    pub(super) async fn json(&self, res: reqwest::Response) -> Result<Value, UpstreamError> {
-        let bytes = res.bytes().await.map_err(|e| self.transport(&e))?;
+    pub(super) async fn json(&self, res: Reply) -> Result<Value, UpstreamError> {
+        let bytes = self.read(res).await?;
         serde_json::from_slice(&bytes).map_err(|e| UpstreamError::garbage(&self.name, e))
     }
 
     /// Downloads a file the provider points at (a generated image).
     pub(super) async fn download(&self, url: &str) -> Result<(Vec<u8>, String), UpstreamError> {
-        let res = self.send(self.client().get(url), true).await?;
+        let res = self.send(self.get(url)).await?;
         let media = res
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .header("content-type")
             .unwrap_or("image/png")
             .to_string();
-        let bytes = res.bytes().await.map_err(|e| self.transport(&e))?;
+        let bytes = self.read(res).await?;
         Ok((bytes.to_vec(), media))
-    }
-
-    pub(super) fn transport(&self, e: &reqwest::Error) -> UpstreamError {
-        if e.is_timeout() {
-            UpstreamError::Timeout(self.name.clone())
-        } else if e.is_decode() || e.is_body() {
-            UpstreamError::garbage(&self.name, "the connection broke mid-answer")
-        } else {
-            UpstreamError::Connect(self.name.clone())
-        }
     }
 
     /// A chat completion, whole or streamed.
@@ -382,23 +336,19 @@ impl Connection {
     pub async fn test(&self) -> Result<(), UpstreamError> {
         let req = match self.kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                openai::auth(self, self.client().get(format!("{}/models", self.base_url)))
+                openai::auth(self, self.get(&format!("{}/models", self.base_url)))
             }
-            ProviderKind::Anthropic => anthropic::auth(
-                self,
-                self.client().get(format!("{}/v1/models", self.base_url)),
-            ),
-            ProviderKind::Gemini => gemini::auth(
-                self,
-                self.client()
-                    .get(format!("{}/v1beta/models", self.base_url)),
-            ),
-            ProviderKind::Bfl => bfl::auth(
-                self,
-                self.client().get(format!("{}/v1/credits", self.base_url)),
-            ),
+            ProviderKind::Anthropic => {
+                anthropic::auth(self, self.get(&format!("{}/v1/models", self.base_url)))
+            }
+            ProviderKind::Gemini => {
+                gemini::auth(self, self.get(&format!("{}/v1beta/models", self.base_url)))
+            }
+            ProviderKind::Bfl => {
+                bfl::auth(self, self.get(&format!("{}/v1/credits", self.base_url)))
+            }
         };
-        self.send(req, true).await.map(drop)
+        self.send(req).await.map(drop)
     }
 }
 
@@ -425,18 +375,18 @@ fn error_message(body: &str) -> String {
 /// Splits a server-sent event stream into the `data` of each event.
 pub(super) fn sse_data(
     conn_name: String,
-    res: reqwest::Response,
+    res: Reply,
 ) -> BoxStream<'static, Result<String, UpstreamError>> {
     use futures_util::StreamExt;
     struct State {
-        body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        body: Body,
         buf: Vec<u8>,
         ready: std::collections::VecDeque<String>,
         name: String,
         done: bool,
     }
     let state = State {
-        body: res.bytes_stream().boxed(),
+        body: res.body_stream(&conn_name),
         buf: Vec::new(),
         ready: Default::default(),
         name: conn_name,
@@ -466,10 +416,9 @@ pub(super) fn sse_data(
                 }
                 Some(Err(e)) => {
                     s.done = true;
-                    let err = if e.is_timeout() {
-                        UpstreamError::Timeout(s.name.clone())
-                    } else {
-                        UpstreamError::garbage(&s.name, "the connection broke mid-stream")
+                    let err = match e {
+                        UpstreamError::Timeout(_) => e,
+                        _ => UpstreamError::garbage(&s.name, "the connection broke mid-stream"),
                     };
                     return Some((Err(err), s));
                 }

@@ -1,0 +1,377 @@
+//! The HTTP client of provider calls: hyper's pooled client over rustls, one pool per
+//! lane, and each thread keeps to its lane.
+//!
+//! reqwest (which Easel still uses to fetch images and models) wraps this same client
+//! in redirect, retry and timeout layers and parses a URL per response; a provider
+//! call needs none of that, and on the gateway's hot path it cost several
+//! microseconds a request (measured). Easel follows no redirects from a provider and
+//! sets its own timeouts here.
+//!
+//! Provider calls go straight to the provider: `HTTP_PROXY` and `HTTPS_PROXY` are not
+//! read. Certificates are checked against the system's roots (rustls' platform
+//! verifier), and HTTP/2 is used where the provider offers it.
+
+use super::upstream::UpstreamError;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The largest answer read whole (a generated image in base64 is the biggest).
+const MAX_ANSWER: usize = 128 << 20;
+
+/// The pooled clients of one endpoint: one pool per lane, and each thread keeps to one
+/// lane. A pooled upstream connection is driven by the thread that opened it; reused
+/// from another HTTP worker, every read and write on it would wake that thread too
+/// (one cross-thread wake-up per proxied request, measured).
+#[derive(Clone)]
+pub struct Clients {
+    lanes: Arc<[Pool]>,
+    /// How long to wait for the next bytes of an answer.
+    read_timeout: Duration,
+}
+
+impl Clients {
+    /// Clients for one endpoint: a lane per core and one spare, so the HTTP workers
+    /// still get lanes of their own when another thread (start-up, a background job)
+    /// called first. `timeout` bounds connecting (at most 10 s) and each wait for
+    /// more of an answer.
+    pub fn new(timeout: Duration) -> Result<Clients, String> {
+        let tls = tls_config()?;
+        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) + 1;
+        let lanes = (0..lanes)
+            .map(|_| {
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(http);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_timer(TokioTimer::new())
+                    .build(https)
+            })
+            .collect();
+        Ok(Clients {
+            lanes,
+            read_timeout: timeout,
+        })
+    }
+
+    /// This thread's pool.
+    fn lane(&self) -> &Pool {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        &self.lanes[LANE.with(|l| *l) % self.lanes.len()]
+    }
+
+    /// Sends `call`; the answer's head must arrive by `deadline` (and a whole answer
+    /// read with [`Reply::bytes`] all of it). Failures are classified for `provider`.
+    pub(super) async fn send(
+        &self,
+        call: Call,
+        provider: &str,
+        deadline: Instant,
+    ) -> Result<Reply, UpstreamError> {
+        let request = call.build(provider)?;
+        let sent = tokio::time::timeout_at(deadline, self.lane().request(request)).await;
+        let res = match sent {
+            Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(UpstreamError::Connect(provider.to_string()));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(provider, error = %e, "a provider call failed");
+                return Err(UpstreamError::Connect(provider.to_string()));
+            }
+            Ok(Ok(res)) => res,
+        };
+        let (head, body) = res.into_parts();
+        Ok(Reply {
+            status: head.status,
+            headers: head.headers,
+            body,
+            read_timeout: self.read_timeout,
+            deadline,
+        })
+    }
+}
+
+/// rustls with ring and the system's certificate roots, shared by every lane.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map(|b| b.with_no_client_auth())
+        .map_err(|e| format!("cannot set up TLS for provider calls: {e}"))
+}
+
+static AGENT: HeaderValue = HeaderValue::from_static(concat!("easel/", env!("CARGO_PKG_VERSION")));
+
+/// A request on its way to a provider.
+pub(super) struct Call {
+    method: Method,
+    uri: Result<Uri, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    /// A header that could not be set (a key with characters HTTP cannot carry).
+    invalid: Option<&'static str>,
+}
+
+impl Call {
+    /// A request to `url`.
+    pub fn new(method: Method, url: &str) -> Call {
+        Call {
+            method,
+            uri: url.parse::<Uri>().map_err(|e| e.to_string()),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            invalid: None,
+        }
+    }
+
+    /// A POST to a URL parsed once beforehand.
+    pub fn post_to(uri: Uri) -> Call {
+        Call {
+            method: Method::POST,
+            uri: Ok(uri),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            invalid: None,
+        }
+    }
+
+    /// Sets a header whose value is secret (a key): it is marked sensitive, so it is
+    /// never printed and HTTP/2 never indexes it.
+    pub fn secret_header(mut self, name: &'static str, value: &str) -> Call {
+        match HeaderValue::from_str(value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                self.headers.insert(HeaderName::from_static(name), v);
+            }
+            Err(_) => self.invalid = Some(name),
+        }
+        self
+    }
+
+    /// Sets a header with a fixed value.
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Call {
+        self.headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+        self
+    }
+
+    /// `Authorization: Bearer KEY`.
+    pub fn bearer(self, key: &str) -> Call {
+        self.secret_header("authorization", &format!("Bearer {key}"))
+    }
+
+    /// A JSON body.
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Call {
+        // Serialising a `Value` or a derived struct into memory cannot fail.
+        self.body = serde_json::to_vec(value).unwrap_or_default().into();
+        self.header("content-type", "application/json")
+    }
+
+    /// A body of the given media type.
+    pub fn body(mut self, content_type: &str, body: impl Into<Bytes>) -> Call {
+        match HeaderValue::from_str(content_type) {
+            Ok(v) => {
+                self.headers.insert(CONTENT_TYPE, v);
+            }
+            Err(_) => self.invalid = Some("content-type"),
+        }
+        self.body = body.into();
+        self
+    }
+
+    fn build(self, provider: &str) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+        if let Some(name) = self.invalid {
+            return Err(UpstreamError::Unsupported(format!(
+                "the call to {provider} cannot be sent: its {name} header has characters HTTP cannot carry (check the provider's key)"
+            )));
+        }
+        let uri = self.uri.map_err(|e| {
+            UpstreamError::Unsupported(format!("{provider} has a URL Easel cannot call ({e})"))
+        })?;
+        let mut req = http::Request::new(Full::new(self.body));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers;
+        req.headers_mut().insert(USER_AGENT, AGENT.clone());
+        Ok(req)
+    }
+}
+
+/// A provider's answer: its head, and the body still to read.
+pub(super) struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    read_timeout: Duration,
+    /// When the whole answer must be in.
+    deadline: Instant,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The whole body, which must be complete by the deadline the call was sent with
+    /// (each wait for more is bounded by the read timeout too).
+    pub async fn bytes(self, provider: &str) -> Result<Bytes, UpstreamError> {
+        let deadline = self.deadline;
+        self.bytes_by(provider, deadline).await
+    }
+
+    /// The whole body by `deadline`.
+    pub async fn bytes_by(self, provider: &str, deadline: Instant) -> Result<Bytes, UpstreamError> {
+        let mut body = self.body_stream(provider);
+        let mut first: Option<Bytes> = None;
+        let mut rest: Vec<u8> = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, body.next()).await;
+            match next {
+                Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(data))) => {
+                    // Most answers come in one piece: keep it as it is.
+                    match first.take() {
+                        None if rest.is_empty() => first = Some(data),
+                        earlier => {
+                            if let Some(e) = earlier {
+                                rest.extend_from_slice(&e);
+                            }
+                            rest.extend_from_slice(&data);
+                        }
+                    }
+                    let len = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                    if len > MAX_ANSWER {
+                        return Err(UpstreamError::garbage(
+                            provider,
+                            format!("an answer over {} MiB", MAX_ANSWER >> 20),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| rest.into()))
+    }
+
+    /// The body as pieces, as they arrive; a piece that takes longer than the read
+    /// timeout ends it with a timeout, a broken connection with an error.
+    pub fn body_stream(self, provider: &str) -> Body {
+        Body {
+            body: self.body,
+            read_timeout: self.read_timeout,
+            provider: provider.to_string(),
+            done: false,
+        }
+    }
+}
+
+/// The body of an answer, read piece by piece.
+pub(super) struct Body {
+    body: hyper::body::Incoming,
+    read_timeout: Duration,
+    provider: String,
+    done: bool,
+}
+
+impl Body {
+    /// The next piece of data; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        while !self.done {
+            let frame = tokio::time::timeout(self.read_timeout, self.body.frame()).await;
+            match frame {
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(UpstreamError::Timeout(self.provider.clone())));
+                }
+                Ok(None) => self.done = true,
+                Ok(Some(Err(_))) => {
+                    self.done = true;
+                    return Some(Err(UpstreamError::garbage(
+                        &self.provider,
+                        "the connection broke mid-answer",
+                    )));
+                }
+                Ok(Some(Ok(frame))) => {
+                    // Trailers carry nothing a provider answer needs.
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Some(Ok(data));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::AUTHORIZATION;
+
+    #[test]
+    fn a_key_http_cannot_carry_is_refused_before_anything_is_sent() {
+        let call = Call::new(Method::GET, "http://127.0.0.1:9/models").bearer("sk-\u{e9}\n");
+        let err = call.build("up").unwrap_err().to_string();
+        assert!(err.contains("cannot carry"), "{err}");
+        assert!(!err.contains("sk-"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_sensitive_and_every_call_names_easel() {
+        let req = Call::new(Method::POST, "https://api.example.com/v1/chat/completions")
+            .bearer("sk-test")
+            .json(&serde_json::json!({"a": 1}))
+            .build("up")
+            .unwrap();
+        let auth = req.headers().get(AUTHORIZATION).unwrap();
+        assert!(auth.is_sensitive());
+        assert_eq!(auth, "Bearer sk-test");
+        assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+        assert!(
+            req.headers()[USER_AGENT]
+                .to_str()
+                .unwrap()
+                .starts_with("easel/")
+        );
+        assert_eq!(req.uri().host(), Some("api.example.com"));
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_an_error_not_a_panic() {
+        let err = Call::new(Method::GET, "http://exa mple/")
+            .build("up")
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Unsupported(_)));
+    }
+}

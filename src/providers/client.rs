@@ -47,7 +47,10 @@ impl Clients {
     /// called first. `timeout` bounds connecting (at most 10 s) and each wait for
     /// more of an answer.
     pub fn new(timeout: Duration) -> Result<Clients, String> {
-        let tls = tls_config()?;
+        Ok(Clients::with_tls(timeout, tls_config()?))
+    }
+
+    fn with_tls(timeout: Duration, tls: rustls::ClientConfig) -> Clients {
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) + 1;
         let lanes = (0..lanes)
             .map(|_| {
@@ -67,10 +70,10 @@ impl Clients {
                     .build(https)
             })
             .collect();
-        Ok(Clients {
+        Clients {
             lanes,
             read_timeout: timeout,
-        })
+        }
     }
 
     /// This thread's pool.
@@ -365,6 +368,73 @@ mod tests {
                 .starts_with("easel/")
         );
         assert_eq!(req.uri().host(), Some("api.example.com"));
+    }
+
+    /// An HTTPS server on 127.0.0.1 with a certificate for `localhost` made here; it
+    /// answers every request with the HTTP version it was made in.
+    async fn tls_server() -> (u16, Vec<u8>, actix_web::dev::ServerHandle) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = cert.cert.der().to_vec();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let chain = vec![rustls_pki_types::CertificateDer::from(der.clone())];
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = actix_web::HttpServer::new(|| {
+            actix_web::App::new().default_service(actix_web::web::to(
+                |req: actix_web::HttpRequest| async move { format!("{:?}", req.version()) },
+            ))
+        })
+        .workers(1)
+        .listen_rustls_0_23(listener, config)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        (port, der, handle)
+    }
+
+    #[actix_web::test]
+    async fn providers_are_called_over_tls_with_http2_and_an_unknown_certificate_is_refused() {
+        let (port, der, server) = tls_server().await;
+        let url = format!("https://localhost:{port}/v1/models");
+        let soon = || Instant::now() + Duration::from_secs(5);
+
+        // The system's roots do not know the certificate made here.
+        let system = Clients::new(Duration::from_secs(5)).unwrap();
+        let refused = system
+            .send(Call::new(Method::GET, &url), "up", soon())
+            .await;
+        assert!(matches!(refused, Err(UpstreamError::Connect(_))));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let trusting = Clients::with_tls(Duration::from_secs(5), tls);
+        for _ in 0..2 {
+            let reply = trusting
+                .send(Call::new(Method::GET, &url).bearer("sk-test"), "up", soon())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+            let body = reply.bytes("up").await.unwrap();
+            assert_eq!(&body[..], b"HTTP/2.0");
+        }
+        server.stop(false).await;
     }
 
     #[test]

@@ -1181,11 +1181,14 @@ fn no_table_has_a_column_for_prompts_request_images_or_outputs() {
     let all = sources.join("\n");
     // Every record type a table stores: `Table<Key, Record>`.
     let mut records: Vec<String> = all
-        .split("Table<")
+        .split(": Table<")
         .skip(1)
         .filter_map(|rest| {
             // A declaration: `const NAME: Table<Key, Record> = …`.
             let (decl, _) = rest.split_once("> =")?;
+            if decl.contains(';') {
+                return None;
+            }
             let (_, value) = decl.rsplit_once(", ")?;
             let value = value.trim();
             let named = value.chars().next().is_some_and(char::is_uppercase);

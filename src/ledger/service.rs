@@ -196,12 +196,13 @@ fn post(
     };
     tx.insert(&ENTRIES, &key, &entry)?;
     ENTRIES_BY_TIME.insert(tx, at_ms, &key)?;
-    tx.insert(&BALANCES, &account.to_string(), &after)?;
+    // A batch of charges to one account or key stores its balance and spend once.
+    tx.insert_last(&BALANCES, &account.to_string(), &after)?;
     if kind == EntryKind::Usage
         && let Some(k) = &posting.key
     {
         let spent = tx.get(&KEY_SPEND, k)?.unwrap_or(0);
-        tx.insert(&KEY_SPEND, k, &(spent - amount))?;
+        tx.insert_last(&KEY_SPEND, k, &(spent - amount))?;
     }
     Ok(entry)
 }

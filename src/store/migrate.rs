@@ -46,6 +46,7 @@ pub(super) fn run(db: &redb::Database, migrations: &[Migration]) -> Result<u32, 
             let w = WriteTx::new(&txn);
             (m.apply)(&w)?;
             w.set_meta(VERSION_KEY, &m.version)?;
+            w.finish()?;
         }
         txn.commit()?;
         tracing::info!(

@@ -713,11 +713,17 @@ fn count_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 type RawTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 
+/// Values of one table written with [`WriteTx::insert_last`], by key.
+type Latest = std::collections::HashMap<Vec<u8>, Vec<u8>>;
+
 /// A write transaction, lent to a closure run by the writer. Each table is opened
 /// once per transaction and kept open for the other writes of the batch.
 pub struct WriteTx<'a> {
     txn: &'a redb::WriteTransaction,
     open: std::cell::RefCell<Vec<(String, RawTable<'a>)>>,
+    /// Writes held back until their table is used otherwise or the batch ends, so
+    /// that a value many writes of a batch change is stored once.
+    latest: std::cell::RefCell<Vec<(&'static str, Latest)>>,
 }
 
 impl<'a> WriteTx<'a> {
@@ -725,11 +731,24 @@ impl<'a> WriteTx<'a> {
         WriteTx {
             txn,
             open: std::cell::RefCell::default(),
+            latest: std::cell::RefCell::default(),
         }
     }
 
-    /// Runs `f` on the table `name`, opening (or creating) it the first time.
+    /// Runs `f` on the table `name`, opening (or creating) it the first time; the
+    /// writes held back for it are stored first.
     fn with<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut RawTable<'a>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.store_latest(Some(name))?;
+        self.with_as_is(name, f)
+    }
+
+    /// [`WriteTx::with`] without storing the held-back writes (a read of a key they
+    /// do not hold).
+    fn with_as_is<T>(
         &self,
         name: &str,
         f: impl FnOnce(&mut RawTable<'a>) -> Result<T, StoreError>,
@@ -744,6 +763,67 @@ impl<'a> WriteTx<'a> {
             }
         };
         f(&mut open[i].1)
+    }
+
+    /// Stores the writes held back for `table` (for every table when `None`).
+    fn store_latest(&self, table: Option<&str>) -> Result<(), StoreError> {
+        let held: Vec<(&'static str, Latest)> = {
+            let mut latest = self.latest.borrow_mut();
+            if latest.is_empty() {
+                return Ok(());
+            }
+            match table {
+                None => std::mem::take(&mut *latest),
+                Some(name) => match latest.iter().position(|(n, _)| *n == name) {
+                    Some(i) => vec![latest.swap_remove(i)],
+                    None => return Ok(()),
+                },
+            }
+        };
+        for (name, rows) in held {
+            self.with_as_is(name, |t| {
+                for (k, v) in &rows {
+                    t.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stores every held-back write; the writer calls it before committing.
+    pub(crate) fn finish(&self) -> Result<(), StoreError> {
+        self.store_latest(None)
+    }
+
+    /// Inserts or replaces a record that other writes of the same batch are likely to
+    /// replace again (a balance): only the last value is stored, once, when the batch
+    /// ends or the table is next used for anything but reading this kind of write
+    /// back. Reads in the transaction see it at once.
+    pub fn insert_last<K: Key, V: Serialize>(
+        &self,
+        t: &Table<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = codec::encode(t.name, value)?;
+        let mut latest = self.latest.borrow_mut();
+        let i = match latest.iter().position(|(n, _)| *n == t.name) {
+            Some(i) => i,
+            None => {
+                latest.push((t.name, Latest::new()));
+                latest.len() - 1
+            }
+        };
+        latest[i].1.insert(key.encode(), bytes);
+        Ok(())
+    }
+
+    /// A held-back value of `key` in `table`.
+    fn held(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        let latest = self.latest.borrow();
+        let (_, rows) = latest.iter().find(|(n, _)| *n == table)?;
+        rows.get(key).cloned()
     }
 
     /// Inserts or replaces a record.
@@ -841,7 +921,10 @@ impl<'a> WriteTx<'a> {
 
 impl Reader for WriteTx<'_> {
     fn raw_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(table, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
+        if let Some(v) = self.held(table, key) {
+            return Ok(Some(v));
+        }
+        self.with_as_is(table, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
     }
     fn raw_range(
         &self,
@@ -1211,6 +1294,80 @@ mod tests {
             .expect("reads");
         assert_eq!(count, 45);
         assert_eq!(missing, None);
+    }
+
+    #[tokio::test]
+    async fn a_value_a_batch_keeps_changing_reads_back_and_is_stored_once_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let gate = {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.write(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok::<_, StoreError>(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // 30 writes in one batch each add their number to a running total; every
+        // seventh is refused after adding, so its addition must vanish.
+        let total = "total".to_string();
+        let mut tasks = Vec::new();
+        for i in 1..=30u32 {
+            let (s, total) = (store.clone(), total.clone());
+            tasks.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    let now = tx.get(&ITEMS, &total)?.unwrap_or(0);
+                    tx.insert_last(&ITEMS, &total, &(now + i))?;
+                    if i % 7 == 0 {
+                        return Err(StoreError::Refused("no".into()));
+                    }
+                    // Another table in between leaves the held value alone.
+                    BY_TIME.insert(tx, u64::from(i), b"x")?;
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await.expect("joins");
+        }
+        gate.await.expect("joins").expect("gate write");
+        let expected: u32 = (1..=30).filter(|i| i % 7 != 0).sum();
+        let got = store
+            .read(move |r| r.get(&ITEMS, &total))
+            .await
+            .expect("reads");
+        assert_eq!(got, Some(expected));
+
+        // Anything else done with the table first stores what is held, so a scan in
+        // the same transaction sees it, and a later plain insert wins.
+        let rows = store
+            .write(|tx| {
+                tx.insert_last(&ITEMS, &"a".to_string(), &1)?;
+                tx.insert_last(&ITEMS, &"b".to_string(), &2)?;
+                let rows = tx.scan_all(&ITEMS)?;
+                tx.insert_last(&ITEMS, &"b".to_string(), &3)?;
+                tx.insert(&ITEMS, &"b".to_string(), &4)?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await
+            .expect("writes");
+        assert_eq!(
+            rows,
+            vec![
+                ("a".to_string(), 1),
+                ("b".to_string(), 2),
+                ("total".to_string(), expected)
+            ]
+        );
+        let b = store
+            .read(|r| r.get(&ITEMS, &"b".to_string()))
+            .await
+            .expect("reads");
+        assert_eq!(b, Some(4));
     }
 
     fn open_with_delay(dir: &Path, ms: u64) -> Store {

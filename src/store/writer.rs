@@ -327,6 +327,13 @@ fn commit_batch(db: &redb::Database, mut pending: Vec<Op>, stats: &WriterStats) 
                     }
                 }
             }
+            if failed.is_none()
+                && let Err(e) = w.finish()
+            {
+                drop(w);
+                let _ = txn.abort();
+                return fail_all(pending, e);
+            }
         }
         if let Some((i, answer)) = failed {
             let _ = txn.abort();

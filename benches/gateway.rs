@@ -12,9 +12,10 @@
 //! divided by the requests it served; RSS is its peak (VmHWM).
 //!
 //! For scale, the same cells run through a bare proxy too: this bench binary started
-//! again as a child, an actix-web server forwarding the body with reqwest and relaying
-//! the answer, with no authentication, metering, catalog or logging: the floor of the
-//! stack Easel is built on.
+//! again as a child, an actix-web server forwarding the body with hyper's pooled client
+//! (the client Easel's provider calls use) and relaying the answer, with no
+//! authentication, metering, catalog or logging: the floor of the stack Easel is built
+//! on.
 
 mod common;
 
@@ -353,27 +354,32 @@ const BARE_UPSTREAM: &str = "EASEL_BENCH_BARE_UPSTREAM";
 const BARE_PORT: &str = "EASEL_BENCH_BARE_PORT";
 
 /// The bare proxy: forward the body, relay the answer (streamed when it is a stream).
+/// Its upstream client is hyper's pooled client, as Easel's is, with a pool per worker.
 fn bare_proxy(upstream: String, port: u16) {
     use actix_web::{App, HttpResponse, HttpServer, web};
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, BodyStream, Full};
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     easel::http::no_delay(&listener);
-    let url = format!("{upstream}/chat/completions");
-    let client = reqwest::Client::new();
+    let url: http::Uri = format!("{upstream}/chat/completions").parse().expect("url");
     actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || {
-            let (client, url) = (client.clone(), url.clone());
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            let client: Client<HttpConnector, Full<web::Bytes>> =
+                Client::builder(hyper_util::rt::TokioExecutor::new()).build(http);
+            let url = url.clone();
             App::new().route(
                 "/v1/chat/completions",
                 web::post().to(move |body: web::Bytes| {
                     let (client, url) = (client.clone(), url.clone());
                     async move {
-                        let sent = client
-                            .post(&url)
+                        let req = http::Request::post(url)
                             .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await;
-                        let Ok(res) = sent else {
+                            .body(Full::new(body))
+                            .expect("request");
+                        let Ok(res) = client.request(req).await else {
                             return HttpResponse::BadGateway().finish();
                         };
                         let ct = res
@@ -383,11 +389,18 @@ fn bare_proxy(upstream: String, port: u16) {
                             .unwrap_or("application/json")
                             .to_string();
                         if ct.starts_with("text/event-stream") {
-                            HttpResponse::Ok()
-                                .content_type(ct)
-                                .streaming(res.bytes_stream())
+                            let data = BodyStream::new(res.into_body()).filter_map(|f| async {
+                                match f {
+                                    Ok(frame) => frame.into_data().ok().map(Ok),
+                                    Err(e) => Some(Err(e)),
+                                }
+                            });
+                            HttpResponse::Ok().content_type(ct).streaming(data)
                         } else {
-                            let bytes = res.bytes().await.unwrap_or_default();
+                            let bytes = match res.into_body().collect().await {
+                                Ok(b) => b.to_bytes(),
+                                Err(_) => return HttpResponse::BadGateway().finish(),
+                            };
                             HttpResponse::Ok().content_type(ct).body(bytes)
                         }
                     }
@@ -403,7 +416,6 @@ fn bare_proxy(upstream: String, port: u16) {
     });
 }
 
-/// Durable commits made so far, from `/metrics`.
 async fn commits(client: &reqwest::Client, base: &str) -> u64 {
     let text = client
         .get(format!("{base}/metrics"))
@@ -524,7 +536,7 @@ fn main() {
                 ));
             }
         }
-        println!("\nThe bare proxy (actix-web + reqwest, nothing else), against the same direct runs:\n");
+        println!("\nThe bare proxy (actix-web + hyper's client, nothing else), against the same direct runs:\n");
         println!("| mode | clients | overhead p50 / p99 (ms) | req/s | CPU per request |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         for row in bare_rows {

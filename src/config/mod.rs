@@ -125,7 +125,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./easel-data"),
-            cache_mib: 8,
+            cache_mib: 4,
             max_batch: 1024,
             background_commit_ms: 10,
         }

@@ -135,7 +135,7 @@ pub(super) async fn chat(
     let model = model.to_string();
     let events = sse_data(conn.name.clone(), res)
         .flat_map(move |d| {
-            let v = match d.map(|t| serde_json::from_str::<Value>(&t)) {
+            let v = match d.map(|t| serde_json::from_slice::<Value>(&t)) {
                 Err(e) => return futures_util::stream::iter(vec![Err(e)]),
                 Ok(Err(e)) => {
                     return futures_util::stream::iter(vec![Err(UpstreamError::garbage(&name, e))]);

@@ -66,11 +66,11 @@ pub(super) async fn chat(
     }
     let name = conn.name.clone();
     let events = sse_data(conn.name.clone(), res)
-        .take_while(|d| std::future::ready(!matches!(d, Ok(s) if s.trim() == "[DONE]")))
+        .take_while(|d| std::future::ready(!matches!(d, Ok(s) if s.trim_ascii() == b"[DONE]")))
         .flat_map(move |d| {
             let out: Vec<Result<StreamEvent, UpstreamError>> = match d {
                 Err(e) => vec![Err(e)],
-                Ok(text) => match Whole::check_chunk(text.into()) {
+                Ok(data) => match Whole::check_chunk(data) {
                     Err(e) => vec![Err(UpstreamError::garbage(&name, e))],
                     Ok(c) => {
                         let mut out = Vec::new();

@@ -6,6 +6,7 @@ use super::wire::{ChatRequest, Image, ImageRequest, Usage};
 use super::{anthropic, bfl, gemini, openai};
 use crate::config::ProviderKind;
 use crate::crypto::Secret;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 use std::sync::Arc;
@@ -272,7 +273,7 @@ impl Connection {
     }
 
     /// Reads a whole body.
-    pub(super) async fn read(&self, res: Reply) -> Result<bytes::Bytes, UpstreamError> {
+    pub(super) async fn read(&self, res: Reply) -> Result<Bytes, UpstreamError> {
         res.bytes(&self.name).await
     }
 
@@ -372,22 +373,23 @@ fn error_message(body: &str) -> String {
     msg
 }
 
-/// Splits a server-sent event stream into the `data` of each event.
+/// Splits a server-sent event stream into the `data` of each event. An event with one
+/// `data` line (nearly all) is a slice of what was received, not a copy.
 pub(super) fn sse_data(
     conn_name: String,
     res: Reply,
-) -> BoxStream<'static, Result<String, UpstreamError>> {
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
     use futures_util::StreamExt;
     struct State {
         body: Body,
-        buf: Vec<u8>,
-        ready: std::collections::VecDeque<String>,
+        buf: BytesMut,
+        ready: std::collections::VecDeque<Bytes>,
         name: String,
         done: bool,
     }
     let state = State {
         body: res.body_stream(&conn_name),
-        buf: Vec::new(),
+        buf: BytesMut::new(),
         ready: Default::default(),
         name: conn_name,
         done: false,
@@ -404,7 +406,7 @@ pub(super) fn sse_data(
                 Some(Ok(bytes)) => {
                     s.buf.extend_from_slice(&bytes);
                     while let Some(event) = take_event(&mut s.buf) {
-                        if let Some(data) = event_data(&event) {
+                        if let Some(data) = event_data(event) {
                             s.ready.push_back(data);
                         }
                     }
@@ -424,8 +426,7 @@ pub(super) fn sse_data(
                 }
                 None => {
                     s.done = true;
-                    let rest = std::mem::take(&mut s.buf);
-                    if let Some(data) = event_data(&rest) {
+                    if let Some(data) = event_data(s.buf.split().freeze()) {
                         s.ready.push_back(data);
                     }
                 }
@@ -435,38 +436,68 @@ pub(super) fn sse_data(
     .boxed()
 }
 
-fn take_event(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let pos = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let pos_crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    let (at, len) = match (pos, pos_crlf) {
-        (Some(a), Some(b)) => {
-            if a.0 <= b.0 {
-                a
-            } else {
-                b
-            }
+/// Where the first event of `buf` ends: a blank line, `\n\n` or `\r\n\r\n`
+/// (position, length).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(p) = buf[from..].iter().position(|&b| b == b'\n') {
+        let i = from + p;
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some((i, 2));
         }
-        (Some(a), None) => a,
-        (None, Some(b)) => b,
-        (None, None) => return None,
-    };
-    let event = buf[..at].to_vec();
-    buf.drain(..at + len);
+        if i >= 1 && buf[i - 1] == b'\r' && buf.get(i + 1..i + 3) == Some(b"\r\n") {
+            return Some((i - 1, 4));
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// Takes the first whole event off `buf`.
+fn take_event(buf: &mut BytesMut) -> Option<Bytes> {
+    let (at, len) = event_end(buf)?;
+    let event = buf.split_to(at).freeze();
+    buf.advance(len);
     Some(event)
 }
 
-fn event_data(event: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(event);
-    let mut data = Vec::new();
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("data:") {
-            data.push(d.strip_prefix(' ').unwrap_or(d));
+/// The `data` of an event: its `data:` lines joined by newlines.
+fn event_data(event: Bytes) -> Option<Bytes> {
+    let mut found: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    while start < event.len() {
+        let end = event[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(event.len(), |p| start + p);
+        let line_end = if end > start && event[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        if event[start..line_end].starts_with(b"data:") {
+            let mut from = start + 5;
+            if event.get(from) == Some(&b' ') && from < line_end {
+                from += 1;
+            }
+            found.push(from..line_end);
+        }
+        start = end + 1;
+    }
+    match found.as_slice() {
+        [] => None,
+        [one] => Some(event.slice(one.clone())),
+        many => {
+            let mut joined = Vec::with_capacity(event.len());
+            for (i, r) in many.iter().enumerate() {
+                if i > 0 {
+                    joined.push(b'\n');
+                }
+                joined.extend_from_slice(&event[r.clone()]);
+            }
+            Some(joined.into())
         }
     }
-    (!data.is_empty()).then(|| data.join("\n"))
 }
 
 #[cfg(test)]
@@ -475,13 +506,22 @@ mod tests {
 
     #[test]
     fn events_split_on_blank_lines_of_either_ending() {
-        let mut buf = b"event: x\ndata: {\"a\":1}\n\ndata: two\r\n\r\ndata: par".to_vec();
-        let first = take_event(&mut buf).unwrap();
-        assert_eq!(event_data(&first).as_deref(), Some("{\"a\":1}"));
-        let second = take_event(&mut buf).unwrap();
-        assert_eq!(event_data(&second).as_deref(), Some("two"));
-        assert!(take_event(&mut buf).is_none());
-        assert_eq!(buf, b"data: par");
+        let mut buf = BytesMut::from(
+            &b"event: x\ndata: {\"a\":1}\n\ndata: two\r\n\r\ndata:x\ndata: y\r\n\n: note\n\ndata: par"[..],
+        );
+        let data = |buf: &mut BytesMut| take_event(buf).map(event_data);
+        assert_eq!(data(&mut buf), Some(Some(Bytes::from_static(b"{\"a\":1}"))));
+        assert_eq!(data(&mut buf), Some(Some(Bytes::from_static(b"two"))));
+        assert_eq!(data(&mut buf), Some(Some(Bytes::from_static(b"x\ny"))));
+        // A comment is an event with no data.
+        assert_eq!(data(&mut buf), Some(None));
+        assert_eq!(data(&mut buf), None);
+        assert_eq!(&buf[..], b"data: par");
+        assert_eq!(event_data(Bytes::from_static(b"data:")), Some(Bytes::new()));
+        assert_eq!(
+            event_data(Bytes::from_static(b"data: ")),
+            Some(Bytes::new())
+        );
     }
 
     #[test]

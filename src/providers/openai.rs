@@ -18,24 +18,88 @@ pub(super) fn auth(conn: &Connection, req: Call) -> Call {
     }
 }
 
-/// Adds the privacy options this endpoint understands.
-fn privacy(conn: &Connection, body: &mut serde_json::Map<String, Value>) {
-    if !conn.privacy {
-        return;
-    }
-    if conn.kind == ProviderKind::Openai {
-        body.insert("store".into(), false.into());
-    }
-    if conn.base_url.contains("openrouter.ai") {
-        // Only endpoints that neither train on nor keep prompts.
-        let provider = body
-            .entry("provider")
-            .or_insert_with(|| json!({}))
-            .as_object_mut();
-        if let Some(p) = provider {
-            p.entry("data_collection").or_insert("deny".into());
-            p.entry("zdr").or_insert(true.into());
+/// The chat request as the provider gets it: the client's fields as sent, the
+/// upstream model, usage asked for at the end of a stream, and the privacy options
+/// this endpoint understands. Written straight to JSON, with no `Value` in between.
+struct Outgoing<'a> {
+    req: &'a ChatRequest,
+    model: &'a str,
+    /// OpenAI's `store: false`.
+    no_store: bool,
+    /// OpenRouter's routing to endpoints that neither train on nor keep prompts.
+    no_retention: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(conn: &Connection, model: &'a str, req: &'a ChatRequest) -> Self {
+        Outgoing {
+            req,
+            model,
+            no_store: conn.privacy && conn.kind == ProviderKind::Openai,
+            no_retention: conn.privacy && conn.base_url.contains("openrouter.ai"),
         }
+    }
+}
+
+impl serde::Serialize for Outgoing<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.req;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("messages", &r.messages)?;
+        if r.stream {
+            m.serialize_entry("stream", &true)?;
+            // Usage figures at the end of the stream are what the request is charged by.
+            m.serialize_entry("stream_options", &json!({"include_usage": true}))?;
+        } else if let Some(o) = &r.stream_options {
+            m.serialize_entry("stream_options", o)?;
+        }
+        if let Some(v) = r.max_tokens {
+            m.serialize_entry("max_tokens", &v)?;
+        }
+        if let Some(v) = r.max_completion_tokens {
+            m.serialize_entry("max_completion_tokens", &v)?;
+        }
+        if let Some(v) = r.temperature {
+            m.serialize_entry("temperature", &v)?;
+        }
+        if let Some(v) = r.top_p {
+            m.serialize_entry("top_p", &v)?;
+        }
+        if let Some(v) = &r.stop {
+            m.serialize_entry("stop", v)?;
+        }
+        if let Some(v) = r.n {
+            m.serialize_entry("n", &v)?;
+        }
+        for (k, v) in &r.rest {
+            match k.as_str() {
+                "store" if self.no_store => {}
+                "provider" if self.no_retention => {}
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        if self.no_store {
+            m.serialize_entry("store", &false)?;
+        }
+        if self.no_retention {
+            // Only endpoints that neither train on nor keep prompts; what the client
+            // asked of OpenRouter's routing otherwise stays.
+            match r.rest.get("provider") {
+                Some(Value::Object(asked)) => {
+                    let mut p = asked.clone();
+                    p.entry("data_collection").or_insert("deny".into());
+                    p.entry("zdr").or_insert(true.into());
+                    m.serialize_entry("provider", &p)?;
+                }
+                Some(other) => m.serialize_entry("provider", other)?,
+                None => {
+                    m.serialize_entry("provider", &json!({"data_collection": "deny", "zdr": true}))?
+                }
+            }
+        }
+        m.end()
     }
 }
 
@@ -44,19 +108,7 @@ pub(super) async fn chat(
     model: &str,
     req: &ChatRequest,
 ) -> Result<ChatOutput, UpstreamError> {
-    let mut body = serde_json::to_value(req)
-        .map_err(|e| UpstreamError::Unsupported(format!("cannot encode the request: {e}")))?;
-    let Some(obj) = body.as_object_mut() else {
-        return Err(UpstreamError::Unsupported(
-            "the request is not an object".into(),
-        ));
-    };
-    obj.insert("model".into(), model.into());
-    if req.stream {
-        // Usage figures at the end of the stream are what the request is charged by.
-        obj.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    privacy(conn, obj);
+    let body = Outgoing::new(conn, model, req);
     let res = conn.send(auth(conn, conn.post_chat().json(&body))).await?;
     if !req.stream {
         let bytes = conn.read(res).await?;
@@ -223,5 +275,90 @@ pub fn sniff(bytes: &[u8]) -> &'static str {
         "image/gif"
     } else {
         "application/octet-stream"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::upstream::Owner;
+    use std::time::Duration;
+
+    fn conn(kind: ProviderKind, base_url: &str, privacy: bool) -> Connection {
+        let clients = super::super::client::Clients::new(Duration::from_secs(1)).unwrap();
+        Connection::new(
+            "up".into(),
+            kind,
+            base_url.into(),
+            None,
+            privacy,
+            Duration::from_secs(1),
+            0,
+            Owner::Config,
+            clients,
+            Default::default(),
+        )
+    }
+
+    fn sent(conn: &Connection, request: Value) -> Value {
+        let req: ChatRequest = serde_json::from_value(request).unwrap();
+        serde_json::to_value(Outgoing::new(conn, "upstream-model", &req)).unwrap()
+    }
+
+    #[test]
+    fn the_request_goes_as_sent_with_the_upstream_model_usage_and_no_storing() {
+        let openai = conn(ProviderKind::Openai, "https://api.openai.com/v1", true);
+        let body = sent(
+            &openai,
+            json!({"model": "catalog-id", "messages": [{"role": "user", "content": "hi"}],
+                "stream": true, "stream_options": {"include_usage": false, "x": 1},
+                "temperature": 0.5, "max_tokens": 9, "stop": ["\n"], "store": true,
+                "seed": 7, "response_format": {"type": "json_object"}}),
+        );
+        assert_eq!(
+            body,
+            json!({"model": "upstream-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": true, "stream_options": {"include_usage": true},
+                "temperature": 0.5, "max_tokens": 9, "stop": ["\n"], "store": false,
+                "seed": 7, "response_format": {"type": "json_object"}})
+        );
+        // Not streamed: the client's own stream options, if any, go as they are.
+        let whole = sent(
+            &openai,
+            json!({"model": "m", "messages": [], "stream_options": {"include_usage": false}}),
+        );
+        assert_eq!(whole["stream_options"], json!({"include_usage": false}));
+        assert!(whole.get("stream").is_none());
+    }
+
+    #[test]
+    fn openrouter_is_asked_for_endpoints_that_keep_nothing_and_the_switch_turns_it_off() {
+        let router = conn(
+            ProviderKind::OpenaiCompatible,
+            "https://openrouter.ai/api/v1",
+            true,
+        );
+        let plain = sent(&router, json!({"model": "m", "messages": []}));
+        assert_eq!(
+            plain["provider"],
+            json!({"data_collection": "deny", "zdr": true})
+        );
+        assert!(plain.get("store").is_none(), "store is OpenAI's own field");
+        let asked = sent(
+            &router,
+            json!({"model": "m", "messages": [], "provider": {"order": ["a"], "zdr": false}}),
+        );
+        assert_eq!(
+            asked["provider"],
+            json!({"order": ["a"], "zdr": false, "data_collection": "deny"})
+        );
+        let off = conn(ProviderKind::Openai, "https://openrouter.ai/api/v1", false);
+        let body = sent(
+            &off,
+            json!({"model": "m", "messages": [], "store": true, "provider": {"order": ["a"]}}),
+        );
+        assert_eq!(body["store"], true);
+        assert_eq!(body["provider"], json!({"order": ["a"]}));
     }
 }

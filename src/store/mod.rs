@@ -1241,22 +1241,26 @@ mod tests {
         Store::open(dir, &StoreOptions::default(), &[]).expect("opens")
     }
 
+    /// Keeps the writer busy for 300 ms, so the writes queued meanwhile form one batch.
+    async fn hold_writer(store: &Store) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let s = store.clone();
+        let gate = tokio::spawn(async move {
+            s.write(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Ok::<_, StoreError>(())
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gate
+    }
+
     #[tokio::test]
     async fn a_failing_write_leaves_nothing_and_does_not_sink_its_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        // Hold the writer busy so the next 50 writes queue up and land in one batch.
-        let gate = {
-            let s = store.clone();
-            tokio::spawn(async move {
-                s.write(|_| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    Ok::<_, StoreError>(())
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The next 50 writes queue up and land in one batch.
+        let gate = hold_writer(&store).await;
         let mut tasks = Vec::new();
         for i in 0..50u32 {
             let s = store.clone();
@@ -1300,17 +1304,7 @@ mod tests {
     async fn a_value_a_batch_keeps_changing_reads_back_and_is_stored_once_right() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        let gate = {
-            let s = store.clone();
-            tokio::spawn(async move {
-                s.write(|_| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    Ok::<_, StoreError>(())
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let gate = hold_writer(&store).await;
         // 30 writes in one batch each add their number to a running total; every
         // seventh is refused after adding, so its addition must vanish.
         let total = "total".to_string();

@@ -128,6 +128,13 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
         .map_err(|e| format!("cannot set up TLS for provider calls: {e}"))
 }
 
+/// `url` as a request target, read the way a browser (and reqwest) reads it: an
+/// international host name becomes its ASCII (punycode) form, dot segments go.
+pub(super) fn uri(url: &str) -> Result<Uri, String> {
+    let url = url::Url::parse(url).map_err(|e| e.to_string())?;
+    url.as_str().parse::<Uri>().map_err(|e| e.to_string())
+}
+
 static AGENT: HeaderValue = HeaderValue::from_static(concat!("easel/", env!("CARGO_PKG_VERSION")));
 
 /// A request on its way to a provider.
@@ -145,7 +152,7 @@ impl Call {
     pub fn new(method: Method, url: &str) -> Call {
         Call {
             method,
-            uri: url.parse::<Uri>().map_err(|e| e.to_string()),
+            uri: uri(url),
             headers: HeaderMap::new(),
             body: Bytes::new(),
             invalid: None,
@@ -209,15 +216,21 @@ impl Call {
         self
     }
 
+    /// The request; a call that cannot be made is the provider's configuration at
+    /// fault, not the client's: logged for the admin, and answered as unreachable.
     fn build(self, provider: &str) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+        let refuse = |why: String| {
+            tracing::warn!(provider, "a provider call cannot be made: {why}");
+            UpstreamError::Connect(provider.to_string())
+        };
         if let Some(name) = self.invalid {
-            return Err(UpstreamError::Unsupported(format!(
-                "the call to {provider} cannot be sent: its {name} header has characters HTTP cannot carry (check the provider's key)"
+            return Err(refuse(format!(
+                "its {name} header has characters HTTP cannot carry (check the provider's key)"
             )));
         }
-        let uri = self.uri.map_err(|e| {
-            UpstreamError::Unsupported(format!("{provider} has a URL Easel cannot call ({e})"))
-        })?;
+        let uri = self
+            .uri
+            .map_err(|e| refuse(format!("its URL cannot be called ({e})")))?;
         let mut req = http::Request::new(Full::new(self.body));
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
@@ -343,11 +356,11 @@ mod tests {
     use http::header::AUTHORIZATION;
 
     #[test]
-    fn a_key_http_cannot_carry_is_refused_before_anything_is_sent() {
+    fn a_key_http_cannot_carry_is_refused_before_anything_is_sent_and_never_shown() {
         let call = Call::new(Method::GET, "http://127.0.0.1:9/models").bearer("sk-\u{e9}\n");
-        let err = call.build("up").unwrap_err().to_string();
-        assert!(err.contains("cannot carry"), "{err}");
-        assert!(!err.contains("sk-"), "{err}");
+        let err = call.build("up").unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        assert!(!err.to_string().contains("sk-"), "{err}");
     }
 
     #[test]
@@ -442,6 +455,18 @@ mod tests {
         let err = Call::new(Method::GET, "http://exa mple/")
             .build("up")
             .unwrap_err();
-        assert!(matches!(err, UpstreamError::Unsupported(_)));
+        assert!(matches!(err, UpstreamError::Connect(_)));
+    }
+
+    #[test]
+    fn urls_are_read_as_reqwest_read_them() {
+        let idn = uri("https://bücher.example/v1/../v2/chat").unwrap();
+        assert_eq!(idn.host(), Some("xn--bcher-kva.example"));
+        assert_eq!(idn.path(), "/v2/chat");
+        let plain = uri("http://127.0.0.1:8080/v1/chat/completions?x=1").unwrap();
+        assert_eq!(
+            plain.to_string(),
+            "http://127.0.0.1:8080/v1/chat/completions?x=1"
+        );
     }
 }

@@ -181,7 +181,7 @@ impl Connection {
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
         Connection {
-            chat_url: format!("{base_url}/chat/completions").parse().ok(),
+            chat_url: super::client::uri(&format!("{base_url}/chat/completions")).ok(),
             name,
             kind,
             base_url,

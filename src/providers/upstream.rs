@@ -461,9 +461,11 @@ fn take_event(buf: &mut BytesMut) -> Option<Bytes> {
     Some(event)
 }
 
-/// The `data` of an event: its `data:` lines joined by newlines.
+/// The `data` of an event: its `data:` lines joined by newlines. One line (nearly every
+/// event) is a slice of `event`; only several are copied, joined.
 fn event_data(event: Bytes) -> Option<Bytes> {
-    let mut found: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut first: Option<std::ops::Range<usize>> = None;
+    let mut joined: Option<Vec<u8>> = None;
     let mut start = 0;
     while start < event.len() {
         let end = event[start..]
@@ -480,23 +482,26 @@ fn event_data(event: Bytes) -> Option<Bytes> {
             if event.get(from) == Some(&b' ') && from < line_end {
                 from += 1;
             }
-            found.push(from..line_end);
+            match (&first, &mut joined) {
+                (None, _) => first = Some(from..line_end),
+                (Some(one), None) => {
+                    let mut all = event[one.clone()].to_vec();
+                    all.push(b'\n');
+                    all.extend_from_slice(&event[from..line_end]);
+                    joined = Some(all);
+                }
+                (Some(_), Some(all)) => {
+                    all.push(b'\n');
+                    all.extend_from_slice(&event[from..line_end]);
+                }
+            }
         }
         start = end + 1;
     }
-    match found.as_slice() {
-        [] => None,
-        [one] => Some(event.slice(one.clone())),
-        many => {
-            let mut joined = Vec::with_capacity(event.len());
-            for (i, r) in many.iter().enumerate() {
-                if i > 0 {
-                    joined.push(b'\n');
-                }
-                joined.extend_from_slice(&event[r.clone()]);
-            }
-            Some(joined.into())
-        }
+    match (first, joined) {
+        (_, Some(all)) => Some(all.into()),
+        (Some(one), None) => Some(event.slice(one)),
+        (None, None) => None,
     }
 }
 
@@ -517,6 +522,10 @@ mod tests {
         assert_eq!(data(&mut buf), Some(None));
         assert_eq!(data(&mut buf), None);
         assert_eq!(&buf[..], b"data: par");
+        assert_eq!(
+            event_data(Bytes::from_static(b"data:a\ndata: b\r\ndata:c")),
+            Some(Bytes::from_static(b"a\nb\nc"))
+        );
         assert_eq!(event_data(Bytes::from_static(b"data:")), Some(Bytes::new()));
         assert_eq!(
             event_data(Bytes::from_static(b"data: ")),

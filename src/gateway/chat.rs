@@ -293,7 +293,7 @@ impl StreamState {
     /// Writes one event of the provider's stream (`None`: its end) as the client sees it.
     fn relay(&mut self, event: Option<Result<StreamEvent, UpstreamError>>, out: &mut Vec<u8>) {
         match event {
-            Some(Ok(StreamEvent::Chunk(chunk))) => {
+            Some(Ok(StreamEvent::Chunk(mut chunk))) => {
                 self.output_chars += chunk.output_chars();
                 chunk.write_sse(&self.model.id, out);
                 self.last = Some(chunk);

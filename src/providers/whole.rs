@@ -136,13 +136,12 @@ impl Whole {
     }
 
     /// Writes the chunk to `out` as a server-sent event (`data: …` and a blank line),
-    /// with `model` as its top-level model.
-    pub fn write_sse(&self, model: &str, out: &mut Vec<u8>) {
+    /// with `model` as its top-level model (a built chunk takes it for good).
+    pub fn write_sse(&mut self, model: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: ");
         match self {
             Whole::Raw { body, .. } => write_with_model(body, model, out),
             Whole::Built(v) => {
-                let mut v = v.clone();
                 v["model"] = model.into();
                 // Writing a Value into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, &v);
@@ -412,7 +411,7 @@ mod tests {
     fn chunks_are_relayed_relabelled_with_their_id_usage_and_delta_length() {
         let text = json!({"id": "c-1", "model": "up", "choices": [{"delta": {"content": "ab"}}, {"delta": {}}]});
         let c = Whole::check_chunk(text.to_string().into()).expect("a chunk");
-        let chunk = c.chunk.expect("has choices");
+        let mut chunk = c.chunk.expect("has choices");
         assert!(c.usage.is_none() && !c.error);
         assert_eq!(chunk.output_chars(), 2, "bytes of the delta's text");
         assert_eq!(chunk.id().as_deref(), Some("c-1"));

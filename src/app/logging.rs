@@ -1,15 +1,16 @@
 //! Tracing output on stderr, pretty or JSON, with a filter that a reload can change.
 //!
 //! Access lines (target `easel::http`, info and below) are gathered in memory and
-//! written at least every [`GATHER_MS`] ms, or at [`GATHER_BYTES`], so a busy server
-//! makes one write for many requests instead of one each. Every other line is written
+//! written within [`GATHER_MS`] ms of the first one gathered, or at [`GATHER_BYTES`],
+//! so a busy server makes one write for many requests instead of one each; an idle
+//! one's log thread sleeps until there is something to write. Every other line is written
 //! at once, after what was gathered, so lines keep their order; a clean shutdown
 //! writes the rest ([`flush`]).
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
@@ -38,6 +39,8 @@ const GATHER_BYTES: usize = 16 * 1024;
 static GATHERED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// The flusher thread runs: only then are lines gathered.
 static FLUSHING: AtomicBool = AtomicBool::new(false);
+/// The flusher thread, parked while nothing is gathered (an idle server never wakes it).
+static FLUSHER: OnceLock<std::thread::Thread> = OnceLock::new();
 
 fn gathered() -> MutexGuard<'static, Vec<u8>> {
     // Only ever appended to and drained: consistent under any panic.
@@ -76,7 +79,7 @@ impl<'a> MakeWriter<'a> for Sink {
         Line {
             gather: meta.target() == "easel::http"
                 && *meta.level() >= Level::INFO
-                && FLUSHING.load(Ordering::Relaxed),
+                && FLUSHING.load(Ordering::Acquire),
         }
     }
 }
@@ -85,6 +88,11 @@ impl Write for Line {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let mut buf = gathered();
         if self.gather {
+            if buf.is_empty()
+                && let Some(flusher) = FLUSHER.get()
+            {
+                flusher.unpark();
+            }
             buf.extend_from_slice(data);
             if buf.len() >= GATHER_BYTES {
                 write_out(&mut buf);
@@ -101,7 +109,8 @@ impl Write for Line {
     }
 }
 
-/// Starts the thread that writes gathered lines out every [`GATHER_MS`] ms, once.
+/// Starts the thread that writes gathered lines out [`GATHER_MS`] ms after the first of
+/// them arrived, once.
 fn start_flusher() {
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
@@ -109,13 +118,15 @@ fn start_flusher() {
             .name("easel-log".into())
             .spawn(|| {
                 loop {
+                    std::thread::park();
                     std::thread::sleep(Duration::from_millis(GATHER_MS));
                     flush();
                 }
             });
         match spawned {
-            Ok(_) => {
-                FLUSHING.store(true, Ordering::Relaxed);
+            Ok(handle) => {
+                let _ = FLUSHER.set(handle.thread().clone());
+                FLUSHING.store(true, Ordering::Release);
                 // A panic's message goes straight to stderr: what came before it first.
                 let previous = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {

@@ -463,12 +463,21 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if !ct.to_ascii_lowercase().contains("json") {
+    if !ct
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"json"))
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ));
+    }
+    // The common case, a valid body, is read once without tracking the path; only a
+    // body that fails is read again to name the field.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -4,42 +4,44 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// `POST /v1/chat/completions` as a client sends it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+mod read;
+
+/// `POST /v1/chat/completions` as a client sends it. It and its parts are read by
+/// hand (`read.rs`), each field once; serde's derive would copy the whole request first.
+#[derive(Clone, Debug, Serialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
 /// `stream_options`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct StreamOptions {
-    #[serde(default)]
     pub include_usage: bool,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
 /// `stop`: one string or several.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -57,17 +59,16 @@ impl Stop {
 }
 
 /// One chat message.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Message {
     pub role: String,
-    #[serde(default)]
     pub content: Option<Content>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
 /// A message's content: text, or a list of parts.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
@@ -75,7 +76,7 @@ pub enum Content {
 }
 
 /// One part of a message.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part {
     Text { text: String },

@@ -75,7 +75,10 @@ where
 
 /// What waits for the writer. A background write wakes the writer only when it is
 /// idle; while it holds a batch open, only a waited-for write, a full batch or a
-/// shutdown wakes it early, so a burst of background writes costs one wake-up.
+/// shutdown wakes it early, so a burst of background writes costs one wake-up. A
+/// writer that is busy committing is not signalled at all: it looks at the queue again
+/// before it sleeps (a condition variable's signal is a system call even when nothing
+/// waits).
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
@@ -89,6 +92,8 @@ struct QueueState {
     urgent: bool,
     /// The writer is holding a batch of background writes open.
     holding: bool,
+    /// The writer waits on the condition variable (idle, or holding a batch open).
+    asleep: bool,
     /// A clean shutdown: commit what is queued, answer, stop.
     shutdown: Option<oneshot::Sender<()>>,
     /// No more writes are taken (shut down, or the store was dropped).
@@ -230,7 +235,7 @@ impl Writer {
         });
         q.urgent |= !background;
         // A full batch is worth waking a holding writer for.
-        if !background || !q.holding || q.ops.len() >= self.max_batch {
+        if q.asleep && (!background || !q.holding || q.ops.len() >= self.max_batch) {
             self.queue.wake.notify_one();
         }
         Ok(())
@@ -264,7 +269,9 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
     let done = loop {
         let mut q = queue.lock();
         while q.ops.is_empty() && !q.closed {
+            q.asleep = true;
             q = queue.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.asleep = false;
         }
         if !q.urgent && !q.closed && !limits.background_delay.is_zero() {
             // Only background writes so far: wait a little for company.
@@ -275,11 +282,13 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
                 if left.is_zero() {
                     break;
                 }
+                q.asleep = true;
                 q = queue
                     .wake
                     .wait_timeout(q, left)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+                q.asleep = false;
             }
             q.holding = false;
         }

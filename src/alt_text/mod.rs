@@ -28,7 +28,7 @@ use crate::imaging::{self, Limits};
 use crate::local_model::{LocalError, LocalModel};
 use crate::providers::wire::{ChatRequest, Content, ImageUrl, Message, Part, Usage};
 use crate::providers::{ChatOutput, UpstreamError};
-use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
 use prompt::{Ask, Style};
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,6 @@ use utoipa::ToSchema;
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`.
 const RECORDS: Table<Vec<u8>, AltTextRecord> = Table::new("alt_text", Class::AltText);
-/// Records by time, for the `alt_text` retention window.
-const RECORDS_BY_TIME: TimeIndex = TimeIndex::new("alt_text_by_time", Class::AltText);
 
 /// How many alt text records `account` has.
 pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
@@ -46,11 +44,11 @@ pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
 }
 
 /// The tables of this capability and their classes.
-pub const TABLES: [crate::store::Decl; 2] = [RECORDS.decl(), RECORDS_BY_TIME.decl()];
+pub const TABLES: [crate::store::Decl; 1] = [RECORDS.decl()];
 
 /// Alt text records expire by age (`[retention] alt_text`); an erasure removes an
 /// account's records through the same description.
-pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&RECORDS, &RECORDS_BY_TIME);
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::owned(&RECORDS);
 
 /// The longest `context` accepted, in bytes.
 pub const MAX_CONTEXT: usize = 2048;
@@ -553,10 +551,9 @@ impl AltText {
     }
 }
 
-/// Writes a record and its time index entry.
+/// Writes a record.
 fn record_in(tx: &WriteTx<'_>, key: &TimedKey, rec: &AltTextRecord) -> Result<(), StoreError> {
-    tx.insert(&RECORDS, &key.key, rec)?;
-    RECORDS_BY_TIME.insert(tx, key.at_ms, &key.key)
+    tx.insert(&RECORDS, &key.key, rec)
 }
 
 /// The chat request that asks a vision model for alt text.

@@ -38,6 +38,15 @@ fn base_v1(tx: &WriteTx<'_>) -> Result<(), StoreError> {
     tx.set_meta("created_at", &crate::store::now_ms())
 }
 
+/// Sweeps find expired records by their `owner/time/…` keys now; the separate time
+/// indexes (a row per record, holding the account and time) go with everything in them.
+fn drop_time_indexes_v2(tx: &WriteTx<'_>) -> Result<(), StoreError> {
+    for name in ["usage_by_time", "ledger_by_time", "alt_text_by_time"] {
+        tx.drop_table(name)?;
+    }
+    Ok(())
+}
+
 /// How often last-use times of sessions and keys are saved, and ended sessions removed.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -127,11 +136,18 @@ impl Services {
 
 /// Every schema migration of the program, in order. Capabilities add theirs here.
 pub fn migrations() -> Vec<Migration> {
-    vec![Migration {
-        version: 1,
-        description: "create the meta table",
-        apply: base_v1,
-    }]
+    vec![
+        Migration {
+            version: 1,
+            description: "create the meta table",
+            apply: base_v1,
+        },
+        Migration {
+            version: 2,
+            description: "drop the time indexes of usage, ledger and alt text records",
+            apply: drop_time_indexes_v2,
+        },
+    ]
 }
 
 /// The schema version this build writes.
@@ -542,4 +558,44 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
 /// An absolute form of a path given on the command line.
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::migrations;
+    use crate::store::{Class, Reader, Store, StoreError, StoreOptions, Table, table_names};
+
+    #[tokio::test]
+    async fn version_2_drops_the_old_time_indexes_and_keeps_the_records() {
+        const OLD: Table<Vec<u8>, u64> = Table::new("usage_by_time", Class::Usage);
+        const KEPT: Table<Vec<u8>, u64> = Table::new("usage", Class::Usage);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = migrations();
+        let store = Store::open(dir.path(), &StoreOptions::default(), &all[..1]).expect("opens");
+        store
+            .write(|tx| {
+                tx.insert(&OLD, &b"\0\0\0\0\0\0\0\x01a/x".to_vec(), &0)?;
+                tx.insert(&KEPT, &b"a/x".to_vec(), &7)
+            })
+            .await
+            .expect("writes");
+        store.close().await;
+        drop(store);
+
+        let store = Store::open(dir.path(), &StoreOptions::default(), &all).expect("reopens");
+        let names = table_names(&store).await.expect("lists");
+        let (version, kept) = store
+            .read(|r| {
+                Ok::<_, StoreError>((
+                    crate::store::version_of(r)?,
+                    r.get(&KEPT, &b"a/x".to_vec())?,
+                ))
+            })
+            .await
+            .expect("reads");
+        assert_eq!(version, 2);
+        assert!(!names.iter().any(|n| n.ends_with("_by_time")), "{names:?}");
+        assert!(names.iter().any(|n| n == "usage"), "{names:?}");
+        assert_eq!(kept, Some(7));
+    }
 }

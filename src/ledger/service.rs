@@ -3,7 +3,7 @@
 
 use super::{MICRO, to_credits};
 use crate::http::ApiError;
-use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx, now_ms};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use utoipa::ToSchema;
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`: an account's entries are
-/// one range, oldest first.
+/// one range, oldest first (also how the retention sweep finds expired ones).
 const ENTRIES: Table<Vec<u8>, Entry> = Table::new("ledger", Class::Billing);
-/// Entries by time, for the `billing` retention window.
-const ENTRIES_BY_TIME: TimeIndex = TimeIndex::new("ledger_by_time", Class::Billing);
 /// Balance of each account, in micro-credits.
 const BALANCES: Table<String, i64> = Table::new("balances", Class::Billing);
 /// Micro-credits spent through each API key, for per-key budgets.
@@ -195,7 +193,6 @@ fn post(
         at_ms,
     };
     tx.insert(&ENTRIES, &key, &entry)?;
-    ENTRIES_BY_TIME.insert(tx, at_ms, &key)?;
     // A batch of charges to one account or key stores its balance and spend once.
     tx.insert_last(&BALANCES, &account.to_string(), &after)?;
     if kind == EntryKind::Usage
@@ -226,12 +223,7 @@ fn record_posting(tx: &WriteTx<'_>, entry: &Entry) -> Result<(), StoreError> {
 }
 
 /// The tables of this capability and their classes.
-pub const TABLES: [crate::store::Decl; 4] = [
-    ENTRIES.decl(),
-    ENTRIES_BY_TIME.decl(),
-    BALANCES.decl(),
-    KEY_SPEND.decl(),
-];
+pub const TABLES: [crate::store::Decl; 3] = [ENTRIES.decl(), BALANCES.decl(), KEY_SPEND.decl()];
 
 /// How many billing entries `account` has.
 pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
@@ -239,7 +231,7 @@ pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
 }
 
 /// Billing entries expire by age (`[retention] billing`, seven years by default).
-pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&ENTRIES, &ENTRIES_BY_TIME);
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::owned(&ENTRIES);
 
 /// Detaches up to `limit` billing entries of an erased account: each moves under
 /// `pseudonym` with no key, and the spend of its key goes. The balance follows with
@@ -253,22 +245,14 @@ pub fn detach_in(
     let prefix = TimedKey::prefix(account);
     let rows = tx.scan_prefix(&ENTRIES, &prefix, limit)?;
     for (old, mut entry) in rows.iter().cloned() {
-        let rest = &old[prefix.len()..];
-        let at = rest
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(entry.at_ms);
         let mut new = TimedKey::prefix(pseudonym);
-        new.extend_from_slice(rest);
+        new.extend_from_slice(&old[prefix.len()..]);
         if let Some(k) = entry.key.take() {
             tx.remove(&KEY_SPEND, &k)?;
         }
         entry.account = pseudonym.to_string();
         tx.remove(&ENTRIES, &old)?;
-        ENTRIES_BY_TIME.remove(tx, at, &old)?;
         tx.insert(&ENTRIES, &new, &entry)?;
-        ENTRIES_BY_TIME.insert(tx, at, &new)?;
     }
     if rows.len() < limit
         && let Some(balance) = tx.get(&BALANCES, &account.to_string())?

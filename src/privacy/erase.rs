@@ -49,15 +49,40 @@ impl Privacy {
     where
         F: Fn(&WriteTx<'_>, usize) -> Result<u64, StoreError> + Send + Sync + Clone + 'static,
     {
+        self.resumable(move |tx, limit, _| {
+            let n = step(tx, limit)?;
+            Ok((n, (n == limit as u64).then(Vec::new)))
+        })
+        .await
+    }
+
+    /// [`Privacy::in_batches`] for a step that says where the next batch starts (a
+    /// sweep's [`crate::store::SweepFrom`]; the first starts at the empty key), until
+    /// it says nothing is left. A batch only reads where it starts, so a write run
+    /// again by the writer does the same.
+    pub(super) async fn resumable<F>(&self, step: F) -> Result<u64, ApiError>
+    where
+        F: Fn(&WriteTx<'_>, usize, &[u8]) -> Result<(u64, Option<Vec<u8>>), StoreError>
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    {
         let batch = self.parts().live.get().scheduler.sweep_batch;
         let mut total = 0;
+        let mut from = Vec::new();
         loop {
-            let s = step.clone();
-            let n = self.parts().store.write(move |tx| s(tx, batch)).await?;
+            let (s, at) = (step.clone(), from.clone());
+            let (n, next) = self
+                .parts()
+                .store
+                .write(move |tx| s(tx, batch, &at))
+                .await?;
             total += n;
-            if n < batch as u64 {
+            let Some(next) = next else {
                 return Ok(total);
-            }
+            };
+            from = next;
             if self.stopping() {
                 return Err(ApiError::new(
                     actix_web::http::StatusCode::SERVICE_UNAVAILABLE,

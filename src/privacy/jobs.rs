@@ -214,7 +214,7 @@ impl Privacy {
             };
             let cutoff = now.saturating_sub(span.get().as_millis() as u64);
             let n = self
-                .in_batches(move |tx, limit| expiry.sweep(tx, cutoff, limit))
+                .resumable(move |tx, limit, from| expiry.sweep(tx, cutoff, limit, from))
                 .await?;
             done.counts.insert(class.name().into(), n);
             done.removed += n;
@@ -367,7 +367,7 @@ pub(super) fn window_ms(rule: Option<Rule>) -> Option<u64> {
 pub(super) fn records(r: &impl Reader, class: Class) -> Result<u64, StoreError> {
     let mut n = 0;
     for t in super::tables() {
-        if t.class == class && !t.index {
+        if t.class == class {
             n += t.count(r)?;
         }
     }

@@ -12,7 +12,7 @@ mod migrate;
 mod writer;
 
 pub use backup::{BackupReport, Carry, CompactReport, RestoreReport, compact, restore};
-pub use migrate::Migration;
+pub use migrate::{Migration, version_of};
 pub use writer::{BATCH_BUCKETS, WriterStats};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -204,8 +204,6 @@ impl Class {
 pub struct Decl {
     pub name: &'static str,
     pub class: Class,
-    /// A [`TimeIndex`]: it points at records of another table and is not counted.
-    pub index: bool,
     pub backups: InBackups,
 }
 
@@ -267,7 +265,6 @@ impl<K, V> Table<K, V> {
         Decl {
             name: self.name,
             class: self.class,
-            index: false,
             backups: self.backups,
         }
     }
@@ -278,14 +275,20 @@ impl<K, V> Table<K, V> {
 pub struct TimedKey {
     pub key: Vec<u8>,
     pub id: String,
-    /// The time in the key; a time index entry of the record must use this one.
+    /// The time in the key.
     pub at_ms: u64,
 }
 
 impl TimedKey {
     /// A fresh key for a record of `owner` written at `at_ms`; four random bytes keep
-    /// two records of the same millisecond apart.
+    /// two records of the same millisecond apart. An owner never holds a `/`: a sweep
+    /// finds where one owner's records end by it.
     pub fn new(owner: &str, at_ms: u64) -> Result<Self, StoreError> {
+        if owner.contains('/') {
+            return Err(StoreError::Db(format!(
+                "a record owner cannot contain '/': {owner}"
+            )));
+        }
         let rand: [u8; 4] =
             crate::crypto::unique_bytes().map_err(|e| StoreError::Db(e.to_string()))?;
         let mut key = Self::prefix(owner);
@@ -312,67 +315,29 @@ impl TimedKey {
     }
 }
 
-/// An index of `(timestamp_be, id)` keys for data that expires, so finding what is
-/// older than a cutoff is a range scan from the start.
-pub struct TimeIndex {
-    name: &'static str,
-    class: Class,
-}
-
-impl TimeIndex {
-    /// Declares a time index table; its class is that of the records it indexes.
-    pub const fn new(name: &'static str, class: Class) -> Self {
-        TimeIndex { name, class }
-    }
-
-    /// Its name and class.
-    pub const fn decl(&self) -> Decl {
-        Decl {
-            name: self.name,
-            class: self.class,
-            index: true,
-            backups: InBackups::Yes,
-        }
-    }
-
-    fn key(at_ms: u64, id: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(8 + id.len());
-        k.extend_from_slice(&at_ms.to_be_bytes());
-        k.extend_from_slice(id);
-        k
-    }
-
-    /// Records that `id` was written at `at_ms` (milliseconds since the epoch).
-    pub fn insert(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
-        tx.raw_insert(self.name, &Self::key(at_ms, id), &[])
-    }
-
-    /// Forgets an entry.
-    pub fn remove(&self, tx: &WriteTx<'_>, at_ms: u64, id: &[u8]) -> Result<(), StoreError> {
-        tx.raw_remove(self.name, &Self::key(at_ms, id)).map(|_| ())
-    }
-}
-
 /// The meta table (schema version, key check, job bookkeeping).
 pub const META_TABLE: Decl = Decl {
     name: META,
     class: Class::System,
-    index: false,
     backups: InBackups::Yes,
 };
 
-/// How the records of a table that expires are found by age, so a sweep is a range
-/// scan from the oldest end in bounded batches.
+/// How the records of a table that expires are found by age, so a sweep removes the
+/// oldest in bounded batches without an index beside the table.
 #[derive(Clone, Copy)]
 pub enum Expiry {
-    /// Keys begin with the big-endian write time (audit, access log).
+    /// Keys begin with the big-endian write time (audit, access log): the oldest
+    /// records are the first keys.
     TimeKeyed { table: &'static str },
-    /// Keys are [`TimedKey`]s (`owner/time/random`) with a [`TimeIndex`] beside them.
-    Indexed {
-        table: &'static str,
-        index: &'static str,
-    },
+    /// Keys are [`TimedKey`]s (`owner/time/random`): each owner's records are one range,
+    /// oldest first, so a sweep visits the owners in turn and removes the start of each
+    /// range. A request's records are then written without a second, index row.
+    Owned { table: &'static str },
 }
+
+/// Where the next batch of a sweep starts: a key of the table (the owners before it are
+/// done). The first batch starts at the empty key.
+pub type SweepFrom = Vec<u8>;
 
 impl Expiry {
     /// A table keyed by time.
@@ -380,66 +345,111 @@ impl Expiry {
         Expiry::TimeKeyed { table: t.name }
     }
 
-    /// A table of [`TimedKey`]s and its time index.
-    pub const fn indexed<K, V>(t: &Table<K, V>, index: &TimeIndex) -> Self {
-        Expiry::Indexed {
-            table: t.name,
-            index: index.name,
-        }
+    /// A table of [`TimedKey`]s.
+    pub const fn owned<K, V>(t: &Table<K, V>) -> Self {
+        Expiry::Owned { table: t.name }
     }
 
-    fn ordered(&self) -> &'static str {
-        match self {
-            Expiry::TimeKeyed { table } => table,
-            Expiry::Indexed { index, .. } => index,
-        }
-    }
-
-    /// Removes up to `limit` records written before `cutoff_ms`, oldest first; returns
-    /// how many went.
-    pub fn sweep(&self, tx: &WriteTx<'_>, cutoff_ms: u64, limit: usize) -> Result<u64, StoreError> {
-        let end = cutoff_ms.to_be_bytes();
-        let rows = tx.raw_range(self.ordered(), None, Some(&end), limit)?;
-        for (k, _) in &rows {
-            tx.raw_remove(self.ordered(), k)?;
-            if let Expiry::Indexed { table, .. } = self
-                && let Some(record) = k.get(8..)
-            {
-                tx.raw_remove(table, record)?;
+    /// Removes up to `limit` records written before `cutoff_ms`, starting at `from`;
+    /// returns how many went and where the next batch starts (`None`: nothing older is
+    /// left). A batch only reads `from`, so running it again gives the same result.
+    pub fn sweep(
+        &self,
+        tx: &WriteTx<'_>,
+        cutoff_ms: u64,
+        limit: usize,
+        from: &[u8],
+    ) -> Result<(u64, Option<SweepFrom>), StoreError> {
+        let cutoff = cutoff_ms.to_be_bytes();
+        match *self {
+            Expiry::TimeKeyed { table } => {
+                let n = tx.remove_range(table, None, Some(&cutoff), limit)?;
+                Ok((n, (n == limit as u64).then(Vec::new)))
+            }
+            Expiry::Owned { table } => {
+                let mut at = from.to_vec();
+                let mut removed = 0u64;
+                while let Some(prefix) = next_owner(tx, table, &at)? {
+                    let mut end = prefix.clone();
+                    end.extend_from_slice(&cutoff);
+                    let left = limit - removed as usize;
+                    let n = tx.remove_range(table, Some(&prefix), Some(&end), left)?;
+                    removed += n;
+                    if n == left as u64 {
+                        // This owner may have more: the next batch looks again.
+                        return Ok((removed, Some(prefix)));
+                    }
+                    match prefix_end(&prefix) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+                Ok((removed, None))
             }
         }
-        Ok(rows.len() as u64)
     }
 
-    /// The write time of the oldest record, if any.
+    /// The write time of the oldest record, if any (for a table of [`TimedKey`]s, one
+    /// look at each owner's first record).
     pub fn oldest(&self, r: &impl Reader) -> Result<Option<u64>, StoreError> {
-        let rows = r.raw_range(self.ordered(), None, None, 1)?;
-        Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
+        match *self {
+            Expiry::TimeKeyed { table } => {
+                let rows = r.raw_range(table, None, None, 1)?;
+                Ok(rows.first().and_then(|(k, _)| u64::decode(k.get(..8)?)))
+            }
+            Expiry::Owned { table } => {
+                let mut oldest: Option<u64> = None;
+                let mut at = Vec::new();
+                while let Some(prefix) = next_owner(r, table, &at)? {
+                    let first = r.raw_range(table, Some(&prefix), None, 1)?;
+                    let time = first
+                        .first()
+                        .and_then(|(k, _)| u64::decode(k.get(prefix.len()..prefix.len() + 8)?));
+                    if let Some(t) = time {
+                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    }
+                    match prefix_end(&prefix) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                }
+                Ok(oldest)
+            }
+        }
     }
 
-    /// Removes up to `limit` records of `owner` (an [`Expiry::Indexed`] table, whose
-    /// keys begin with `owner/`), with their index entries; returns how many went.
+    /// Removes up to `limit` records of `owner` (a table of [`TimedKey`]s, whose keys
+    /// begin with `owner/`); returns how many went.
     pub fn erase_owner(
         &self,
         tx: &WriteTx<'_>,
         owner: &str,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        let Expiry::Indexed { table, index } = self else {
+        let Expiry::Owned { table } = *self else {
             return Ok(0);
         };
         let prefix = TimedKey::prefix(owner);
         let end = prefix_end(&prefix);
-        let rows = tx.raw_range(table, Some(&prefix), end.as_deref(), limit)?;
-        for (k, _) in &rows {
-            tx.raw_remove(table, k)?;
-            if let Some(at) = k.get(prefix.len()..prefix.len() + 8) {
-                let mut ik = at.to_vec();
-                ik.extend_from_slice(k);
-                tx.raw_remove(index, &ik)?;
+        tx.remove_range(table, Some(&prefix), end.as_deref(), limit)
+    }
+}
+
+/// The `owner/` prefix of the first key at or after `at` in a table of [`TimedKey`]s;
+/// keys without a `/` (none are written) are stepped over.
+fn next_owner(r: &impl Reader, table: &str, at: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut at = at.to_vec();
+    loop {
+        let Some((key, _)) = r.raw_range(table, Some(&at), None, 1)?.pop() else {
+            return Ok(None);
+        };
+        match key.iter().position(|&b| b == b'/') {
+            Some(slash) => return Ok(Some(key[..=slash].to_vec())),
+            None => {
+                at = key;
+                at.push(0);
             }
         }
-        Ok(rows.len() as u64)
     }
 }
 
@@ -871,11 +881,31 @@ impl<'a> WriteTx<'a> {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let end = prefix_end(prefix);
-        let rows = self.raw_range(table, Some(prefix), end.as_deref(), limit)?;
+        self.remove_range(table, Some(prefix), end.as_deref(), limit)
+    }
+
+    /// Removes up to `limit` of the first records with keys from `start` up to (not
+    /// including) `end`; returns how many went.
+    fn remove_range(
+        &self,
+        table: &str,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let rows = self.raw_range(table, start, end, limit)?;
         for (k, _) in &rows {
             self.raw_remove(table, k)?;
         }
         Ok(rows.len() as u64)
+    }
+
+    /// Deletes a table a newer schema no longer has, with everything in it.
+    pub fn drop_table(&self, name: &str) -> Result<(), StoreError> {
+        self.store_latest(None)?;
+        self.open.borrow_mut().retain(|(n, _)| n != name);
+        self.txn.delete_table(raw(name))?;
+        Ok(())
     }
 
     /// [`WriteTx::remove_prefix`] over several tables in turn, up to `limit` records
@@ -1235,7 +1265,7 @@ mod tests {
     use super::*;
 
     const ITEMS: Table<String, u32> = Table::new("items", Class::System);
-    const BY_TIME: TimeIndex = TimeIndex::new("items_by_time", Class::System);
+    const OTHER: Table<u64, String> = Table::new("other", Class::System);
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, &StoreOptions::default(), &[]).expect("opens")
@@ -1319,7 +1349,7 @@ mod tests {
                         return Err(StoreError::Refused("no".into()));
                     }
                     // Another table in between leaves the held value alone.
-                    BY_TIME.insert(tx, u64::from(i), b"x")?;
+                    tx.insert(&OTHER, &u64::from(i), &"x".to_string())?;
                     Ok(())
                 })
                 .await
@@ -1496,7 +1526,17 @@ mod tests {
     }
 
     const RECS: Table<Vec<u8>, u64> = Table::new("recs", Class::System);
-    const EXPIRY: Expiry = Expiry::indexed(&RECS, &BY_TIME);
+    const EXPIRY: Expiry = Expiry::owned(&RECS);
+
+    async fn times_left(store: &Store) -> Vec<(String, u64)> {
+        let rows = store.read(|r| r.scan_all(&RECS)).await.expect("reads");
+        rows.into_iter()
+            .map(|(k, at)| {
+                let owner = k.split(|b| *b == b'/').next().unwrap_or_default();
+                (String::from_utf8_lossy(owner).into_owned(), at)
+            })
+            .collect()
+    }
 
     #[tokio::test]
     async fn expiry_sweeps_what_is_older_than_a_cutoff_and_erases_an_owner() {
@@ -1504,49 +1544,99 @@ mod tests {
         let store = open(dir.path());
         store
             .write(|tx| {
-                for (owner, at) in [("a", 300u64), ("a", 100), ("b", 200), ("b", 400)] {
+                let all = [("a", 300u64), ("a", 100), ("b", 200), ("b", 400), ("c", 50)];
+                for (owner, at) in all {
                     let k = TimedKey::new(owner, at)?;
                     tx.insert(&RECS, &k.key, &at)?;
-                    BY_TIME.insert(tx, k.at_ms, &k.key)?;
                 }
+                // A key no TimedKey makes is stepped over, never removed.
+                tx.insert(&RECS, &b"stray".to_vec(), &1)?;
                 Ok::<_, StoreError>(())
             })
             .await
             .expect("writes");
-        // A sweep in batches of one: the oldest first, nothing at or after the cutoff.
-        let first = store
-            .write(|tx| EXPIRY.sweep(tx, 300, 1))
+        let oldest = store.read(|r| EXPIRY.oldest(r)).await.expect("reads");
+        assert_eq!(
+            oldest,
+            Some(50),
+            "owners a, b and c; the stray key is not a record"
+        );
+        assert!(
+            TimedKey::new("x/y", 1).is_err(),
+            "an owner with a / would hide its records from sweeps"
+        );
+
+        // Batches of one: each resumes where the last one stopped.
+        let mut from = Vec::new();
+        let mut batches = Vec::new();
+        loop {
+            let f = from.clone();
+            let (n, next) = store
+                .write(move |tx| EXPIRY.sweep(tx, 300, 1, &f))
+                .await
+                .expect("sweeps");
+            batches.push(n);
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        assert_eq!(batches.iter().sum::<u64>(), 3, "{batches:?}");
+        assert!(batches.len() <= 5, "{batches:?}");
+        let mut left = times_left(&store).await;
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("a".to_string(), 300),
+                ("b".to_string(), 400),
+                ("stray".to_string(), 1)
+            ],
+            "everything before 300 went, owner by owner; 300 is not before the cutoff"
+        );
+        let oldest = store.read(|r| EXPIRY.oldest(r)).await.expect("reads");
+        assert_eq!(oldest, Some(300));
+
+        // A second sweep in one batch finds nothing more.
+        let again = store
+            .write(|tx| EXPIRY.sweep(tx, 300, 10, &[]))
             .await
             .expect("sweeps");
-        let (left, oldest) = store
-            .read(|r| Ok::<_, StoreError>((r.scan_all(&RECS)?, EXPIRY.oldest(r)?)))
-            .await
-            .expect("reads");
-        assert_eq!(first, 1);
-        assert_eq!(oldest, Some(200));
-        let mut times: Vec<u64> = left.iter().map(|(_, at)| *at).collect();
-        times.sort();
-        assert_eq!(times, [200, 300, 400]);
-        let second = store
-            .write(|tx| EXPIRY.sweep(tx, 300, 10))
-            .await
-            .expect("sweeps");
-        assert_eq!(second, 1, "200 went; 300 is not before the cutoff");
-        // Erasing an owner takes its records and their index entries.
+        assert_eq!(again, (0, None));
+
+        // Erasing an owner takes all of its records and no one else's.
         let erased = store
             .write(|tx| EXPIRY.erase_owner(tx, "b", 10))
             .await
             .expect("erases");
-        let (left, index) = store
-            .read(|r| Ok::<_, StoreError>((r.scan_all(&RECS)?, BY_TIME.decl().count(r)?)))
+        assert_eq!(erased, 1);
+        let mut left = times_left(&store).await;
+        left.sort();
+        assert_eq!(left, [("a".to_string(), 300), ("stray".to_string(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_table_is_gone_with_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| tx.insert(&OTHER, &1, &"x".to_string()))
+            .await
+            .expect("writes");
+        store
+            .write(|tx| {
+                // Used earlier in the same transaction: still dropped.
+                let _ = tx.get(&OTHER, &1)?;
+                tx.drop_table("other")
+            })
+            .await
+            .expect("drops");
+        let (rows, len) = store
+            .read(|r| Ok::<_, StoreError>((r.scan_all(&OTHER)?, r.raw_len("other")?)))
             .await
             .expect("reads");
-        assert_eq!(erased, 1);
-        assert_eq!(
-            left.into_iter().map(|(_, at)| at).collect::<Vec<_>>(),
-            [300]
-        );
-        assert_eq!(index, 1);
+        assert!(rows.is_empty());
+        assert_eq!(len, 0);
     }
 
     #[tokio::test]

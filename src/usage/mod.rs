@@ -9,20 +9,19 @@ mod routes;
 
 pub use routes::routes;
 
-use crate::store::{Class, Reader, Store, StoreError, Table, TimeIndex, TimedKey, WriteTx};
+use crate::store::{Class, Reader, Store, StoreError, Table, TimedKey, WriteTx};
 use serde::{Deserialize, Serialize};
 
-/// Keyed by `account / time (big-endian) / 4 random bytes`.
+/// Keyed by `account / time (big-endian) / 4 random bytes`: an account's records are
+/// one range, oldest first, which is also how the retention sweep finds expired ones.
 const USAGE: Table<Vec<u8>, UsageRecord> = Table::new("usage", Class::Usage);
-/// Records by time, for the `usage` retention window.
-const USAGE_BY_TIME: TimeIndex = TimeIndex::new("usage_by_time", Class::Usage);
 
 /// The tables of this capability and their classes.
-pub const TABLES: [crate::store::Decl; 2] = [USAGE.decl(), USAGE_BY_TIME.decl()];
+pub const TABLES: [crate::store::Decl; 1] = [USAGE.decl()];
 
 /// Usage records expire by age (`[retention] usage`); an erasure removes an account's
 /// records through the same description.
-pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::indexed(&USAGE, &USAGE_BY_TIME);
+pub const EXPIRY: crate::store::Expiry = crate::store::Expiry::owned(&USAGE);
 
 /// How many usage records `account` has.
 pub fn count_of(r: &impl Reader, account: &str) -> Result<u64, StoreError> {
@@ -65,8 +64,7 @@ pub struct UsageRecord {
 
 /// Writes a record inside the caller's transaction.
 pub fn record(tx: &WriteTx<'_>, key: &TimedKey, rec: &UsageRecord) -> Result<(), StoreError> {
-    tx.insert(&USAGE, &key.key, rec)?;
-    USAGE_BY_TIME.insert(tx, key.at_ms, &key.key)
+    tx.insert(&USAGE, &key.key, rec)
 }
 
 /// Which records to read.

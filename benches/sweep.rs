@@ -7,7 +7,7 @@
 //! one of today per 100 that must survive. 16 concurrent HTTP clients call
 //! `/api/account` with an API key (authentication and a storage read) for 5 s: the
 //! quiet p99. Then the same load runs while `retention_sweep` removes the expired
-//! records in writes of `[scheduler] sweep_batch` (`EASEL_BENCH_BATCH`, default 1000).
+//! records in writes of `[scheduler] sweep_batch` (`EASEL_BENCH_BATCH`, default 100, as the config's).
 
 mod common;
 
@@ -89,7 +89,7 @@ fn main() {
     let batch: usize = std::env::var("EASEL_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(100);
     let rt = common::runtime();
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();

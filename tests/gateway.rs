@@ -486,6 +486,45 @@ async fn bad_requests_get_clear_openai_shaped_errors_and_store_nothing() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
+    // A gzip body is decoded before the limit counts it: a small compressed body that
+    // unpacks past the limit (25 MiB) is refused, and an ordinary one is read.
+    let gzip = |text: &str| {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(text.as_bytes()).unwrap();
+        z.finish().unwrap()
+    };
+    let send_gzip = |body: Vec<u8>| {
+        common::http()
+            .post(t.s.url("/v1/chat/completions"))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+    };
+    let bomb = gzip(&format!(
+        r#"{{"model": "gpt-test", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "a".repeat(64 * 1024 * 1024)
+    ));
+    assert!(bomb.len() < 1024 * 1024, "{} bytes compressed", bomb.len());
+    let res = send_gzip(bomb).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
+    let res = send_gzip(gzip(
+        r#"{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "decoded and read: it fails only for want of credits"
+    );
+    let res = send_gzip(gzip("{not json")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
     // No key: 401 in OpenAI's shape.
     let res = common::http()
         .post(t.s.url("/v1/chat/completions"))

@@ -1,10 +1,15 @@
 //! One middleware around every request: request id, live body limit, security
 //! headers, metrics and an access line in the log (method, route, status, time; never
 //! bodies, query strings or headers, which may hold secrets).
+//!
+//! A body sent with `Content-Encoding: gzip` or `deflate` is decoded here, before the
+//! limit counts it, so a small compressed body cannot unpack into more than the limit
+//! (extractors would otherwise decode it on their own, up to their much higher
+//! ceiling).
 
 use super::{ApiError, Shared};
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Decompress, Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -69,17 +74,19 @@ pub async fn observe<B: MessageBody + 'static>(
         req.into_response(err.error_response())
             .map_into_right_body()
     } else {
-        let inner = req.take_payload();
         let overflowed = Rc::new(Cell::new(false));
-        let limited = Limited {
-            inner,
-            left: limit,
-            overflowed: overflowed.clone(),
-        };
-        req.set_payload(Payload::from(Box::pin(limited)
-            as Pin<
-                Box<dyn futures_core::Stream<Item = Result<Bytes, PayloadError>>>,
-            >));
+        let inner = req.take_payload();
+        let limited: Pin<Box<dyn futures_core::Stream<Item = Result<Bytes, PayloadError>>>> =
+            if decoded_here(&req) {
+                let decoded = Decompress::from_headers(inner, req.headers());
+                // What follows sees the body as decoded, and its decoded length.
+                req.headers_mut().remove(header::CONTENT_ENCODING);
+                req.headers_mut().remove(header::CONTENT_LENGTH);
+                Box::pin(Limited::new(decoded, limit, overflowed.clone()))
+            } else {
+                Box::pin(Limited::new(inner, limit, overflowed.clone()))
+            };
+        req.set_payload(Payload::from(limited));
         let res = next.call(req).instrument(span.clone()).await?;
         if overflowed.get() {
             // Whatever extractor read the body, the answer is the same JSON 413.
@@ -137,15 +144,40 @@ pub async fn observe<B: MessageBody + 'static>(
     Ok(res)
 }
 
+/// Whether the body's `Content-Encoding` is one this middleware undoes.
+fn decoded_here(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            ["gzip", "x-gzip", "deflate"]
+                .iter()
+                .any(|e| v.trim().eq_ignore_ascii_case(e))
+        })
+}
+
 /// A request body stream that fails with `Overflow` past the limit, so a chunked body
 /// cannot get around a Content-Length check.
-struct Limited {
-    inner: Payload,
+struct Limited<S> {
+    inner: S,
     left: u64,
     overflowed: Rc<Cell<bool>>,
 }
 
-impl futures_core::Stream for Limited {
+impl<S> Limited<S> {
+    fn new(inner: S, left: u64, overflowed: Rc<Cell<bool>>) -> Self {
+        Limited {
+            inner,
+            left,
+            overflowed,
+        }
+    }
+}
+
+impl<S> futures_core::Stream for Limited<S>
+where
+    S: futures_core::Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
     type Item = Result<Bytes, PayloadError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {

@@ -3,6 +3,7 @@
 use super::{AltText, AltTextRecord, AltTextRequest, AltTextResult, MAX_BATCH, Source};
 use crate::auth::{Scoped, need};
 use crate::gateway::parse_body;
+use crate::http::body::RequestBody;
 use crate::http::{ApiError, is_multipart, multipart_error, rfc3339};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, get, post, web};
@@ -136,25 +137,13 @@ async fn alt_text(
     let (parsed, source) = if is_multipart(&req) {
         read_multipart(&req, payload, max_image).await?
     } else {
-        let body = read_body(payload).await?;
+        let RequestBody(body) = RequestBody::read(payload.into_inner()).await?;
         let parsed: AltTextRequest = parse_body(&req, &body)?;
         drop(body);
         let source = parsed.source()?;
         (parsed, source)
     };
     Ok(web::Json(svc.describe(&caller.0, &parsed, source).await?))
-}
-
-/// The whole body (the server's body limit applies before this).
-async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("the body cannot be read: {e}"))
-        })?;
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// A batch: up to 50 items, each a request of its own; options given beside `items`
@@ -203,7 +192,7 @@ async fn batch(
     caller: Scoped<need::AltText>,
     svc: web::Data<AltText>,
     req: HttpRequest,
-    body: web::Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<web::Json<BatchResponse>, ApiError> {
     let parsed: BatchRequest = parse_body(&req, &body)?;
     drop(body);

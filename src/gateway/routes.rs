@@ -3,6 +3,7 @@
 use super::{Gateway, catalog, chat, images, parse_body};
 use crate::auth::{Caller, Scoped, need};
 use crate::http::ApiError;
+use crate::http::body::RequestBody;
 use crate::providers::wire::{ChatRequest, ImageRequest};
 use crate::store::now_ms;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
@@ -70,7 +71,7 @@ async fn chat_completions(
     caller: Scoped<need::Chat>,
     gw: web::Data<Gateway>,
     req: HttpRequest,
-    body: web::Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<HttpResponse, ApiError> {
     let parsed: ChatRequest = parse_body(&req, &body)?;
     drop(body);
@@ -96,7 +97,7 @@ async fn image_generations(
     gw: web::Data<Gateway>,
     library: web::Data<crate::library::Library>,
     req: HttpRequest,
-    body: web::Bytes,
+    RequestBody(body): RequestBody,
 ) -> Result<HttpResponse, ApiError> {
     let mut parsed: ImageRequest = parse_body(&req, &body)?;
     drop(body);

@@ -127,3 +127,95 @@ where
     });
     body
 }
+
+/// A request body read whole. Unlike `web::Bytes` it keeps no fixed 8 KiB buffer: a
+/// body that arrives in one piece (most do) is handed on as received, without a copy.
+/// The size limit is the middleware's ([`super::middleware::observe`]), which also
+/// undoes a `Content-Encoding` before counting.
+pub struct RequestBody(pub Bytes);
+
+impl actix_web::FromRequest for RequestBody {
+    type Error = super::ApiError;
+    type Future = ReadBody;
+
+    fn from_request(
+        _req: &actix_web::HttpRequest,
+        payload: &mut actix_web::dev::Payload,
+    ) -> Self::Future {
+        RequestBody::read(payload.take())
+    }
+}
+
+impl RequestBody {
+    /// Reads `payload` whole (for a handler that looks at the request before choosing
+    /// how to read its body).
+    pub fn read(payload: actix_web::dev::Payload) -> ReadBody {
+        ReadBody {
+            payload,
+            first: None,
+            joined: None,
+        }
+    }
+}
+
+/// Reading a [`RequestBody`].
+pub struct ReadBody {
+    payload: actix_web::dev::Payload,
+    first: Option<Bytes>,
+    joined: Option<bytes::BytesMut>,
+}
+
+impl std::future::Future for ReadBody {
+    type Output = Result<RequestBody, super::ApiError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use futures_core::Stream;
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let chunk = match std::pin::Pin::new(&mut this.payload).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    let whole = match (this.joined.take(), this.first.take()) {
+                        (Some(joined), _) => joined.freeze(),
+                        (None, first) => first.unwrap_or_default(),
+                    };
+                    return Poll::Ready(Ok(RequestBody(whole)));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(unreadable(e))),
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+            };
+            if let Some(joined) = &mut this.joined {
+                joined.extend_from_slice(&chunk);
+            } else if let Some(first) = this.first.take() {
+                let mut joined = bytes::BytesMut::with_capacity(first.len() + chunk.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                this.joined = Some(joined);
+            } else {
+                this.first = Some(chunk);
+            }
+        }
+    }
+}
+
+/// The error for a body that could not be read. Past the limit, the middleware answers
+/// its own 413 (with the limit) whatever this says.
+fn unreadable(e: actix_web::error::PayloadError) -> super::ApiError {
+    use actix_web::error::PayloadError;
+    use actix_web::http::StatusCode;
+    match e {
+        PayloadError::Overflow => super::ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than the limit; send a smaller body",
+        ),
+        other => super::ApiError::bad_request(
+            "invalid_body",
+            format!("the request body could not be read: {other}"),
+        ),
+    }
+}

@@ -1615,6 +1615,31 @@ mod tests {
         assert_eq!(left, [("a".to_string(), 300), ("stray".to_string(), 1)]);
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writer_thread_runs_below_request_threads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| tx.insert(&ITEMS, &"k".to_string(), &1))
+            .await
+            .expect("writes");
+        // Field 19 of /proc/…/stat is the nice value; the thread's name is in field 2.
+        let mut nices = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if let Some((_, after_name)) = stat.split_once("(easel-writer) ") {
+                let nice = after_name.split(' ').nth(16).expect("nice field");
+                nices.push(nice.parse::<i32>().expect("a number"));
+            }
+        }
+        assert!(!nices.is_empty(), "a writer thread runs");
+        assert!(nices.iter().all(|n| *n == writer::WRITER_NICE), "{nices:?}");
+    }
+
     #[tokio::test]
     async fn a_dropped_table_is_gone_with_its_rows() {
         let dir = tempfile::tempdir().expect("tempdir");

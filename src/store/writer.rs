@@ -168,7 +168,10 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("easel-writer".into())
-            .spawn(move || run(db, &thread_queue, limits, &thread_stats))
+            .spawn(move || {
+                yield_to_requests();
+                run(db, &thread_queue, limits, &thread_stats)
+            })
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             queue,
@@ -262,6 +265,28 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.queue.lock().closed = true;
         self.queue.wake.notify_one();
+    }
+}
+
+/// The writer thread's nice value (see [`yield_to_requests`]).
+pub(super) const WRITER_NICE: i32 = 10;
+
+/// Lowers the calling (writer) thread's priority to [`WRITER_NICE`], so a request
+/// thread that wakes on a core where a commit is running takes the core at once
+/// instead of waiting out the commit's time slice. At one client that halved the
+/// p99 the gateway adds (0.87-0.96 ms to 0.46-0.49 ms, docs/benchmarks.md). Under full
+/// load the writer still gets its share: it then takes larger batches, which cost less
+/// per write, and the backlog limit holds requests back before it could grow without
+/// bound.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority takes three integers and touches no memory of ours. On
+        // Linux, `PRIO_PROCESS` with `who = 0` names the calling thread only.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the writer thread's priority");
+        }
     }
 }
 

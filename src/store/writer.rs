@@ -269,15 +269,14 @@ impl Drop for Writer {
 }
 
 /// The writer thread's nice value (see [`yield_to_requests`]).
-pub(super) const WRITER_NICE: i32 = 10;
+pub(super) const WRITER_NICE: i32 = 5;
 
 /// Lowers the calling (writer) thread's priority to [`WRITER_NICE`], so a request
-/// thread that wakes on a core where a commit is running takes the core at once
-/// instead of waiting out the commit's time slice. At one client that halved the
-/// p99 the gateway adds (0.87-0.96 ms to 0.46-0.49 ms, docs/benchmarks.md). Under full
-/// load the writer still gets its share: it then takes larger batches, which cost less
-/// per write, and the backlog limit holds requests back before it could grow without
-/// bound.
+/// thread that wakes on a core where a commit is running gets the core sooner. At one
+/// client the p99 the gateway adds fell from 0.81-0.99 ms to 0.57-0.75 ms. Nice 10 did
+/// better there (0.44-0.58 ms) but starved the writer under full load into batches of
+/// about 1000 writes and 6 MiB more memory; nice 5 leaves batches and memory as they
+/// were (docs/benchmarks.md).
 fn yield_to_requests() {
     #[cfg(target_os = "linux")]
     {

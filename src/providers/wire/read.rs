@@ -205,33 +205,67 @@ impl<'de> Deserialize<'de> for Message {
     }
 }
 
+/// A value sent either as one string or as a list (`content`, `stop`).
+enum OneOrList<T> {
+    One(String),
+    List(Vec<T>),
+}
+
+/// Reads a [`OneOrList`], saying `expecting` when the value is neither.
+struct OneOrListOf<T> {
+    expecting: &'static str,
+    _item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> OneOrListOf<T> {
+    fn new(expecting: &'static str) -> Self {
+        OneOrListOf {
+            expecting,
+            _item: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for OneOrListOf<T> {
+    type Value = OneOrList<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<OneOrList<T>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrListOf<T> {
+    type Value = OneOrList<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrList<T>, E> {
+        Ok(OneOrList::One(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<OneOrList<T>, E> {
+        Ok(OneOrList::One(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrList<T>, A::Error> {
+        let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element()? {
+            all.push(item);
+        }
+        Ok(OneOrList::List(all))
+    }
+}
+
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Content;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a list of content parts")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
-                Ok(Content::Text(v.to_owned()))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
-                Ok(Content::Text(v))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
-                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-                while let Some(p) = seq.next_element()? {
-                    parts.push(p);
-                }
-                Ok(Content::Parts(parts))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(
+            match OneOrListOf::new("a string or a list of content parts").deserialize(d)? {
+                OneOrList::One(text) => Content::Text(text),
+                OneOrList::List(parts) => Content::Parts(parts),
+            },
+        )
     }
 }
 
@@ -281,31 +315,12 @@ impl<'de> Deserialize<'de> for Part {
 
 impl<'de> Deserialize<'de> for Stop {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Stop;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Stop, E> {
-                Ok(Stop::One(v.to_owned()))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Stop, E> {
-                Ok(Stop::One(v))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Stop, A::Error> {
-                let mut all = Vec::new();
-                while let Some(s) = seq.next_element()? {
-                    all.push(s);
-                }
-                Ok(Stop::Many(all))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(
+            match OneOrListOf::new("a string or a list of strings").deserialize(d)? {
+                OneOrList::One(s) => Stop::One(s),
+                OneOrList::List(all) => Stop::Many(all),
+            },
+        )
     }
 }
 

@@ -273,7 +273,8 @@ pub(super) const WRITER_NICE: i32 = 5;
 
 /// Lowers the calling (writer) thread's priority to [`WRITER_NICE`], so a request
 /// thread that wakes on a core where a commit is running gets the core sooner. At one
-/// client the p99 the gateway adds fell from 0.81-0.99 ms to 0.57-0.75 ms. Nice 10 did
+/// client, in alternating runs, the p99 the gateway adds fell from 0.81-0.99 ms to
+/// 0.57-0.75 ms (a later full run gave 0.83: within this VM's swing). Nice 10 did
 /// better there (0.44-0.58 ms) but starved the writer under full load into batches of
 /// about 1000 writes and 6 MiB more memory; nice 5 leaves batches and memory as they
 /// were (docs/benchmarks.md).

@@ -1065,7 +1065,9 @@ impl Default for StoreOptions {
 }
 
 struct Inner {
-    db: Arc<redb::Database>,
+    /// Taken out by [`Store::close`]: from then on reads are refused, and the file is
+    /// closed once the reads under way end, whoever still holds a `Store`.
+    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     dir: PathBuf,
     writer: writer::Writer,
     kept_out_of_backups: Vec<&'static str>,
@@ -1092,7 +1094,7 @@ impl Store {
         let writer = writer::Writer::start(db.clone(), opts.max_batch, opts.background_delay)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(db)),
                 dir: dir.to_path_buf(),
                 writer,
                 kept_out_of_backups: opts.kept_out_of_backups.clone(),
@@ -1150,7 +1152,7 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let db = self.inner.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(StoreError::from)?;
             op(&ReadTx { txn })
@@ -1167,7 +1169,7 @@ impl Store {
     /// Writes every table (but those kept out of backups) into a new database file at
     /// `dest` from one read snapshot, so writes go on while it runs.
     pub async fn backup_to(&self, dest: &Path) -> Result<BackupReport, StoreError> {
-        let db = self.inner.db.clone();
+        let db = self.db()?;
         let dest = dest.to_path_buf();
         let skip = self.inner.kept_out_of_backups.clone();
         tokio::task::spawn_blocking(move || backup::write_backup(&db, &dest, &skip))
@@ -1175,9 +1177,37 @@ impl Store {
             .map_err(|e| StoreError::Db(format!("backup task failed: {e}")))?
     }
 
-    /// Stops accepting writes, commits what is queued and waits for the writer to end.
+    /// The open database, for a read; `Closed` after [`Store::close`].
+    fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Stops accepting writes, commits what is queued, waits for the writer to end and
+    /// for the reads under way (up to 10 s), and closes the file: once this returns,
+    /// `easel compact` or a restore can open it, even while some task that has not
+    /// been dropped yet still holds a `Store`.
     pub async fn close(&self) {
         self.inner.writer.shutdown().await;
+        let taken = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(db) = taken {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&db) > 1 && std::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            if Arc::strong_count(&db) > 1 {
+                tracing::warn!("a read was still under way when the database closed");
+            }
+        }
     }
 }
 
@@ -1245,7 +1275,7 @@ impl Clock {
 
 /// Names of the tables in the database, for checks that every one is declared.
 pub async fn table_names(store: &Store) -> Result<Vec<String>, StoreError> {
-    let db = store.inner.db.clone();
+    let db = store.db()?;
     tokio::task::spawn_blocking(move || {
         use redb::TableHandle;
         let txn = db.begin_read()?;
@@ -1638,6 +1668,24 @@ mod tests {
         }
         assert!(!nices.is_empty(), "a writer thread runs");
         assert!(nices.iter().all(|n| *n == writer::WRITER_NICE), "{nices:?}");
+    }
+
+    #[tokio::test]
+    async fn close_frees_the_file_while_a_clone_of_the_store_is_still_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .write(|tx| tx.insert(&ITEMS, &"k".to_string(), &1))
+            .await
+            .expect("writes");
+        let lingering = store.clone();
+        store.close().await;
+        // What `easel compact` and a restore do first.
+        let db = redb::Database::open(dir.path().join(DB_FILE));
+        assert!(db.is_ok(), "the file is still locked: {:?}", db.err());
+        drop(db);
+        let read = lingering.read(|r| r.get(&ITEMS, &"k".to_string())).await;
+        assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
     }
 
     #[tokio::test]

@@ -369,7 +369,7 @@ impl Expiry {
             Expiry::Owned { table } => {
                 let mut at = from.to_vec();
                 let mut removed = 0u64;
-                while let Some(prefix) = next_owner(tx, table, &at)? {
+                while let Some((prefix, _)) = next_owner(tx, table, &at)? {
                     let mut end = prefix.clone();
                     end.extend_from_slice(&cutoff);
                     let left = limit - removed as usize;
@@ -400,12 +400,12 @@ impl Expiry {
             Expiry::Owned { table } => {
                 let mut oldest: Option<u64> = None;
                 let mut at = Vec::new();
-                while let Some(prefix) = next_owner(r, table, &at)? {
-                    let first = r.raw_range(table, Some(&prefix), None, 1)?;
-                    let time = first
-                        .first()
-                        .and_then(|(k, _)| u64::decode(k.get(prefix.len()..prefix.len() + 8)?));
-                    if let Some(t) = time {
+                while let Some((prefix, first)) = next_owner(r, table, &at)? {
+                    // The owner's first key is its oldest record.
+                    if let Some(t) = first
+                        .get(prefix.len()..prefix.len() + 8)
+                        .and_then(u64::decode)
+                    {
                         oldest = Some(oldest.map_or(t, |o| o.min(t)));
                     }
                     match prefix_end(&prefix) {
@@ -429,22 +429,24 @@ impl Expiry {
         let Expiry::Owned { table } = *self else {
             return Ok(0);
         };
-        let prefix = TimedKey::prefix(owner);
-        let end = prefix_end(&prefix);
-        tx.remove_range(table, Some(&prefix), end.as_deref(), limit)
+        tx.remove_prefix_in(table, &TimedKey::prefix(owner), limit)
     }
 }
 
-/// The `owner/` prefix of the first key at or after `at` in a table of [`TimedKey`]s;
-/// keys without a `/` (none are written) are stepped over.
-fn next_owner(r: &impl Reader, table: &str, at: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+/// The first key at or after `at` in a table of [`TimedKey`]s, with its `owner/`
+/// prefix; keys without a `/` (none are written) are stepped over.
+fn next_owner(
+    r: &impl Reader,
+    table: &str,
+    at: &[u8],
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
     let mut at = at.to_vec();
     loop {
         let Some((key, _)) = r.raw_range(table, Some(&at), None, 1)?.pop() else {
             return Ok(None);
         };
         match key.iter().position(|&b| b == b'/') {
-            Some(slash) => return Ok(Some(key[..=slash].to_vec())),
+            Some(slash) => return Ok(Some((key[..=slash].to_vec(), key))),
             None => {
                 at = key;
                 at.push(0);

@@ -1647,15 +1647,22 @@ mod tests {
         assert_eq!(left, [("a".to_string(), 300), ("stray".to_string(), 1)]);
     }
 
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn the_writer_thread_runs_below_request_threads() {
+    /// A fresh store in a temporary dir, with one item written through the writer.
+    async fn open_with_one_item() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         store
             .write(|tx| tx.insert(&ITEMS, &"k".to_string(), &1))
             .await
             .expect("writes");
+        (dir, store)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writer_thread_runs_below_request_threads() {
+        // Kept open while the thread is looked at.
+        let (_dir, _store) = open_with_one_item().await;
         // Field 19 of /proc/…/stat is the nice value; the thread's name is in field 2.
         let mut nices = Vec::new();
         for task in std::fs::read_dir("/proc/self/task")
@@ -1674,12 +1681,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_frees_the_file_while_a_clone_of_the_store_is_still_held() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        store
-            .write(|tx| tx.insert(&ITEMS, &"k".to_string(), &1))
-            .await
-            .expect("writes");
+        let (dir, store) = open_with_one_item().await;
         let lingering = store.clone();
         store.close().await;
         // What `easel compact` and a restore do first.

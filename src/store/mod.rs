@@ -433,13 +433,12 @@ impl Expiry {
     }
 }
 
+/// An owner's `owner/` prefix and its first key.
+type OwnerStart = (Vec<u8>, Vec<u8>);
+
 /// The first key at or after `at` in a table of [`TimedKey`]s, with its `owner/`
 /// prefix; keys without a `/` (none are written) are stepped over.
-fn next_owner(
-    r: &impl Reader,
-    table: &str,
-    at: &[u8],
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn next_owner(r: &impl Reader, table: &str, at: &[u8]) -> Result<Option<OwnerStart>, StoreError> {
     let mut at = at.to_vec();
     loop {
         let Some((key, _)) = r.raw_range(table, Some(&at), None, 1)?.pop() else {

@@ -9,7 +9,10 @@
 use super::wire::Usage;
 use bytes::Bytes;
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use std::fmt;
 
 /// A completion or chunk: the provider's checked bytes, or one an adapter built.
 #[derive(Clone, Debug)]
@@ -25,41 +28,177 @@ pub enum Whole {
     Built(Value),
 }
 
-/// What is read of a raw answer while checking it.
+/// What is read of a raw answer while checking it. Nothing of the answer is kept: its
+/// text is only measured and its usage only counted, so a check allocates nothing.
 #[derive(Deserialize)]
 struct Check {
-    choices: Vec<CheckChoice>,
+    choices: Choices,
     #[serde(default)]
-    usage: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct CheckChoice {
-    #[serde(default)]
-    message: Option<CheckMessage>,
-}
-
-#[derive(Deserialize)]
-struct CheckMessage {
-    #[serde(default)]
-    content: Option<Value>,
+    usage: Reported,
 }
 
 /// What is read of a streamed chunk while checking it.
 #[derive(Deserialize)]
 struct CheckChunk {
     #[serde(default)]
-    choices: Option<Vec<CheckDelta>>,
+    choices: Option<Choices>,
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Reported,
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    error: Option<IgnoredAny>,
+}
+
+/// A `choices` list, counted: how many choices, and the bytes of their text.
+#[derive(Default)]
+struct Choices {
+    count: usize,
+    chars: usize,
+}
+
+/// One choice: a whole answer's `message` or a chunk's `delta`.
+#[derive(Deserialize)]
+struct CheckChoice {
+    #[serde(default)]
+    message: Option<CheckMessage>,
+    #[serde(default)]
+    delta: Option<CheckMessage>,
 }
 
 #[derive(Deserialize)]
-struct CheckDelta {
+struct CheckMessage {
     #[serde(default)]
-    delta: Option<CheckMessage>,
+    content: Scalar,
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> Visitor<'de> for Counter {
+            type Value = Choices;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let mut all = Choices::default();
+                while let Some(c) = seq.next_element::<CheckChoice>()? {
+                    all.count += 1;
+                    if let Some(Scalar::Text(n)) = c.message.or(c.delta).map(|m| m.content) {
+                        all.chars += n;
+                    }
+                }
+                Ok(all)
+            }
+        }
+        d.deserialize_seq(Counter)
+    }
+}
+
+/// A JSON value read for one fact: a string's length in bytes, or a non-negative
+/// integer. Anything else, lists and objects included, is passed over unkept.
+#[derive(Default)]
+enum Scalar {
+    Text(usize),
+    Count(u64),
+    #[default]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Reader;
+        impl<'de> Visitor<'de> for Reader {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.len()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Count(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(u64::try_from(v).map_or(Scalar::Other, Scalar::Count))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Scalar::Other)
+            }
+        }
+        d.deserialize_any(Reader)
+    }
+}
+
+/// A `usage` member: the token counts when it is an object with a whole
+/// `prompt_tokens` (as [`Usage::from_openai_usage`] reads it), otherwise none.
+#[derive(Default)]
+struct Reported(Option<Usage>);
+
+#[derive(Deserialize)]
+struct UsageCounts {
+    #[serde(default)]
+    prompt_tokens: Scalar,
+    #[serde(default)]
+    completion_tokens: Scalar,
+}
+
+impl<'de> Deserialize<'de> for Reported {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Reader;
+        impl<'de> Visitor<'de> for Reader {
+            type Value = Reported;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Reported, A::Error> {
+                let counts = UsageCounts::deserialize(MapAccessDeserializer::new(map))?;
+                let Scalar::Count(input_tokens) = counts.prompt_tokens else {
+                    return Ok(Reported(None));
+                };
+                let output_tokens = match counts.completion_tokens {
+                    Scalar::Count(n) => n,
+                    _ => 0,
+                };
+                Ok(Reported(Some(Usage {
+                    input_tokens,
+                    output_tokens,
+                })))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Reported, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Reported(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+            fn visit_unit<E>(self) -> Result<Reported, E> {
+                Ok(Reported(None))
+            }
+        }
+        d.deserialize_any(Reader)
+    }
 }
 
 /// One streamed event of an OpenAI-shaped stream, checked.
@@ -71,12 +210,6 @@ pub struct Chunk {
     pub usage: Option<Usage>,
     /// It is an error object (a provider failing mid-stream).
     pub error: bool,
-}
-
-fn text_len(content: Option<&CheckMessage>) -> usize {
-    content
-        .and_then(|m| m.content.as_ref()?.as_str())
-        .map_or(0, str::len)
 }
 
 fn an_object(body: &[u8]) -> Result<(), String> {
@@ -98,28 +231,22 @@ impl Whole {
             }
         })?;
         an_object(&body)?;
-        let output_chars = check
-            .choices
-            .iter()
-            .map(|c| text_len(c.message.as_ref()))
-            .sum();
-        let usage = check.usage.as_ref().and_then(Usage::from_openai_usage);
-        Ok((Whole::Raw { body, output_chars }, usage))
+        let output_chars = check.choices.chars;
+        Ok((Whole::Raw { body, output_chars }, check.usage.0))
     }
 
     /// Checks one event of a provider's OpenAI-shaped stream (the text after `data:`).
     pub fn check_chunk(body: Bytes) -> Result<Chunk, String> {
         let check: CheckChunk = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         an_object(&body)?;
-        let usage = check.usage.as_ref().and_then(Usage::from_openai_usage);
         let choices = check.choices.unwrap_or_default();
-        let chunk = (!choices.is_empty()).then(|| Whole::Raw {
-            output_chars: choices.iter().map(|c| text_len(c.delta.as_ref())).sum(),
+        let chunk = (choices.count > 0).then_some(Whole::Raw {
+            output_chars: choices.chars,
             body,
         });
         Ok(Chunk {
             chunk,
-            usage,
+            usage: check.usage.0,
             error: check.error.is_some(),
         })
     }
@@ -195,7 +322,10 @@ impl Whole {
 /// Writes `json` (a JSON object's text, already checked) to `out` with every
 /// top-level `model` value replaced by `model`, or one added first when there is none.
 fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
-    let value = Value::from(model).to_string();
+    // A string written into a Vec cannot fail.
+    let value = |out: &mut Vec<u8>| {
+        let _ = serde_json::to_writer(out, model);
+    };
     let spans = top_level_values(json, b"model");
     if spans.is_empty() {
         let Some(open) = json.iter().position(|&b| b == b'{') else {
@@ -208,7 +338,7 @@ fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
             .is_none_or(|&b| b == b'}');
         out.extend_from_slice(&json[..=open]);
         out.extend_from_slice(b"\"model\":");
-        out.extend_from_slice(value.as_bytes());
+        value(out);
         if !empty {
             out.push(b',');
         }
@@ -218,7 +348,7 @@ fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
     let mut at = 0;
     for span in spans {
         out.extend_from_slice(&json[at..span.start]);
-        out.extend_from_slice(value.as_bytes());
+        value(out);
         at = span.end;
     }
     out.extend_from_slice(&json[at..]);
@@ -405,6 +535,40 @@ mod tests {
             Whole::check(r#"{"id":"x"}"#.into()).expect_err("no choices"),
             "no `choices` in the answer"
         );
+    }
+
+    #[test]
+    fn odd_usage_reads_as_none_and_text_is_measured_unescaped() {
+        let usage = |u: &str| {
+            let body = format!(r#"{{"choices":[],"usage":{u}}}"#);
+            Whole::check(body.into())
+                .expect("an answer")
+                .1
+                .map(|u| (u.input_tokens, u.output_tokens))
+        };
+        assert_eq!(usage(r#"{"prompt_tokens":4}"#), Some((4, 0)));
+        assert_eq!(
+            usage(r#"{"prompt_tokens":4,"completion_tokens":"x","extra":{"a":[1]}}"#),
+            Some((4, 0))
+        );
+        for none in [
+            "null",
+            "5",
+            r#""x""#,
+            "[1,{}]",
+            r#"{"prompt_tokens":1.5}"#,
+            r#"{"prompt_tokens":-1}"#,
+            "{}",
+        ] {
+            assert_eq!(usage(none), None, "{none}");
+        }
+        let text = json!({"choices": [
+            {"message": {"content": "a\"\u{e9}"}},
+            {"message": {"content": [{"type": "text", "text": "parts are not counted"}]}},
+            {"message": {"role": "assistant"}}
+        ]});
+        let (whole, _) = Whole::check(text.to_string().into()).expect("an answer");
+        assert_eq!(whole.output_chars(), "a\"é".len());
     }
 
     #[test]

@@ -120,25 +120,24 @@ pub(super) async fn chat(
     let events = sse_data(conn.name.clone(), res)
         .take_while(|d| std::future::ready(!matches!(d, Ok(s) if s.trim_ascii() == b"[DONE]")))
         .flat_map(move |d| {
-            let out: Vec<Result<StreamEvent, UpstreamError>> = match d {
-                Err(e) => vec![Err(e)],
+            // At most two events (usage, then the chunk), with no list built per event.
+            let (first, second) = match d {
+                Err(e) => (Some(Err(e)), None),
                 Ok(data) => match Whole::check_chunk(data) {
-                    Err(e) => vec![Err(UpstreamError::garbage(&name, e))],
+                    Err(e) => (Some(Err(UpstreamError::garbage(&name, e))), None),
                     Ok(c) => {
-                        let mut out = Vec::new();
-                        if let Some(u) = c.usage {
-                            out.push(Ok(StreamEvent::Usage(u)));
-                        }
-                        if let Some(chunk) = c.chunk {
-                            out.push(Ok(StreamEvent::Chunk(chunk)));
-                        } else if c.error {
-                            out.push(Err(UpstreamError::garbage(&name, "an error mid-stream")));
-                        }
-                        out
+                        let chunk = match c.chunk {
+                            Some(chunk) => Some(Ok(StreamEvent::Chunk(chunk))),
+                            None if c.error => {
+                                Some(Err(UpstreamError::garbage(&name, "an error mid-stream")))
+                            }
+                            None => None,
+                        };
+                        (c.usage.map(|u| Ok(StreamEvent::Usage(u))), chunk)
                     }
                 },
             };
-            futures_util::stream::iter(out)
+            futures_util::stream::iter(first.into_iter().chain(second))
         })
         .boxed();
     Ok(ChatOutput::Stream(events))

@@ -128,12 +128,21 @@ impl Mock {
     }
 }
 
+/// A stream as a provider may send it: the first event on its own, then pieces that
+/// cut events (and characters) apart or carry several, so that every way an event can
+/// arrive is read.
 fn sse(events: Vec<String>) -> HttpResponse {
-    let body = futures_util::stream::iter(
-        events
-            .into_iter()
-            .map(|e| Ok::<_, std::convert::Infallible>(Bytes::from(e))),
-    );
+    let first = events.first().map_or(0, String::len);
+    let text = Bytes::from(events.concat());
+    let mut pieces = vec![text.slice(..first)];
+    let (mut at, mut sizes) = (first, [3, 50, 1, 200].into_iter().cycle());
+    while at < text.len() {
+        let end = (at + sizes.next().unwrap_or(1)).min(text.len());
+        pieces.push(text.slice(at..end));
+        at = end;
+    }
+    let body =
+        futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::convert::Infallible>));
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(body)

@@ -216,7 +216,7 @@ fn respond(c: Called<'_>, model: &Resolved, req: &ChatRequest) -> HttpResponse {
                 usage: None,
                 input_chars,
                 output_chars: 0,
-                last: None,
+                id: None,
                 ended: false,
             };
             let body = futures_util::stream::unfold(state, |mut s| async move {
@@ -247,8 +247,10 @@ struct StreamState {
     usage: Option<Usage>,
     input_chars: usize,
     output_chars: usize,
-    /// The last chunk relayed, whose id the closing usage chunk takes.
-    last: Option<Whole>,
+    /// The id of the first chunk relayed, which the closing usage chunk takes (kept
+    /// only when that chunk is asked for: holding a chunk would hold the connection's
+    /// read buffer with it).
+    id: Option<String>,
     ended: bool,
 }
 
@@ -268,7 +270,8 @@ impl StreamState {
     /// is at hand this task yields once (no waiting: it is polled again at once) before
     /// it sends what it has.
     async fn next_bytes(&mut self) -> Option<Bytes> {
-        let mut out = Vec::new();
+        // Room for a few events: a burst rarely has to grow it.
+        let mut out = Vec::with_capacity(1024);
         while !self.ended && out.is_empty() {
             let event = self.events.next().await;
             self.relay(event, &mut out);
@@ -296,7 +299,9 @@ impl StreamState {
             Some(Ok(StreamEvent::Chunk(mut chunk))) => {
                 self.output_chars += chunk.output_chars();
                 chunk.write_sse(&self.model.id, out);
-                self.last = Some(chunk);
+                if self.include_usage && self.id.is_none() {
+                    self.id = chunk.id();
+                }
             }
             Some(Ok(StreamEvent::Usage(u))) => self.usage = Some(u),
             Some(Err(e)) => {
@@ -317,7 +322,7 @@ impl StreamState {
                     let usage = self
                         .usage
                         .unwrap_or_else(|| guess(self.input_chars, self.output_chars));
-                    let id = self.last.as_ref().and_then(Whole::id).unwrap_or_default();
+                    let id = self.id.take().unwrap_or_default();
                     let chunk = serde_json::json!({
                         "id": id, "object": "chat.completion.chunk",
                         "created": now_ms() / 1000, "model": self.model.id,

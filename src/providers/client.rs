@@ -15,13 +15,16 @@ use super::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
+use hyper::body::Frame;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -265,34 +268,27 @@ impl Reply {
 
     /// The whole body by `deadline`.
     pub async fn bytes_by(self, provider: &str, deadline: Instant) -> Result<Bytes, UpstreamError> {
-        let mut body = self.body_stream(provider);
+        let mut body = self.body_by(provider, Some(deadline));
         let mut first: Option<Bytes> = None;
         let mut rest: Vec<u8> = Vec::new();
-        loop {
-            let next = tokio::time::timeout_at(deadline, body.next()).await;
-            match next {
-                Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(e),
-                Ok(Some(Ok(data))) => {
-                    // Most answers come in one piece: keep it as it is.
-                    match first.take() {
-                        None if rest.is_empty() => first = Some(data),
-                        earlier => {
-                            if let Some(e) = earlier {
-                                rest.extend_from_slice(&e);
-                            }
-                            rest.extend_from_slice(&data);
-                        }
+        while let Some(data) = body.next().await {
+            let data = data?;
+            // Most answers come in one piece: keep it as it is.
+            match first.take() {
+                None if rest.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(e) = earlier {
+                        rest.extend_from_slice(&e);
                     }
-                    let len = first.as_ref().map_or(0, Bytes::len) + rest.len();
-                    if len > MAX_ANSWER {
-                        return Err(UpstreamError::garbage(
-                            provider,
-                            format!("an answer over {} MiB", MAX_ANSWER >> 20),
-                        ));
-                    }
+                    rest.extend_from_slice(&data);
                 }
+            }
+            let len = first.as_ref().map_or(0, Bytes::len) + rest.len();
+            if len > MAX_ANSWER {
+                return Err(UpstreamError::garbage(
+                    provider,
+                    format!("an answer over {} MiB", MAX_ANSWER >> 20),
+                ));
             }
         }
         Ok(first.unwrap_or_else(|| rest.into()))
@@ -301,9 +297,16 @@ impl Reply {
     /// The body as pieces, as they arrive; a piece that takes longer than the read
     /// timeout ends it with a timeout, a broken connection with an error.
     pub fn body_stream(self, provider: &str) -> Body {
+        self.body_by(provider, None)
+    }
+
+    fn body_by(self, provider: &str, deadline: Option<Instant>) -> Body {
         Body {
             body: self.body,
             read_timeout: self.read_timeout,
+            deadline,
+            since: Instant::now(),
+            timer: None,
             provider: provider.to_string(),
             done: false,
         }
@@ -314,6 +317,14 @@ impl Reply {
 pub(super) struct Body {
     body: hyper::body::Incoming,
     read_timeout: Duration,
+    /// When the whole body must be in; `None`: only each wait is bounded.
+    deadline: Option<Instant>,
+    /// When the last piece came (or reading began).
+    since: Instant,
+    /// Set only once a read has to wait, and moved on only when it fires: a piece
+    /// at hand costs no timer, and a stream of pieces one timer per read timeout
+    /// instead of one each.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     provider: String,
     done: bool,
 }
@@ -322,21 +333,21 @@ impl Body {
     /// The next piece of data; `None` at the end.
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
         while !self.done {
-            let frame = tokio::time::timeout(self.read_timeout, self.body.frame()).await;
-            match frame {
-                Err(_) => {
+            match std::future::poll_fn(|cx| self.poll_frame(cx)).await {
+                None => {
                     self.done = true;
                     return Some(Err(UpstreamError::Timeout(self.provider.clone())));
                 }
-                Ok(None) => self.done = true,
-                Ok(Some(Err(_))) => {
+                Some(None) => self.done = true,
+                Some(Some(Err(_))) => {
                     self.done = true;
                     return Some(Err(UpstreamError::garbage(
                         &self.provider,
                         "the connection broke mid-answer",
                     )));
                 }
-                Ok(Some(Ok(frame))) => {
+                Some(Some(Ok(frame))) => {
+                    self.since = Instant::now();
                     // Trailers carry nothing a provider answer needs.
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
@@ -348,12 +359,127 @@ impl Body {
         }
         None
     }
+
+    /// The next frame (`Some`), or `None` once the wait for it is over.
+    #[allow(clippy::type_complexity)]
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Option<Result<Frame<Bytes>, hyper::Error>>>> {
+        use hyper::body::Body as _;
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(Some(frame));
+        }
+        loop {
+            let idle = self.since + self.read_timeout;
+            let due = self.deadline.map_or(idle, |d| d.min(idle));
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if timer.deadline() >= due {
+                return Poll::Ready(None);
+            }
+            // Pieces came since it was set: wait on from the last one.
+            timer.as_mut().reset(due);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::header::AUTHORIZATION;
+
+    /// A server on 127.0.0.1 whose every answer is chunked: `pieces` pieces
+    /// `every` apart, then (when `stall`) silence instead of the end.
+    async fn trickle(pieces: usize, every: Duration, stall: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n")
+                        && sock.read(&mut byte).await.unwrap_or(0) == 1
+                    {
+                        head.push(byte[0]);
+                    }
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    for _ in 0..pieces {
+                        let _ = sock.write_all(b"5\r\nhello\r\n").await;
+                        tokio::time::sleep(every).await;
+                    }
+                    if stall {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    let _ = sock.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    async fn ask(clients: &Clients, url: &str) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        clients
+            .send(Call::new(Method::GET, url), "up", deadline)
+            .await
+            .expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn the_read_timeout_bounds_each_wait_and_never_a_steady_stream() {
+        let clients = Clients::new(Duration::from_millis(300)).expect("clients");
+        // Eight pieces 100 ms apart: longer than the read timeout in all, never in one wait.
+        let steady = trickle(8, Duration::from_millis(100), false).await;
+        let mut body = ask(&clients, &steady).await.body_stream("up");
+        let mut got = 0;
+        while let Some(piece) = body.next().await {
+            assert_eq!(&piece.expect("a piece")[..], b"hello");
+            got += 1;
+        }
+        assert_eq!(got, 8);
+
+        // One piece, then silence: the next wait ends after the read timeout.
+        let stalled = trickle(1, Duration::ZERO, true).await;
+        let mut body = ask(&clients, &stalled).await.body_stream("up");
+        assert!(body.next().await.expect("a piece").is_ok());
+        let waited = Instant::now();
+        let err = body
+            .next()
+            .await
+            .expect("an outcome")
+            .expect_err("a timeout");
+        assert!(matches!(err, UpstreamError::Timeout(_)), "{err}");
+        let waited = waited.elapsed();
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        assert!(body.next().await.is_none(), "nothing after the timeout");
+
+        // A whole answer must be in by its deadline, however steadily it comes.
+        let reply = ask(&clients, &steady).await;
+        let by = Instant::now() + Duration::from_millis(350);
+        let err = reply
+            .bytes_by("up", by)
+            .await
+            .expect_err("past its deadline");
+        assert!(matches!(err, UpstreamError::Timeout(_)), "{err}");
+        let whole = ask(&clients, &steady)
+            .await
+            .bytes("up")
+            .await
+            .expect("in time");
+        assert_eq!(&whole[..], "hello".repeat(8).as_bytes());
+    }
 
     #[test]
     fn a_key_http_cannot_carry_is_refused_before_anything_is_sent_and_never_shown() {

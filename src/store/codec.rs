@@ -11,13 +11,11 @@ pub const CODEC_V1: u8 = 1;
 
 /// Encodes a record.
 pub fn encode<V: Serialize>(table: &str, value: &V) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![CODEC_V1];
-    let body = postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt {
+    // Encoded straight after the version byte: one buffer, no copy.
+    postcard::to_extend(value, vec![CODEC_V1]).map_err(|e| StoreError::Corrupt {
         table: table.to_string(),
         message: format!("cannot encode: {e}"),
-    })?;
-    out.extend_from_slice(&body);
-    Ok(out)
+    })
 }
 
 /// Decodes a record written by [`encode`].

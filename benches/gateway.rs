@@ -35,6 +35,9 @@ const LEVELS: [usize; 3] = [1, 16, 64];
 const CELLS: &str = "EASEL_BENCH_CELLS";
 /// Seconds each measured load runs (default [`SECONDS`]).
 const SECONDS_VAR: &str = "EASEL_BENCH_SECONDS";
+/// Another `easel` binary to measure instead of this build's (an earlier commit's,
+/// for a before-and-after comparison on the same machine).
+const BIN: &str = "EASEL_BENCH_BIN";
 const MODEL: &str = "bench-model";
 
 // ---- the upstream ----------------------------------------------------------------
@@ -197,7 +200,8 @@ struct Server {
 
 impl Server {
     fn easel(dir: &std::path::Path, file: &std::path::Path, port: u16) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_easel"))
+        let bin = std::env::var_os(BIN).unwrap_or_else(|| env!("CARGO_BIN_EXE_easel").into());
+        let child = Command::new(bin)
             .arg("--config")
             .arg(file)
             .arg("serve")

@@ -206,6 +206,10 @@ async fn chat_completions_are_proxied_metered_and_recorded() {
     assert!(events.iter().all(|e| e["model"] == "gpt-test"));
     let last = events.last().expect("a usage chunk");
     assert_eq!(last["usage"]["completion_tokens"], COMPLETION_TOKENS);
+    assert_eq!(
+        last["id"], "chatcmpl-mock",
+        "the usage chunk takes the stream's id"
+    );
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let records = t.records(2).await;
     assert_eq!(records.len(), 2);

@@ -13,6 +13,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::fmt;
+use std::marker::PhantomData;
 
 /// A completion or chunk: the provider's checked bytes, or one an adapter built.
 #[derive(Clone, Debug)]
@@ -34,7 +35,7 @@ pub enum Whole {
 struct Check {
     choices: Choices,
     #[serde(default)]
-    usage: Reported,
+    usage: Scalar<UsageCounts>,
 }
 
 /// What is read of a streamed chunk while checking it.
@@ -43,7 +44,7 @@ struct CheckChunk {
     #[serde(default)]
     choices: Option<Choices>,
     #[serde(default)]
-    usage: Reported,
+    usage: Scalar<UsageCounts>,
     #[serde(default)]
     error: Option<IgnoredAny>,
 }
@@ -93,58 +94,56 @@ impl<'de> Deserialize<'de> for Choices {
     }
 }
 
-/// A JSON value read for one fact: a string's length in bytes, or a non-negative
-/// integer. Anything else, lists and objects included, is passed over unkept.
+/// A JSON value read for one fact: a string's length in bytes, a non-negative
+/// integer, or an object read as `M`. Anything else (lists, and objects when `M` is
+/// [`IgnoredAny`]) is passed over unkept.
 #[derive(Default)]
-enum Scalar {
+enum Scalar<M = IgnoredAny> {
     Text(usize),
     Count(u64),
+    Object(M),
     #[default]
     Other,
 }
 
-impl<'de> Deserialize<'de> for Scalar {
+impl<'de, M: Deserialize<'de>> Deserialize<'de> for Scalar<M> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Reader;
-        impl<'de> Visitor<'de> for Reader {
-            type Value = Scalar;
+        struct Reader<M>(PhantomData<M>);
+        impl<'de, M: Deserialize<'de>> Visitor<'de> for Reader<M> {
+            type Value = Scalar<M>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<M>, E> {
                 Ok(Scalar::Text(v.len()))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<M>, E> {
                 Ok(Scalar::Count(v))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<M>, E> {
                 Ok(u64::try_from(v).map_or(Scalar::Other, Scalar::Count))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar<M>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<M>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
+            fn visit_unit<E>(self) -> Result<Scalar<M>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<M>, A::Error> {
                 IgnoredAny.visit_seq(seq).map(|_| Scalar::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| Scalar::Other)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<M>, A::Error> {
+                M::deserialize(MapAccessDeserializer::new(map)).map(Scalar::Object)
             }
         }
-        d.deserialize_any(Reader)
+        d.deserialize_any(Reader(PhantomData))
     }
 }
 
-/// A `usage` member: the token counts when it is an object with a whole
-/// `prompt_tokens` (as [`Usage::from_openai_usage`] reads it), otherwise none.
-#[derive(Default)]
-struct Reported(Option<Usage>);
-
+/// The token counts of a `usage` object.
 #[derive(Deserialize)]
 struct UsageCounts {
     #[serde(default)]
@@ -153,52 +152,23 @@ struct UsageCounts {
     completion_tokens: Scalar,
 }
 
-impl<'de> Deserialize<'de> for Reported {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Reader;
-        impl<'de> Visitor<'de> for Reader {
-            type Value = Reported;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a usage object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Reported, A::Error> {
-                let counts = UsageCounts::deserialize(MapAccessDeserializer::new(map))?;
-                let Scalar::Count(input_tokens) = counts.prompt_tokens else {
-                    return Ok(Reported(None));
-                };
-                let output_tokens = match counts.completion_tokens {
-                    Scalar::Count(n) => n,
-                    _ => 0,
-                };
-                Ok(Reported(Some(Usage {
-                    input_tokens,
-                    output_tokens,
-                })))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Reported, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Reported(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-            fn visit_unit<E>(self) -> Result<Reported, E> {
-                Ok(Reported(None))
-            }
-        }
-        d.deserialize_any(Reader)
-    }
+/// A `usage` member: its token counts when it is an object with a whole
+/// `prompt_tokens` (as [`Usage::from_openai_usage`] reads it), otherwise none.
+fn reported(usage: Scalar<UsageCounts>) -> Option<Usage> {
+    let Scalar::Object(counts) = usage else {
+        return None;
+    };
+    let Scalar::Count(input_tokens) = counts.prompt_tokens else {
+        return None;
+    };
+    let output_tokens = match counts.completion_tokens {
+        Scalar::Count(n) => n,
+        _ => 0,
+    };
+    Some(Usage {
+        input_tokens,
+        output_tokens,
+    })
 }
 
 /// One streamed event of an OpenAI-shaped stream, checked.
@@ -232,7 +202,7 @@ impl Whole {
         })?;
         an_object(&body)?;
         let output_chars = check.choices.chars;
-        Ok((Whole::Raw { body, output_chars }, check.usage.0))
+        Ok((Whole::Raw { body, output_chars }, reported(check.usage)))
     }
 
     /// Checks one event of a provider's OpenAI-shaped stream (the text after `data:`).
@@ -246,7 +216,7 @@ impl Whole {
         });
         Ok(Chunk {
             chunk,
-            usage: check.usage.0,
+            usage: reported(check.usage),
             error: check.error.is_some(),
         })
     }

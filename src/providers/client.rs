@@ -305,7 +305,6 @@ impl Reply {
             body: self.body,
             read_timeout: self.read_timeout,
             deadline,
-            since: Instant::now(),
             timer: None,
             provider: provider.to_string(),
             done: false,
@@ -313,14 +312,16 @@ impl Reply {
     }
 }
 
+/// What the body gives next, as hyper gives it: a frame, a broken connection, or
+/// (`None`) its end.
+type Next = Option<Result<Frame<Bytes>, hyper::Error>>;
+
 /// The body of an answer, read piece by piece.
 pub(super) struct Body {
     body: hyper::body::Incoming,
     read_timeout: Duration,
     /// When the whole body must be in; `None`: only each wait is bounded.
     deadline: Option<Instant>,
-    /// When the last piece came (or reading began).
-    since: Instant,
     /// Set only once a read has to wait, and moved on only when it fires: a piece
     /// at hand costs no timer, and a stream of pieces one timer per read timeout
     /// instead of one each.
@@ -333,7 +334,10 @@ impl Body {
     /// The next piece of data; `None` at the end.
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
         while !self.done {
-            match std::future::poll_fn(|cx| self.poll_frame(cx)).await {
+            // The read timeout counts from when this wait began, not from the last
+            // piece: a client slow to take what was relayed is not the provider's delay.
+            let mut began = None;
+            match std::future::poll_fn(|cx| self.poll_frame(cx, &mut began)).await {
                 None => {
                     self.done = true;
                     return Some(Err(UpstreamError::Timeout(self.provider.clone())));
@@ -347,7 +351,6 @@ impl Body {
                     )));
                 }
                 Some(Some(Ok(frame))) => {
-                    self.since = Instant::now();
                     // Trailers carry nothing a provider answer needs.
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
@@ -360,18 +363,20 @@ impl Body {
         None
     }
 
-    /// The next frame (`Some`), or `None` once the wait for it is over.
-    #[allow(clippy::type_complexity)]
+    /// The next frame (`Some`), or `None` once the wait for it, which `began` at
+    /// the first poll that found nothing, is over.
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Option<Result<Frame<Bytes>, hyper::Error>>>> {
+        began: &mut Option<Instant>,
+    ) -> Poll<Option<Next>> {
         use hyper::body::Body as _;
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(Some(frame));
         }
+        let began = *began.get_or_insert_with(Instant::now);
         loop {
-            let idle = self.since + self.read_timeout;
+            let idle = began + self.read_timeout;
             let due = self.deadline.map_or(idle, |d| d.min(idle));
             let timer = self
                 .timer
@@ -382,7 +387,7 @@ impl Body {
             if timer.deadline() >= due {
                 return Poll::Ready(None);
             }
-            // Pieces came since it was set: wait on from the last one.
+            // Set for an earlier wait: this one ends later.
             timer.as_mut().reset(due);
         }
     }
@@ -464,6 +469,18 @@ mod tests {
             "{waited:?}"
         );
         assert!(body.next().await.is_none(), "nothing after the timeout");
+
+        // A reader that pauses longer than the read timeout between pieces: each
+        // wait is short, so nothing times out.
+        let paced = trickle(3, Duration::from_millis(500), false).await;
+        let mut body = ask(&clients, &paced).await.body_stream("up");
+        let mut got = 0;
+        while let Some(piece) = body.next().await {
+            assert!(piece.is_ok(), "a wait of 100 ms is not a timeout");
+            got += 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert_eq!(got, 3);
 
         // A whole answer must be in by its deadline, however steadily it comes.
         let reply = ask(&clients, &steady).await;

@@ -1134,7 +1134,10 @@ async fn analytics_are_counted_only_with_consent_and_stop_when_it_is_withdrawn()
 
 /// The fields of `struct name { … }` (public or not) in `text`, if it is declared there.
 fn struct_fields(text: &str, name: &str) -> Option<Vec<String>> {
-    let start = text.find(&format!("struct {name} {{"))?;
+    // `struct Name {` or, generic, `struct Name<S = String> {`.
+    let start = [format!("struct {name} {{"), format!("struct {name}<")]
+        .iter()
+        .find_map(|head| text.find(head.as_str()))?;
     let body = &text[start..];
     let body = &body[body.find('{')? + 1..body.find("\n}")?];
     Some(

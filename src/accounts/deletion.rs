@@ -18,7 +18,7 @@ pub(super) const HOLDS: Table<String, LegalHold> = Table::new("legal_holds", Cla
 
 /// Whether an account with this id exists.
 pub fn exists_in(r: &impl Reader, account: &str) -> Result<bool, StoreError> {
-    Ok(r.get(&ACCOUNTS, &account.to_string())?.is_some())
+    Ok(r.get(&ACCOUNTS, account)?.is_some())
 }
 
 /// `account.json` of an export: the account (never its password hash), with its
@@ -27,10 +27,10 @@ pub fn export_account(
     r: &crate::store::ReadTx,
     account: &str,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    let Some(a) = r.get(&ACCOUNTS, &account.to_string())? else {
+    let Some(a) = r.get(&ACCOUNTS, account)? else {
         return Ok(None);
     };
-    let deletion = r.get(&DELETIONS, &account.to_string())?;
+    let deletion = r.get(&DELETIONS, account)?;
     let mut v = serde_json::to_value(super::routes::AccountView::from(a))
         .map_err(|e| StoreError::Db(e.to_string()))?;
     v["deletion_requested"] = serde_json::json!(deletion.map(|d| serde_json::json!({

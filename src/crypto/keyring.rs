@@ -122,13 +122,13 @@ impl Keyring {
     pub fn create_data_key(&self, tx: &WriteTx<'_>, owner: &str) -> Result<DataKey, CryptoError> {
         let key = SymKey::generate()?;
         let sealed = self.master.load().0.seal(&aad(owner), key.expose())?;
-        tx.insert(&DATA_KEYS, &owner.to_string(), &sealed)?;
+        tx.insert(&DATA_KEYS, owner, &sealed)?;
         Ok(DataKey(key))
     }
 
     /// The data key of `owner`, or `None` once it has been destroyed.
     pub fn data_key(&self, r: &impl Reader, owner: &str) -> Result<Option<DataKey>, CryptoError> {
-        let Some(sealed) = r.get(&DATA_KEYS, &owner.to_string())? else {
+        let Some(sealed) = r.get(&DATA_KEYS, owner)? else {
             return Ok(None);
         };
         let bytes = self.master.load().0.open(&aad(owner), &sealed)?;
@@ -141,7 +141,7 @@ impl Keyring {
 
     /// Destroys the data key of `owner`: what it sealed can no longer be opened.
     pub fn destroy_data_key(&self, tx: &WriteTx<'_>, owner: &str) -> Result<bool, CryptoError> {
-        Ok(tx.remove(&DATA_KEYS, &owner.to_string())?)
+        Ok(tx.remove(&DATA_KEYS, owner)?)
     }
 
     /// Replaces the master key: every data key is re-sealed in one commit, then the new

@@ -22,10 +22,10 @@ use crate::analytics::Analytics;
 use crate::auth::Caller;
 use crate::config::Live;
 use crate::http::ApiError;
-use crate::ledger::{Hold, KeyLimit, Ledger, Posting, budget_micro};
+use crate::ledger::{Charge, Entry, Hold, KeyLimit, Ledger, Posting, budget_micro};
 use crate::providers::wire::Usage;
 use crate::providers::{Providers, UpstreamError, describe};
-use crate::store::now_ms;
+use crate::store::{StoreError, TimedKey, WriteTx, now_ms};
 use crate::usage::UsageRecord;
 use actix_web::http::StatusCode;
 use std::future::Future;
@@ -206,13 +206,12 @@ impl NodeSpend {
 /// What one metered request is about, filled in as it goes.
 pub(crate) struct Meter {
     pub gateway: Gateway,
-    pub account: String,
-    pub key: Option<String>,
     pub endpoint: &'static str,
     pub model: String,
     pub provider: String,
     pub byok: bool,
     pub started: Instant,
+    /// The credits held, and the account and API key they are held from.
     pub hold: Option<Hold>,
     /// The skill node this call is made for, if any ([`SPEND`]).
     spend: Option<Arc<NodeSpend>>,
@@ -230,17 +229,14 @@ impl Meter {
     ) -> Result<Meter, ApiError> {
         gateway.pending.room().await;
         let key = caller.key().map(|(id, budget)| KeyLimit {
-            id: id.to_string(),
+            id,
             budget: budget.map(budget_micro),
         });
         let spend = SPEND.try_with(Arc::clone).ok();
         if let Some(s) = &spend {
             s.run.hold(amount)?;
         }
-        let hold = match gateway
-            .ledger
-            .reserve(&caller.account, key.as_ref(), amount)
-        {
+        let hold = match gateway.ledger.reserve(&caller.account, key, amount) {
             Ok(h) => h,
             Err(e) => {
                 if let Some(s) = &spend {
@@ -251,8 +247,6 @@ impl Meter {
         };
         Ok(Meter {
             gateway: gateway.clone(),
-            account: caller.account.clone(),
-            key: key.map(|k| k.id),
             endpoint,
             model: model.to_string(),
             provider: String::new(),
@@ -276,18 +270,11 @@ impl Meter {
 
     /// [`Meter::finish`], with `also` written in the same transaction as the charge
     /// and the usage record (a capability's own record of the request).
-    pub fn finish_with<F>(&mut self, status: u16, usage: Usage, images: u32, cost: i64, mut also: F)
+    pub fn finish_with<F>(&mut self, status: u16, usage: Usage, images: u32, cost: i64, also: F)
     where
-        F: FnMut(&crate::store::WriteTx<'_>) -> Result<(), crate::store::StoreError>
-            + Send
-            + 'static,
+        F: FnMut(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
     {
         let Some(hold) = self.hold.take() else {
-            return;
-        };
-        let at_ms = now_ms();
-        let Ok(rk) = crate::store::TimedKey::new(&self.account, at_ms) else {
-            tracing::error!("no randomness for a usage record id");
             return;
         };
         let charged = cost.clamp(0, hold.amount());
@@ -295,47 +282,115 @@ impl Meter {
             s.run.settle(hold.amount(), charged);
             s.charged.fetch_add(charged, Ordering::AcqRel);
         }
-        let record = UsageRecord {
-            id: rk.id.clone(),
-            account: self.account.clone(),
-            key: self.key.clone(),
-            endpoint: self.endpoint.to_string(),
-            model: self.model.clone(),
-            provider: self.provider.clone(),
+        // The record is made on the store's writer thread, from what this request
+        // hands over (its strings moved, not copied).
+        let metered = Metered {
+            endpoint: self.endpoint,
+            model: std::mem::take(&mut self.model),
+            provider: std::mem::take(&mut self.provider),
             byok: self.byok,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
+            usage,
             images,
             credits: charged,
             status,
             latency_ms: self.started.elapsed().as_millis() as u64,
-            at_ms,
+            at_ms: now_ms(),
+            // Anonymous: a day and a feature, counted only with the person's consent.
+            counted: self.gateway.analytics.consents(hold.account()),
+            record_key: None,
+            also,
         };
-        let posting = Posting {
-            key: self.key.clone(),
-            model: Some(self.model.clone()),
-            usage: Some(rk.id.clone()),
-            note: self.endpoint.to_string(),
-            actor: None,
-        };
-        // Anonymous: a day and a feature, counted only with the person's consent.
-        let counted = self.gateway.analytics.consents(&self.account);
         // Settled on the store's writer thread: no task and no wake-up per request.
         let pending = self.gateway.pending.clone();
         pending.enter();
-        let also = move |tx: &crate::store::WriteTx<'_>, _: Option<&crate::ledger::Entry>| {
-            crate::usage::record(tx, &rk, &record)?;
-            if counted {
-                crate::analytics::count_in(tx, at_ms, &record.endpoint)?;
-            }
-            also(tx)
-        };
-        hold.settle(charged, posting, also, move |result| {
+        hold.settle(charged, metered, move |result| {
             if let Err(e) = result {
                 tracing::error!(error = %e, "cannot record a request's usage and charge");
             }
             pending.leave();
         });
+    }
+}
+
+/// A finished request on its way to the writer: its usage record and the description
+/// of its charge are made there, in the transaction that stores them.
+struct Metered<F> {
+    endpoint: &'static str,
+    model: String,
+    provider: String,
+    byok: bool,
+    usage: Usage,
+    images: u32,
+    credits: i64,
+    status: u16,
+    latency_ms: u64,
+    at_ms: u64,
+    counted: bool,
+    /// The usage record's key, made by the first attempt of the transaction.
+    record_key: Option<TimedKey>,
+    also: F,
+}
+
+/// The usage record's key, made once: a batch that is tried again keeps its ids.
+fn record_key<'a>(
+    slot: &'a mut Option<TimedKey>,
+    account: &str,
+    at_ms: u64,
+) -> Result<&'a TimedKey, StoreError> {
+    Ok(match slot {
+        Some(k) => k,
+        None => slot.insert(TimedKey::new(account, at_ms)?),
+    })
+}
+
+impl<F> Charge for Metered<F>
+where
+    F: FnMut(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+{
+    fn posting<'a>(
+        &'a mut self,
+        account: &str,
+        key: Option<&'a str>,
+    ) -> Result<Posting<&'a str>, StoreError> {
+        let rk = record_key(&mut self.record_key, account, self.at_ms)?;
+        Ok(Posting {
+            key,
+            model: Some(&self.model),
+            usage: Some(&rk.id),
+            note: self.endpoint,
+            actor: None,
+        })
+    }
+
+    fn write(
+        &mut self,
+        tx: &WriteTx<'_>,
+        account: &str,
+        key: Option<&str>,
+        _: Option<&Entry>,
+    ) -> Result<(), StoreError> {
+        let rk = record_key(&mut self.record_key, account, self.at_ms)?;
+        let record = UsageRecord {
+            id: rk.id.as_str(),
+            account,
+            key,
+            endpoint: self.endpoint,
+            model: &self.model,
+            provider: &self.provider,
+            byok: self.byok,
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            images: self.images,
+            credits: self.credits,
+            status: self.status,
+            latency_ms: self.latency_ms,
+            at_ms: self.at_ms,
+        };
+        crate::usage::record(tx, rk, &record)?;
+        if self.counted {
+            crate::analytics::count_in(tx, self.at_ms, self.endpoint)?;
+        }
+        (self.also)(tx)
     }
 }
 

@@ -30,22 +30,22 @@ frame-ancestors 'none'; report-uri /api/csp-report";
 
 const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-fn request_id(req: &ServiceRequest) -> String {
-    let incoming = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        });
+/// The request's id: the client's `X-Request-Id` when it is a plain token, else a
+/// fresh random one. Made as the response header's value; the log reads it from there.
+fn request_id(req: &ServiceRequest) -> HeaderValue {
+    let incoming = req.headers().get("x-request-id").filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty()
+            && v.len() <= 64
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+    });
     match incoming {
-        Some(id) => id.to_string(),
+        Some(id) => id.clone(),
         None => crate::crypto::unique_bytes::<12>()
-            .map(|b| crate::crypto::hex(&b))
-            .unwrap_or_else(|_| "unknown".into()),
+            .ok()
+            .and_then(|b| HeaderValue::from_maybe_shared(Bytes::from(crate::crypto::hex(&b))).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("unknown")),
     }
 }
 
@@ -62,7 +62,7 @@ pub async fn observe<B: MessageBody + 'static>(
         .map_or(u64::MAX, |s| s.max_body_bytes.load(Ordering::Relaxed));
     let tls = shared.as_ref().is_some_and(|s| s.tls);
     let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = %id);
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or("unknown"));
 
     let declared = req
         .headers()
@@ -120,9 +120,7 @@ pub async fn observe<B: MessageBody + 'static>(
     if tls {
         set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
-    }
+    headers.insert(HeaderName::from_static("x-request-id"), id);
 
     let route = res
         .request()

@@ -15,8 +15,8 @@ mod service;
 
 pub use routes::routes;
 pub use service::{
-    EXPIRY, Entry, EntryKind, Hold, KeyLimit, Ledger, LedgerError, Posting, TABLES, budget_micro,
-    count_of, detach_in, export_page,
+    Charge, EXPIRY, Entry, EntryKind, Hold, KeyLimit, Ledger, LedgerError, Posting, TABLES,
+    budget_micro, count_of, detach_in, export_page,
 };
 
 /// Micro-credits per credit.

@@ -71,20 +71,56 @@ pub fn export_page(
     )
 }
 
-/// What an entry says besides its amount.
+/// What an entry says besides its amount: owned (`Posting`) or borrowed from whoever
+/// writes it (`Posting<&str>`).
 #[derive(Clone, Debug, Default)]
-pub struct Posting {
-    pub key: Option<String>,
-    pub model: Option<String>,
-    pub usage: Option<String>,
-    pub note: String,
-    pub actor: Option<String>,
+pub struct Posting<S = String> {
+    pub key: Option<S>,
+    pub model: Option<S>,
+    pub usage: Option<S>,
+    pub note: S,
+    pub actor: Option<S>,
+}
+
+impl Posting {
+    /// The same posting, borrowed.
+    pub fn borrowed(&self) -> Posting<&str> {
+        Posting {
+            key: self.key.as_deref(),
+            model: self.model.as_deref(),
+            usage: self.usage.as_deref(),
+            note: &self.note,
+            actor: self.actor.as_deref(),
+        }
+    }
+}
+
+/// A request's side of its charge, settled on the store's writer thread: what the
+/// entry says and what is written with it, in the same transaction. Built from the
+/// request's own parts there, so the request thread copies nothing for it.
+pub trait Charge: Send + 'static {
+    /// What the entry says, for the charge to `account` through the API key `key`;
+    /// called before the entry is written, once per attempt of the transaction.
+    fn posting<'a>(
+        &'a mut self,
+        account: &str,
+        key: Option<&'a str>,
+    ) -> Result<Posting<&'a str>, StoreError>;
+    /// Writes what goes with the entry (`None` for a free request) for `account` and
+    /// the API key `key` charged.
+    fn write(
+        &mut self,
+        tx: &WriteTx<'_>,
+        account: &str,
+        key: Option<&str>,
+        entry: Option<&Entry>,
+    ) -> Result<(), StoreError>;
 }
 
 /// An API key's spending limit, checked with every reservation made through it.
-#[derive(Clone, Debug)]
-pub struct KeyLimit {
-    pub id: String,
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLimit<'a> {
+    pub id: &'a str,
     /// Micro-credits the key may spend in all; `None` for no limit.
     pub budget: Option<i64>,
 }
@@ -159,16 +195,48 @@ pub struct Hold {
     open: bool,
 }
 
+/// The book of `name`, opened on first use; the name is copied only then.
+fn book_of<'a, B: Default>(books: &'a mut HashMap<String, B>, name: &str) -> &'a mut B {
+    if !books.contains_key(name) {
+        books.insert(name.to_string(), B::default());
+    }
+    books.get_mut(name).expect("a book was opened just above")
+}
+
+/// A posting made by hand (an admin's negative adjustment): the audit log records it
+/// with the entry.
+struct ByHand(Posting);
+
+impl Charge for ByHand {
+    fn posting<'a>(
+        &'a mut self,
+        _: &str,
+        _: Option<&'a str>,
+    ) -> Result<Posting<&'a str>, StoreError> {
+        Ok(self.0.borrowed())
+    }
+
+    fn write(
+        &mut self,
+        tx: &WriteTx<'_>,
+        _: &str,
+        _: Option<&str>,
+        entry: Option<&Entry>,
+    ) -> Result<(), StoreError> {
+        entry.map_or(Ok(()), |e| record_posting(tx, e))
+    }
+}
+
 /// Writes one entry and the balance it leaves, refusing to go below zero.
 fn post(
     tx: &WriteTx<'_>,
     account: &str,
     kind: EntryKind,
     amount: i64,
-    posting: &Posting,
+    posting: &Posting<&str>,
 ) -> Result<Entry, LedgerError> {
     let at_ms = now_ms();
-    let balance = tx.get(&BALANCES, &account.to_string())?.unwrap_or(0);
+    let balance = tx.get(&BALANCES, account)?.unwrap_or(0);
     let after = balance
         .checked_add(amount)
         .ok_or_else(|| LedgerError::Invalid("the amount is too large".into()))?;
@@ -185,18 +253,18 @@ fn post(
         kind,
         amount,
         balance_after: after,
-        key: posting.key.clone(),
-        model: posting.model.clone(),
-        usage: posting.usage.clone(),
-        note: posting.note.clone(),
-        actor: posting.actor.clone(),
+        key: posting.key.map(str::to_string),
+        model: posting.model.map(str::to_string),
+        usage: posting.usage.map(str::to_string),
+        note: posting.note.to_string(),
+        actor: posting.actor.map(str::to_string),
         at_ms,
     };
     tx.insert(&ENTRIES, &key, &entry)?;
     // A batch of charges to one account or key stores its balance and spend once.
-    tx.insert_last(&BALANCES, &account.to_string(), &after)?;
+    tx.insert_last(&BALANCES, account, &after)?;
     if kind == EntryKind::Usage
-        && let Some(k) = &posting.key
+        && let Some(k) = posting.key
     {
         let spent = tx.get(&KEY_SPEND, k)?.unwrap_or(0);
         tx.insert_last(&KEY_SPEND, k, &(spent - amount))?;
@@ -255,10 +323,10 @@ pub fn detach_in(
         tx.insert(&ENTRIES, &new, &entry)?;
     }
     if rows.len() < limit
-        && let Some(balance) = tx.get(&BALANCES, &account.to_string())?
+        && let Some(balance) = tx.get(&BALANCES, account)?
     {
-        tx.remove(&BALANCES, &account.to_string())?;
-        tx.insert(&BALANCES, &pseudonym.to_string(), &balance)?;
+        tx.remove(&BALANCES, account)?;
+        tx.insert(&BALANCES, pseudonym, &balance)?;
     }
     Ok(rows.len() as u64)
 }
@@ -312,13 +380,13 @@ impl Ledger {
     pub fn reserve(
         &self,
         account: &str,
-        key: Option<&KeyLimit>,
+        key: Option<KeyLimit<'_>>,
         amount: i64,
     ) -> Result<Hold, LedgerError> {
         let amount = amount.max(0);
         let mut guard = self.books();
         let books = &mut *guard;
-        let book = books.accounts.entry(account.to_string()).or_default();
+        let book = book_of(&mut books.accounts, account);
         let available = book.balance - book.reserved;
         if amount > 0 && available < amount {
             return Err(LedgerError::Insufficient {
@@ -327,7 +395,7 @@ impl Ledger {
             });
         }
         if let Some(k) = key {
-            let kb = books.keys.entry(k.id.clone()).or_default();
+            let kb = book_of(&mut books.keys, k.id);
             if let Some(budget) = k.budget
                 && amount > 0
                 && kb.spent + kb.reserved + amount > budget
@@ -342,7 +410,7 @@ impl Ledger {
         Ok(Hold {
             ledger: self.clone(),
             account: account.to_string(),
-            key: key.map(|k| k.id.clone()),
+            key: key.map(|k| k.id.to_string()),
             amount,
             open: true,
         })
@@ -369,28 +437,19 @@ impl Ledger {
         if amount < 0 {
             // Take it like a request would, so in-flight holds stay covered.
             let hold = self.reserve(account, None, -amount)?;
-            let entry = hold
-                .settle_as(kind, -amount, posting, |tx, entry| match entry {
-                    Some(e) => record_posting(tx, e),
-                    None => Ok(()),
-                })
-                .await?;
+            let entry = hold.settle_as(kind, -amount, ByHand(posting)).await?;
             return entry.ok_or_else(|| LedgerError::Invalid("nothing was taken".into()));
         }
         let owner = account.to_string();
         let entry = self
             .store
             .write(move |tx| {
-                let entry = post(tx, &owner, kind, amount, &posting)?;
+                let entry = post(tx, &owner, kind, amount, &posting.borrowed())?;
                 record_posting(tx, &entry)?;
                 Ok::<_, LedgerError>(entry)
             })
             .await?;
-        self.books()
-            .accounts
-            .entry(account.to_string())
-            .or_default()
-            .balance += amount;
+        book_of(&mut self.books().accounts, account).balance += amount;
         Ok(entry)
     }
 
@@ -463,18 +522,30 @@ impl Hold {
         self.amount
     }
 
+    /// The account the credits are held from.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The public id of the API key whose budget the credits are held from, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// Charges `cost` (at most what is held) for a request and gives back the rest.
     /// The books change at once; the usage entry is committed in the background,
-    /// together with whatever `also` writes (the usage record), in one transaction, and
+    /// together with what `charge` writes (the usage record), in one transaction, and
     /// `done` gets the outcome on the store's writer thread (so it must be quick). When
     /// the commit fails the books are put back first.
-    pub fn settle<F, D>(self, cost: i64, posting: Posting, also: F, done: D)
+    pub fn settle<C, D>(self, cost: i64, charge: C, done: D)
     where
-        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
-        D: FnOnce(Result<Option<Entry>, LedgerError>) + Send + 'static,
+        C: Charge,
+        D: FnOnce(Result<(), LedgerError>) + Send + 'static,
     {
         let (ledger, charged) = self.book(cost);
-        let op = charged.op(EntryKind::Usage, posting, also);
+        let mut op = charged.op(EntryKind::Usage, charge);
+        // The entry itself is dropped here, on the writer thread.
+        let op = move |tx: &WriteTx<'_>| op(tx).map(drop);
         ledger.store.clone().write_detached(op, move |result| {
             if result.is_err() {
                 charged.undo(&ledger);
@@ -484,18 +555,14 @@ impl Hold {
     }
 
     /// Like [`Hold::settle`] for an admin's adjustment: returns once it is durable.
-    async fn settle_as<F>(
+    async fn settle_as(
         self,
         kind: EntryKind,
         cost: i64,
-        posting: Posting,
-        also: F,
-    ) -> Result<Option<Entry>, LedgerError>
-    where
-        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
-    {
+        charge: impl Charge,
+    ) -> Result<Option<Entry>, LedgerError> {
         let (ledger, charged) = self.book(cost);
-        let result = ledger.store.write(charged.op(kind, posting, also)).await;
+        let result = ledger.store.write(charged.op(kind, charge)).await;
         if result.is_err() {
             charged.undo(&ledger);
         }
@@ -509,11 +576,11 @@ impl Hold {
         self.open = false;
         {
             let mut books = self.ledger.books();
-            let b = books.accounts.entry(self.account.clone()).or_default();
+            let b = book_of(&mut books.accounts, &self.account);
             b.reserved -= self.amount;
             b.balance -= charge;
             if let Some(k) = &self.key {
-                let kb = books.keys.entry(k.clone()).or_default();
+                let kb = book_of(&mut books.keys, k);
                 kb.reserved -= self.amount;
                 kb.spent += charge;
             }
@@ -535,22 +602,21 @@ struct Charged {
 }
 
 impl Charged {
-    /// The write: the entry (none for a free request) and whatever `also` adds.
-    fn op<F>(
+    /// The write: the entry (none for a free request) and what `c` adds.
+    fn op<C: Charge>(
         &self,
         kind: EntryKind,
-        posting: Posting,
-        mut also: F,
-    ) -> impl FnMut(&WriteTx<'_>) -> Result<Option<Entry>, LedgerError> + Send + 'static
-    where
-        F: FnMut(&WriteTx<'_>, Option<&Entry>) -> Result<(), StoreError> + Send + 'static,
-    {
-        let (owner, charge) = (self.account.clone(), self.charge);
+        mut c: C,
+    ) -> impl FnMut(&WriteTx<'_>) -> Result<Option<Entry>, LedgerError> + Send + 'static {
+        let (owner, key, charge) = (self.account.clone(), self.key.clone(), self.charge);
         move |tx: &WriteTx<'_>| {
-            let entry = (charge > 0)
-                .then(|| post(tx, &owner, kind, -charge, &posting))
-                .transpose()?;
-            also(tx, entry.as_ref())?;
+            let entry = if charge > 0 {
+                let posting = c.posting(&owner, key.as_deref())?;
+                Some(post(tx, &owner, kind, -charge, &posting)?)
+            } else {
+                None
+            };
+            c.write(tx, &owner, key.as_deref(), entry.as_ref())?;
             Ok(entry)
         }
     }

@@ -1031,7 +1031,7 @@ pub fn erase_batch(
     let prefix = TimedKey::prefix(account);
     let n = tx.remove_prefix_across(&[ASSETS.decl(), BLOB_REFS.decl()], &prefix, limit)?;
     if n < limit as u64 {
-        tx.remove(&USED, &account.to_string())?;
+        tx.remove(&USED, account)?;
     }
     Ok(n)
 }

@@ -9,10 +9,16 @@ use serde::{Serialize, de::DeserializeOwned};
 /// The codec version written in front of every record.
 pub const CODEC_V1: u8 = 1;
 
+/// Bytes first set aside for an encoding: a usage record or a ledger entry fits.
+const RECORD_ROOM: usize = 256;
+
 /// Encodes a record.
 pub fn encode<V: Serialize>(table: &str, value: &V) -> Result<Vec<u8>, StoreError> {
-    // Encoded straight after the version byte: one buffer, no copy.
-    postcard::to_extend(value, vec![CODEC_V1]).map_err(|e| StoreError::Corrupt {
+    // Encoded straight after the version byte: one buffer, no copy, with room for a
+    // usual record so that it is not grown field by field.
+    let mut buf = Vec::with_capacity(RECORD_ROOM);
+    buf.push(CODEC_V1);
+    postcard::to_extend(value, buf).map_err(|e| StoreError::Corrupt {
         table: table.to_string(),
         message: format!("cannot encode: {e}"),
     })

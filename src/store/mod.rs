@@ -17,6 +17,7 @@ pub use writer::{BATCH_BUCKETS, WriterStats};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
+use std::borrow::{Borrow, Cow};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,36 +97,69 @@ from_redb!(
     redb::CommitError
 );
 
-/// A key type that encodes to bytes whose order is the order wanted in scans.
-pub trait Key: Sized {
+/// What a key encodes to; bytes whose order is the order wanted in scans. Lookups take
+/// any form a table's key type borrows as (`&str` for a `String` key, `&[u8]` for a
+/// byte key), so finding a record needs no owned key and no copy of it.
+pub trait KeyBytes {
     /// The key's bytes.
-    fn encode(&self) -> Vec<u8>;
+    fn bytes(&self) -> Cow<'_, [u8]>;
+}
+
+/// Says that `Self` encodes exactly as the record type `V` does: the same fields in the
+/// same order, with `&str` where `V` has `String` (the codec writes both alike). Each
+/// such pair is declared by hand next to the record type, with a test that the bytes
+/// agree.
+pub trait EncodesAs<V> {}
+
+/// A key type of a table: encodes to bytes (see [`KeyBytes`]) and reads back.
+pub trait Key: KeyBytes + Sized {
     /// Reads a key back.
     fn decode(bytes: &[u8]) -> Option<Self>;
 }
 
-impl Key for String {
-    fn encode(&self) -> Vec<u8> {
-        self.as_bytes().to_vec()
+impl KeyBytes for str {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
     }
+}
+
+impl KeyBytes for String {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl Key for String {
     fn decode(bytes: &[u8]) -> Option<Self> {
         String::from_utf8(bytes.to_vec()).ok()
     }
 }
 
-impl Key for Vec<u8> {
-    fn encode(&self) -> Vec<u8> {
-        self.clone()
+impl KeyBytes for [u8] {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
     }
+}
+
+impl KeyBytes for Vec<u8> {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl Key for Vec<u8> {
     fn decode(bytes: &[u8]) -> Option<Self> {
         Some(bytes.to_vec())
     }
 }
 
-impl Key for u64 {
-    fn encode(&self) -> Vec<u8> {
-        self.to_be_bytes().to_vec()
+impl KeyBytes for u64 {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.to_be_bytes().to_vec())
     }
+}
+
+impl Key for u64 {
     fn decode(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(u64::from_be_bytes)
     }
@@ -553,12 +587,13 @@ pub trait Reader {
     }
 
     /// One record by key.
-    fn get<K: Key, V: DeserializeOwned>(
-        &self,
-        t: &Table<K, V>,
-        key: &K,
-    ) -> Result<Option<V>, StoreError> {
-        self.raw_get(t.name, &key.encode())?
+    fn get<K, Q, V>(&self, t: &Table<K, V>, key: &Q) -> Result<Option<V>, StoreError>
+    where
+        K: Key + Borrow<Q>,
+        Q: KeyBytes + ?Sized,
+        V: DeserializeOwned,
+    {
+        self.raw_get(t.name, &key.bytes())?
             .map(|b| codec::decode(t.name, &b))
             .transpose()
     }
@@ -570,7 +605,7 @@ pub trait Reader {
         after: Option<&K>,
         limit: usize,
     ) -> Result<Vec<(K, V)>, StoreError> {
-        let start = after.map(|k| successor(&k.encode()));
+        let start = after.map(|k| successor(&k.bytes()));
         let rows = self.raw_range(t.name, start.as_deref(), None, limit)?;
         decode_rows(t, rows)
     }
@@ -603,7 +638,7 @@ pub trait Reader {
         before: Option<&K>,
         limit: usize,
     ) -> Result<Vec<(K, V)>, StoreError> {
-        let end = before.map(Key::encode);
+        let end = before.map(KeyBytes::bytes);
         let rows = self.raw_range_rev(t.name, end.as_deref(), limit)?;
         decode_rows(t, rows)
     }
@@ -811,12 +846,17 @@ impl<'a> WriteTx<'a> {
     /// replace again (a balance): only the last value is stored, once, when the batch
     /// ends or the table is next used for anything but reading this kind of write
     /// back. Reads in the transaction see it at once.
-    pub fn insert_last<K: Key, V: Serialize>(
+    pub fn insert_last<K, Q, V>(
         &self,
         t: &Table<K, V>,
-        key: &K,
+        key: &Q,
         value: &V,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StoreError>
+    where
+        K: Key + Borrow<Q>,
+        Q: KeyBytes + ?Sized,
+        V: Serialize,
+    {
         let bytes = codec::encode(t.name, value)?;
         let mut latest = self.latest.borrow_mut();
         let i = match latest.iter().position(|(n, _)| *n == t.name) {
@@ -826,7 +866,15 @@ impl<'a> WriteTx<'a> {
                 latest.len() - 1
             }
         };
-        latest[i].1.insert(key.encode(), bytes);
+        let rows = &mut latest[i].1;
+        let key = key.bytes();
+        match rows.get_mut(key.as_ref()) {
+            // The usual case in a batch: the same balance again, replaced in place.
+            Some(held) => *held = bytes,
+            None => {
+                rows.insert(key.into_owned(), bytes);
+            }
+        }
         Ok(())
     }
 
@@ -838,14 +886,31 @@ impl<'a> WriteTx<'a> {
     }
 
     /// Inserts or replaces a record.
-    pub fn insert<K: Key, V: Serialize>(
+    pub fn insert<K, Q, V>(&self, t: &Table<K, V>, key: &Q, value: &V) -> Result<(), StoreError>
+    where
+        K: Key + Borrow<Q>,
+        Q: KeyBytes + ?Sized,
+        V: Serialize,
+    {
+        let bytes = codec::encode(t.name, value)?;
+        self.raw_insert(t.name, &key.bytes(), &bytes)
+    }
+
+    /// Inserts or replaces a record given in a form that encodes as the table's own
+    /// (see [`EncodesAs`]): a record borrowed from its parts needs no owned copy.
+    pub fn insert_as<K, Q, V, W>(
         &self,
         t: &Table<K, V>,
-        key: &K,
-        value: &V,
-    ) -> Result<(), StoreError> {
+        key: &Q,
+        value: &W,
+    ) -> Result<(), StoreError>
+    where
+        K: Key + Borrow<Q>,
+        Q: KeyBytes + ?Sized,
+        W: Serialize + EncodesAs<V>,
+    {
         let bytes = codec::encode(t.name, value)?;
-        self.raw_insert(t.name, &key.encode(), &bytes)
+        self.raw_insert(t.name, &key.bytes(), &bytes)
     }
 
     fn raw_insert(&self, table: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -860,8 +925,12 @@ impl<'a> WriteTx<'a> {
     }
 
     /// Removes a record; says whether it existed.
-    pub fn remove<K: Key, V>(&self, t: &Table<K, V>, key: &K) -> Result<bool, StoreError> {
-        self.raw_remove(t.name, &key.encode())
+    pub fn remove<K, Q, V>(&self, t: &Table<K, V>, key: &Q) -> Result<bool, StoreError>
+    where
+        K: Key + Borrow<Q>,
+        Q: KeyBytes + ?Sized,
+    {
+        self.raw_remove(t.name, &key.bytes())
     }
 
     /// Removes up to `limit` records whose keys start with `prefix` (one owner's

@@ -9,7 +9,7 @@ mod routes;
 
 pub use routes::routes;
 
-use crate::store::{Class, Reader, Store, StoreError, Table, TimedKey, WriteTx};
+use crate::store::{Class, EncodesAs, Reader, Store, StoreError, Table, TimedKey, WriteTx};
 use serde::{Deserialize, Serialize};
 
 /// Keyed by `account / time (big-endian) / 4 random bytes`: an account's records are
@@ -38,17 +38,18 @@ pub fn export_page(
     crate::store::JsonPage::of_owner(r, &USAGE, account, after, limit, routes::UsageView::from)
 }
 
-/// One metered request.
+/// One metered request. `UsageRecord<&str>` is the same record borrowed from its
+/// parts, which stores the same bytes without copying them first.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct UsageRecord {
-    pub id: String,
-    pub account: String,
+pub struct UsageRecord<S = String> {
+    pub id: S,
+    pub account: S,
     /// The API key's public id; `None` for a browser session.
-    pub key: Option<String>,
-    pub endpoint: String,
-    pub model: String,
+    pub key: Option<S>,
+    pub endpoint: S,
+    pub model: S,
     /// The provider connection that answered (or was last tried).
-    pub provider: String,
+    pub provider: S,
     /// Whether the person's own provider key was used.
     pub byok: bool,
     pub input_tokens: u64,
@@ -62,9 +63,15 @@ pub struct UsageRecord {
     pub at_ms: u64,
 }
 
-/// Writes a record inside the caller's transaction.
-pub fn record(tx: &WriteTx<'_>, key: &TimedKey, rec: &UsageRecord) -> Result<(), StoreError> {
-    tx.insert(&USAGE, &key.key, rec)
+impl EncodesAs<UsageRecord> for UsageRecord<&str> {}
+impl EncodesAs<UsageRecord> for UsageRecord {}
+
+/// Writes a record, owned or borrowed, inside the caller's transaction.
+pub fn record<R>(tx: &WriteTx<'_>, key: &TimedKey, rec: &R) -> Result<(), StoreError>
+where
+    R: Serialize + EncodesAs<UsageRecord>,
+{
+    tx.insert_as(&USAGE, &key.key, rec)
 }
 
 /// Which records to read.
@@ -153,5 +160,60 @@ impl Usage {
             .read(move |r| r.scan_prefix(&USAGE, &prefix, usize::MAX))
             .await?;
         Ok(rows.into_iter().map(|(_, v)| v).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec;
+
+    #[test]
+    fn a_borrowed_record_stores_the_same_bytes_as_the_owned_one() {
+        let owned = UsageRecord {
+            id: "0001".to_string(),
+            account: "acct".to_string(),
+            key: Some("key1".to_string()),
+            endpoint: "chat".to_string(),
+            model: "gpt-x".to_string(),
+            provider: "openai".to_string(),
+            byok: true,
+            input_tokens: 100,
+            output_tokens: 20,
+            images: 1,
+            credits: -5,
+            status: 200,
+            latency_ms: 7,
+            at_ms: 1_700_000_000_000,
+        };
+        let borrowed = UsageRecord {
+            id: owned.id.as_str(),
+            account: &owned.account,
+            key: owned.key.as_deref(),
+            endpoint: &owned.endpoint,
+            model: &owned.model,
+            provider: &owned.provider,
+            byok: owned.byok,
+            input_tokens: owned.input_tokens,
+            output_tokens: owned.output_tokens,
+            images: owned.images,
+            credits: owned.credits,
+            status: owned.status,
+            latency_ms: owned.latency_ms,
+            at_ms: owned.at_ms,
+        };
+        let a = codec::encode("usage", &owned).expect("encodes");
+        let b = codec::encode("usage", &borrowed).expect("encodes");
+        assert_eq!(a, b);
+        let back: UsageRecord = codec::decode("usage", &b).expect("decodes");
+        assert_eq!(back, owned);
+        let none = UsageRecord {
+            key: None,
+            ..borrowed
+        };
+        let back: UsageRecord =
+            codec::decode("usage", &codec::encode("usage", &none).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(back.key, None);
     }
 }

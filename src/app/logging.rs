@@ -144,6 +144,59 @@ fn start_flusher() {
     });
 }
 
+/// The time in front of each line, as tracing's own clock writes it
+/// (`2026-12-06T04:28:59.339947Z`), with the date and time of day worked out once a
+/// second per thread rather than for every line.
+struct Clock;
+
+/// One thread's last second, written out: `2026-12-06T04:28:59.`.
+struct Second {
+    unix: u64,
+    text: String,
+}
+
+thread_local! {
+    static SECOND: std::cell::RefCell<Option<Second>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Clock {
+    /// `unix` seconds as `YYYY-MM-DDTHH:MM:SS.`, UTC.
+    fn second(unix: u64) -> String {
+        let t = i64::try_from(unix)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for Clock {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let unix = now.as_secs();
+        SECOND.with_borrow_mut(|cached| {
+            let second = match cached {
+                Some(s) if s.unix == unix => s,
+                _ => cached.insert(Second {
+                    unix,
+                    text: Clock::second(unix),
+                }),
+            };
+            write!(w, "{}{:06}Z", second.text, now.subsec_micros())
+        })
+    }
+}
+
 /// Installs the global subscriber. A second call (tests that start several servers in
 /// one process) keeps the first subscriber and returns a handle that changes nothing.
 pub fn init(cfg: &LogConfig) -> LogHandle {
@@ -156,10 +209,12 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
+            .with_timer(Clock)
             .with_writer(Sink)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
+            .with_timer(Clock)
             .with_writer(Sink)
             .boxed(),
     };
@@ -172,4 +227,34 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
         start_flusher();
     }
     LogHandle(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::FormatTime;
+
+    #[test]
+    fn the_clock_writes_what_tracings_own_clock_writes() {
+        let stamp = |t: &dyn FormatTime| {
+            let mut text = String::new();
+            t.format_time(&mut Writer::new(&mut text)).expect("formats");
+            text
+        };
+        // Taken twice each way, so the second of ours comes from the cache.
+        for _ in 0..2 {
+            let before = stamp(&tracing_subscriber::fmt::time::SystemTime);
+            let ours = stamp(&Clock);
+            let after = stamp(&tracing_subscriber::fmt::time::SystemTime);
+            assert_eq!(ours.len(), before.len(), "{ours} / {before}");
+            assert!(
+                before <= ours && ours <= after,
+                "{before} <= {ours} <= {after}"
+            );
+            assert!(ours.ends_with('Z') && ours.as_bytes()[10] == b'T', "{ours}");
+        }
+        assert_eq!(Clock::second(0), "1970-01-01T00:00:00.");
+        assert_eq!(Clock::second(1_796_531_339), "2026-12-06T04:28:59.");
+    }
 }

@@ -5,8 +5,8 @@ use super::{MICRO, to_credits};
 use crate::http::ApiError;
 use crate::store::{Class, Reader, Store, StoreError, Table, TimedKey, WriteTx, now_ms};
 use actix_web::http::StatusCode;
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use utoipa::ToSchema;
 
@@ -197,10 +197,7 @@ pub struct Hold {
 
 /// The book of `name`, opened on first use; the name is copied only then.
 fn book_of<'a, B: Default>(books: &'a mut HashMap<String, B>, name: &str) -> &'a mut B {
-    if !books.contains_key(name) {
-        books.insert(name.to_string(), B::default());
-    }
-    books.get_mut(name).expect("a book was opened just above")
+    books.entry_ref(name).or_default()
 }
 
 /// A posting made by hand (an admin's negative adjustment): the audit log records it

@@ -224,10 +224,13 @@ impl Whole {
     /// The top-level `id`, if it is a string.
     pub fn id(&self) -> Option<String> {
         match self {
-            Whole::Raw { body, .. } => top_level_values(body, b"id")
-                .into_iter()
-                .next()
-                .and_then(|span| serde_json::from_slice(&body[span]).ok()),
+            Whole::Raw { body, .. } => {
+                let mut first = None;
+                top_level_values(body, b"id", |span| {
+                    first.get_or_insert(span);
+                });
+                first.and_then(|span| serde_json::from_slice(&body[span]).ok())
+            }
             Whole::Built(v) => v.get("id").and_then(Value::as_str).map(str::to_string),
         }
     }
@@ -296,8 +299,15 @@ fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
     let value = |out: &mut Vec<u8>| {
         let _ = serde_json::to_writer(out, model);
     };
-    let spans = top_level_values(json, b"model");
-    if spans.is_empty() {
+    let mut at = 0;
+    let mut found = false;
+    top_level_values(json, b"model", |span| {
+        out.extend_from_slice(&json[at..span.start]);
+        value(out);
+        at = span.end;
+        found = true;
+    });
+    if !found {
         let Some(open) = json.iter().position(|&b| b == b'{') else {
             out.extend_from_slice(json);
             return;
@@ -315,50 +325,43 @@ fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(&json[open + 1..]);
         return;
     }
-    let mut at = 0;
-    for span in spans {
-        out.extend_from_slice(&json[at..span.start]);
-        value(out);
-        at = span.end;
-    }
     out.extend_from_slice(&json[at..]);
 }
 
-/// Byte ranges of the values of the top-level members named `key` (as written, with
-/// no escapes) of a JSON object's text. Text that is not a well-formed object gives
-/// what was found before the fault; it never panics.
-fn top_level_values(json: &[u8], key: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut found = Vec::new();
+/// Gives `found` the byte range of the value of each top-level member named `key` (as
+/// written, with no escapes) of a JSON object's text, in order. Text that is not a
+/// well-formed object gives what was found before the fault; it never panics.
+fn top_level_values(json: &[u8], key: &[u8], mut found: impl FnMut(std::ops::Range<usize>)) {
     let mut i = skip_ws(json, 0);
     if json.get(i) != Some(&b'{') {
-        return found;
+        return;
     }
     i += 1;
     loop {
         i = skip_ws(json, i);
         match json.get(i) {
             Some(b'"') => {}
-            _ => return found,
+            _ => return,
         }
         let Some(key_end) = string_end(json, i) else {
-            return found;
+            return;
         };
         let name = &json[i + 1..key_end - 1];
         i = skip_ws(json, key_end);
         if json.get(i) != Some(&b':') {
-            return found;
+            return;
         }
         let start = skip_ws(json, i + 1);
         let Some(end) = value_end(json, start) else {
-            return found;
+            return;
         };
         if name == key {
-            found.push(start..end);
+            found(start..end);
         }
         i = skip_ws(json, end);
         match json.get(i) {
             Some(b',') => i += 1,
-            _ => return found,
+            _ => return,
         }
     }
 }
@@ -370,14 +373,16 @@ fn skip_ws(json: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The index just past the string that opens at `i` (a `"`).
+/// The index just past the string that opens at `i` (a `"`). Most of a chunk is
+/// string (the answer's text), so it leaps from one `"` or `\` to the next.
 fn string_end(json: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        match json.get(j)? {
-            b'\\' => j += 2,
+        j += memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+        match json[j] {
             b'"' => return Some(j + 1),
-            _ => j += 1,
+            // An escape: the next byte is part of it, whatever it is.
+            _ => j += 2,
         }
     }
 }
@@ -474,11 +479,16 @@ mod tests {
     fn broken_text_never_panics() {
         let text = br#"{"model":"a","x":[1,{"y":"\""#;
         for end in 0..=text.len() {
-            let _ = top_level_values(&text[..end], b"model");
+            top_level_values(&text[..end], b"model", |_| {});
             let _ = set_model(&text[..end], "m");
         }
-        let found = top_level_values(br#"{"model":"a","#, b"model");
+        let mut found = Vec::new();
+        top_level_values(br#"{"model":"a","#, b"model", |span| found.push(span));
         assert_eq!(found, vec![std::ops::Range { start: 9, end: 12 }]);
+        // An escape at the very end, or a quote after escaped backslashes.
+        assert_eq!(super::string_end(br#""a\"#, 0), None);
+        assert_eq!(super::string_end(br#""a\\""#, 0), Some(5));
+        assert_eq!(super::string_end(br#""a\"b"x"#, 0), Some(6));
     }
 
     #[test]

@@ -760,7 +760,7 @@ fn count_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
 type RawTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 
 /// Values of one table written with [`WriteTx::insert_last`], by key.
-type Latest = std::collections::HashMap<Vec<u8>, Vec<u8>>;
+type Latest = hashbrown::HashMap<Vec<u8>, Vec<u8>>;
 
 /// A write transaction, lent to a closure run by the writer. Each table is opened
 /// once per transaction and kept open for the other writes of the batch.
@@ -866,15 +866,9 @@ impl<'a> WriteTx<'a> {
                 latest.len() - 1
             }
         };
-        let rows = &mut latest[i].1;
-        let key = key.bytes();
-        match rows.get_mut(key.as_ref()) {
-            // The usual case in a batch: the same balance again, replaced in place.
-            Some(held) => *held = bytes,
-            None => {
-                rows.insert(key.into_owned(), bytes);
-            }
-        }
+        // The usual case in a batch: the same balance again, replaced in place (its
+        // key copied only the first time).
+        latest[i].1.entry_ref(key.bytes().as_ref()).insert(bytes);
         Ok(())
     }
 

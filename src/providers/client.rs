@@ -306,6 +306,7 @@ impl Reply {
             read_timeout: self.read_timeout,
             deadline,
             timer: None,
+            waiting_since: None,
             provider: provider.to_string(),
             done: false,
         }
@@ -326,6 +327,10 @@ pub(super) struct Body {
     /// at hand costs no timer, and a stream of pieces one timer per read timeout
     /// instead of one each.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the wait for the next frame began (its first poll that found nothing).
+    /// The read timeout counts from there, not from the last piece: a client slow to
+    /// take what was relayed is not the provider's delay.
+    waiting_since: Option<Instant>,
     provider: String,
     done: bool,
 }
@@ -333,48 +338,54 @@ pub(super) struct Body {
 impl Body {
     /// The next piece of data; `None` at the end.
     pub async fn next(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Body::next`], polled: what a stream over the body calls.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
         while !self.done {
-            // The read timeout counts from when this wait began, not from the last
-            // piece: a client slow to take what was relayed is not the provider's delay.
-            let mut began = None;
-            match std::future::poll_fn(|cx| self.poll_frame(cx, &mut began)).await {
+            let frame = match self.poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            self.waiting_since = None;
+            match frame {
                 None => {
                     self.done = true;
-                    return Some(Err(UpstreamError::Timeout(self.provider.clone())));
+                    return Poll::Ready(Some(Err(UpstreamError::Timeout(self.provider.clone()))));
                 }
                 Some(None) => self.done = true,
                 Some(Some(Err(_))) => {
                     self.done = true;
-                    return Some(Err(UpstreamError::garbage(
+                    return Poll::Ready(Some(Err(UpstreamError::garbage(
                         &self.provider,
                         "the connection broke mid-answer",
-                    )));
+                    ))));
                 }
                 Some(Some(Ok(frame))) => {
                     // Trailers carry nothing a provider answer needs.
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        return Some(Ok(data));
+                        return Poll::Ready(Some(Ok(data)));
                     }
                 }
             }
         }
-        None
+        Poll::Ready(None)
     }
 
-    /// The next frame (`Some`), or `None` once the wait for it, which `began` at
-    /// the first poll that found nothing, is over.
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-        began: &mut Option<Instant>,
-    ) -> Poll<Option<Next>> {
+    /// The next frame (`Some`), or `None` once the wait for it (see
+    /// [`Body::waiting_since`]) is over.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
         use hyper::body::Body as _;
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(Some(frame));
         }
-        let began = *began.get_or_insert_with(Instant::now);
+        let began = *self.waiting_since.get_or_insert_with(Instant::now);
         loop {
             let idle = began + self.read_timeout;
             let due = self.deadline.map_or(idle, |d| d.min(idle));

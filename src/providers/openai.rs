@@ -3,12 +3,14 @@
 
 use super::Whole;
 use super::client::Call;
-use super::upstream::{ChatOutput, Connection, StreamEvent, UpstreamError, sse_data};
+use super::upstream::{ChatOutput, Connection, SseData, StreamEvent, UpstreamError, sse_data};
 use super::wire::{ChatRequest, Image, ImageRequest, SourceImage};
 use crate::config::ProviderKind;
 use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
     if conn.has_key() {
@@ -116,31 +118,70 @@ pub(super) async fn chat(
             Whole::check(bytes).map_err(|e| UpstreamError::garbage(&conn.name, e))?;
         return Ok(ChatOutput::Full { body, usage });
     }
-    let name = conn.name.clone();
-    let events = sse_data(conn.name.clone(), res)
-        .take_while(|d| std::future::ready(!matches!(d, Ok(s) if s.trim_ascii() == b"[DONE]")))
-        .flat_map(move |d| {
-            // At most two events (usage, then the chunk), with no list built per event.
-            let (first, second) = match d {
-                Err(e) => (Some(Err(e)), None),
-                Ok(data) => match Whole::check_chunk(data) {
-                    Err(e) => (Some(Err(UpstreamError::garbage(&name, e))), None),
-                    Ok(c) => {
-                        let chunk = match c.chunk {
-                            Some(chunk) => Some(Ok(StreamEvent::Chunk(chunk))),
-                            None if c.error => {
-                                Some(Err(UpstreamError::garbage(&name, "an error mid-stream")))
-                            }
-                            None => None,
-                        };
-                        (c.usage.map(|u| Ok(StreamEvent::Usage(u))), chunk)
-                    }
-                },
-            };
-            futures_util::stream::iter(first.into_iter().chain(second))
-        })
-        .boxed();
+    let events = Chunks {
+        data: sse_data(conn.name.clone(), res),
+        name: conn.name.clone(),
+        next: None,
+        done: false,
+    }
+    .boxed();
     Ok(ChatOutput::Stream(events))
+}
+
+/// The events of an OpenAI-shaped stream, each checked, up to `[DONE]`. A chunk that
+/// reports usage gives two events (the usage first), with no list built per chunk.
+struct Chunks {
+    data: SseData,
+    name: String,
+    /// A chunk's second event, given out next.
+    next: Option<Result<StreamEvent, UpstreamError>>,
+    /// `[DONE]` came.
+    done: bool,
+}
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<StreamEvent, UpstreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let s = self.get_mut();
+        loop {
+            if let Some(event) = s.next.take() {
+                return Poll::Ready(Some(event));
+            }
+            if s.done {
+                return Poll::Ready(None);
+            }
+            let data = match Pin::new(&mut s.data).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(data))) => data,
+            };
+            if data.trim_ascii() == b"[DONE]" {
+                s.done = true;
+                return Poll::Ready(None);
+            }
+            let c = match Whole::check_chunk(data) {
+                Ok(c) => c,
+                Err(e) => return Poll::Ready(Some(Err(UpstreamError::garbage(&s.name, e)))),
+            };
+            let chunk = match c.chunk {
+                Some(chunk) => Some(Ok(StreamEvent::Chunk(chunk))),
+                None if c.error => {
+                    Some(Err(UpstreamError::garbage(&s.name, "an error mid-stream")))
+                }
+                None => None,
+            };
+            match c.usage {
+                Some(u) => {
+                    s.next = chunk;
+                    return Poll::Ready(Some(Ok(StreamEvent::Usage(u))));
+                }
+                None if chunk.is_some() => return Poll::Ready(chunk),
+                None => {}
+            }
+        }
+    }
 }
 
 pub(super) async fn images(

@@ -9,8 +9,10 @@ use crate::crypto::Secret;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use serde_json::Value;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Whose connection this is.
@@ -375,35 +377,42 @@ fn error_message(body: &str) -> String {
 
 /// Splits a server-sent event stream into the `data` of each event. An event with one
 /// `data` line (nearly all) is a slice of what was received, not a copy.
-pub(super) fn sse_data(
-    conn_name: String,
-    res: Reply,
-) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
-    use futures_util::StreamExt;
-    struct State {
-        body: Body,
-        buf: BytesMut,
-        ready: std::collections::VecDeque<Bytes>,
-        name: String,
-        done: bool,
-    }
-    let state = State {
+pub(super) fn sse_data(conn_name: String, res: Reply) -> SseData {
+    SseData {
         body: res.body_stream(&conn_name),
         buf: BytesMut::new(),
-        ready: Default::default(),
+        ready: std::collections::VecDeque::new(),
         name: conn_name,
         done: false,
-    };
-    futures_util::stream::unfold(state, |mut s| async move {
+    }
+}
+
+/// The stream [`sse_data`] makes: polled in place, with no future built per event.
+pub(super) struct SseData {
+    body: Body,
+    /// The start of an event not yet whole.
+    buf: BytesMut,
+    /// Events taken from a piece and not yet given out.
+    ready: std::collections::VecDeque<Bytes>,
+    name: String,
+    done: bool,
+}
+
+impl futures_core::Stream for SseData {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let s = self.get_mut();
         loop {
             if let Some(d) = s.ready.pop_front() {
-                return Some((Ok(d), s));
+                return Poll::Ready(Some(Ok(d)));
             }
             if s.done {
-                return None;
+                return Poll::Ready(None);
             }
-            match s.body.next().await {
-                Some(Ok(bytes)) => {
+            match s.body.poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(bytes))) => {
                     // Whole events are slices of what came (after what was left over,
                     // if anything was); only a trailing part event is copied.
                     let mut bytes = if s.buf.is_empty() {
@@ -421,18 +430,18 @@ pub(super) fn sse_data(
                     if s.buf.len() > 4 << 20 {
                         s.done = true;
                         let err = UpstreamError::garbage(&s.name, "an event over 4 MiB");
-                        return Some((Err(err), s));
+                        return Poll::Ready(Some(Err(err)));
                     }
                 }
-                Some(Err(e)) => {
+                Poll::Ready(Some(Err(e))) => {
                     s.done = true;
                     let err = match e {
                         UpstreamError::Timeout(_) => e,
                         _ => UpstreamError::garbage(&s.name, "the connection broke mid-stream"),
                     };
-                    return Some((Err(err), s));
+                    return Poll::Ready(Some(Err(err)));
                 }
-                None => {
+                Poll::Ready(None) => {
                     s.done = true;
                     if let Some(data) = event_data(s.buf.split().freeze()) {
                         s.ready.push_back(data);
@@ -440,15 +449,14 @@ pub(super) fn sse_data(
                 }
             }
         }
-    })
-    .boxed()
+    }
 }
 
 /// Where the first event of `buf` ends: a blank line, `\n\n` or `\r\n\r\n`
 /// (position, length).
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
-    while let Some(p) = buf[from..].iter().position(|&b| b == b'\n') {
+    while let Some(p) = memchr::memchr(b'\n', &buf[from..]) {
         let i = from + p;
         if buf.get(i + 1) == Some(&b'\n') {
             return Some((i, 2));
@@ -476,10 +484,7 @@ fn event_data(event: Bytes) -> Option<Bytes> {
     let mut joined: Option<Vec<u8>> = None;
     let mut start = 0;
     while start < event.len() {
-        let end = event[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(event.len(), |p| start + p);
+        let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |p| start + p);
         let line_end = if end > start && event[end - 1] == b'\r' {
             end - 1
         } else {

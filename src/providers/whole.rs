@@ -373,12 +373,23 @@ fn skip_ws(json: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The index just past the string that opens at `i` (a `"`). Most of a chunk is
-/// string (the answer's text), so it leaps from one `"` or `\` to the next.
+/// The index just past the string that opens at `i` (a `"`). Short strings (names, a
+/// streamed token) are read byte by byte; a long one (a whole answer's text) leaps
+/// from one `"` or `\` to the next.
 fn string_end(json: &[u8], i: usize) -> Option<usize> {
+    const SHORT: usize = 16;
     let mut j = i + 1;
     loop {
-        j += memchr::memchr2(b'"', b'\\', json.get(j..)?)?;
+        let rest = json.get(j..)?;
+        j += match rest
+            .iter()
+            .take(SHORT)
+            .position(|&b| b == b'"' || b == b'\\')
+        {
+            Some(k) => k,
+            None if rest.len() <= SHORT => return None,
+            None => SHORT + memchr::memchr2(b'"', b'\\', &rest[SHORT..])?,
+        };
         match json[j] {
             b'"' => return Some(j + 1),
             // An escape: the next byte is part of it, whatever it is.
@@ -489,6 +500,13 @@ mod tests {
         assert_eq!(super::string_end(br#""a\"#, 0), None);
         assert_eq!(super::string_end(br#""a\\""#, 0), Some(5));
         assert_eq!(super::string_end(br#""a\"b"x"#, 0), Some(6));
+        // Past the first sixteen bytes too.
+        assert_eq!(
+            super::string_end(br#""0123456789abcdefghij\"x" y"#, 0),
+            Some(25)
+        );
+        assert_eq!(super::string_end(br#""0123456789abcdef"#, 0), None);
+        assert_eq!(super::string_end(br#""0123456789abcdefg\"#, 0), None);
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub async fn observe<B: MessageBody + 'static>(
     if let Some(s) = &shared {
         s.metrics.observe(method.as_str(), &route, status, elapsed);
     }
-    let ms = elapsed.as_secs_f64() * 1000.0;
+    // Whole microseconds: `ms=8.213`, not `ms=8.213227999999999`.
+    let ms = elapsed.as_micros() as f64 / 1000.0;
     span.in_scope(|| {
         if QUIET_ROUTES.contains(&route.as_str()) {
             tracing::debug!(target: "easel::http", %method, %route, status, ms, "request");

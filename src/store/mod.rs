@@ -106,10 +106,12 @@ pub trait KeyBytes {
 }
 
 /// Says that `Self` encodes exactly as the record type `V` does: the same fields in the
-/// same order, with `&str` where `V` has `String` (the codec writes both alike). Each
-/// such pair is declared by hand next to the record type, with a test that the bytes
-/// agree.
+/// same order, with `&str` where `V` has `String` (the codec writes both alike). Every
+/// type does as itself; any other pair is declared by hand next to the record type,
+/// with a test that the bytes agree.
 pub trait EncodesAs<V> {}
+
+impl<V> EncodesAs<V> for V {}
 
 /// A key type of a table: encodes to bytes (see [`KeyBytes`]) and reads back.
 pub trait Key: KeyBytes + Sized {
@@ -886,8 +888,7 @@ impl<'a> WriteTx<'a> {
         Q: KeyBytes + ?Sized,
         V: Serialize,
     {
-        let bytes = codec::encode(t.name, value)?;
-        self.raw_insert(t.name, &key.bytes(), &bytes)
+        self.insert_as(t, key, value)
     }
 
     /// Inserts or replaces a record given in a form that encodes as the table's own

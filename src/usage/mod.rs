@@ -64,7 +64,6 @@ pub struct UsageRecord<S = String> {
 }
 
 impl EncodesAs<UsageRecord> for UsageRecord<&str> {}
-impl EncodesAs<UsageRecord> for UsageRecord {}
 
 /// Writes a record, owned or borrowed, inside the caller's transaction.
 pub fn record<R>(tx: &WriteTx<'_>, key: &TimedKey, rec: &R) -> Result<(), StoreError>

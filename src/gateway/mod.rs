@@ -326,12 +326,14 @@ struct Metered<F> {
     latency_ms: u64,
     at_ms: u64,
     counted: bool,
-    /// The usage record's key, made by the first attempt of the transaction.
+    /// The usage record's key, made on the writer by whichever of `posting` and `write`
+    /// comes first.
     record_key: Option<TimedKey>,
     also: F,
 }
 
-/// The usage record's key, made once: a batch that is tried again keeps its ids.
+/// The usage record's key, made once: the entry (in `posting`) names the record that
+/// `write` stores.
 fn record_key<'a>(
     slot: &'a mut Option<TimedKey>,
     account: &str,

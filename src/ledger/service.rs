@@ -189,8 +189,9 @@ pub struct Ledger {
 /// gives everything back.
 pub struct Hold {
     ledger: Ledger,
-    account: String,
-    key: Option<String>,
+    /// Shared, not copied, with the write that settles the hold.
+    account: Arc<str>,
+    key: Option<Arc<str>>,
     amount: i64,
     open: bool,
 }
@@ -406,8 +407,8 @@ impl Ledger {
         book.reserved += amount;
         Ok(Hold {
             ledger: self.clone(),
-            account: account.to_string(),
-            key: key.map(|k| k.id.to_string()),
+            account: Arc::from(account),
+            key: key.map(|k| Arc::from(k.id)),
             amount,
             open: true,
         })
@@ -593,8 +594,8 @@ impl Hold {
 
 /// A charge made in the books, on its way to storage.
 struct Charged {
-    account: String,
-    key: Option<String>,
+    account: Arc<str>,
+    key: Option<Arc<str>>,
     charge: i64,
 }
 
@@ -605,6 +606,7 @@ impl Charged {
         kind: EntryKind,
         mut c: C,
     ) -> impl FnMut(&WriteTx<'_>) -> Result<Option<Entry>, LedgerError> + Send + 'static {
+        // The hold's own names, shared: the write copies no string.
         let (owner, key, charge) = (self.account.clone(), self.key.clone(), self.charge);
         move |tx: &WriteTx<'_>| {
             let entry = if charge > 0 {
@@ -621,9 +623,9 @@ impl Charged {
     /// Puts the books back after the write failed.
     fn undo(self, ledger: &Ledger) {
         let mut books = ledger.books();
-        books.accounts.entry(self.account).or_default().balance += self.charge;
-        if let Some(k) = self.key {
-            books.keys.entry(k).or_default().spent -= self.charge;
+        book_of(&mut books.accounts, &self.account).balance += self.charge;
+        if let Some(k) = &self.key {
+            book_of(&mut books.keys, k).spent -= self.charge;
         }
     }
 }
@@ -634,11 +636,11 @@ impl Drop for Hold {
             return;
         }
         let mut books = self.ledger.books();
-        if let Some(b) = books.accounts.get_mut(&self.account) {
+        if let Some(b) = books.accounts.get_mut(&*self.account) {
             b.reserved -= self.amount;
         }
         if let Some(k) = &self.key
-            && let Some(kb) = books.keys.get_mut(k)
+            && let Some(kb) = books.keys.get_mut(&**k)
         {
             kb.reserved -= self.amount;
         }

@@ -1,10 +1,12 @@
 //! A chat completion, or one streamed chunk of one, in OpenAI's shape.
 //!
 //! An `openai` or `openai-compatible` answer (and each event of its stream) is relayed
-//! as the provider's own bytes: checked once (valid JSON with a `choices` list; usage
-//! and answer length read on the way), then sent on with only the top-level `model`
-//! changed to the catalog's name. Building a `serde_json::Value` of it and writing it
-//! out again cost a proxied request more than any other step of its own.
+//! as the provider's own bytes: checked once (valid JSON with a `choices` list; usage,
+//! answer length and where the top-level `model` is read on the way), then sent on with
+//! only that `model` changed to the catalog's name. Building a `serde_json::Value` of it
+//! and writing it out again cost a proxied request more than any other step of its own.
+//! An answer with two top-level `model` members is refused like any other that is not
+//! one answer.
 
 use super::wire::Usage;
 use bytes::Bytes;
@@ -24,6 +26,8 @@ pub enum Whole {
         /// Bytes of answer text, or of a chunk's delta (for a usage guess when none
         /// is reported).
         output_chars: usize,
+        /// Where its top-level `model` is.
+        model: ModelAt,
     },
     /// Built by an adapter that translates another format.
     Built(Value),
@@ -32,21 +36,110 @@ pub enum Whole {
 /// What is read of a raw answer while checking it. Nothing of the answer is kept: its
 /// text is only measured and its usage only counted, so a check allocates nothing.
 #[derive(Deserialize)]
-struct Check {
+struct Check<'a> {
     choices: Choices,
     #[serde(default)]
     usage: Scalar<UsageCounts>,
+    #[serde(default, borrow)]
+    model: Placed<'a>,
 }
 
 /// What is read of a streamed chunk while checking it.
 #[derive(Deserialize)]
-struct CheckChunk {
+struct CheckChunk<'a> {
     #[serde(default)]
     choices: Option<Choices>,
     #[serde(default)]
     usage: Scalar<UsageCounts>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    model: Placed<'a>,
+}
+
+/// Where an answer's top-level `model` value is, so that it is replaced without a
+/// second reading of the answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ModelAt {
+    /// There is none: one is added.
+    Absent,
+    /// A string with no escapes, at this byte range of the text (quotes included).
+    At(usize, usize),
+    /// Something else (a string with escapes, a number, an object...): found by a scan
+    /// of the text when it is replaced.
+    Unplaced,
+}
+
+/// A `model` member as the check reads it: a string read in place (serde_json lends a
+/// slice of the text itself when the string has no escapes), or anything else.
+#[derive(Default)]
+enum Placed<'a> {
+    #[default]
+    Absent,
+    InPlace(&'a str),
+    Elsewhere,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Placed<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Reader<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Reader<'a> {
+            type Value = Placed<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Placed<'a>, E> {
+                Ok(Placed::InPlace(v))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_unit<E>(self) -> Result<Placed<'a>, E> {
+                Ok(Placed::Elsewhere)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Placed<'a>, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Placed::Elsewhere)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Placed<'a>, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Placed::Elsewhere)
+            }
+        }
+        d.deserialize_any(Reader(PhantomData))
+    }
+}
+
+impl Placed<'_> {
+    /// Where the member is in `text`, the JSON text it was read from.
+    fn within(&self, text: &[u8]) -> ModelAt {
+        match self {
+            Placed::Absent => ModelAt::Absent,
+            Placed::Elsewhere => ModelAt::Unplaced,
+            Placed::InPlace(v) => {
+                // The lent slice lies inside `text`, between the string's quotes.
+                let start = (v.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+                let end = start.wrapping_add(v.len());
+                let quoted =
+                    start >= 1 && end < text.len() && text[start - 1] == b'"' && text[end] == b'"';
+                if quoted {
+                    ModelAt::At(start - 1, end + 1)
+                } else {
+                    ModelAt::Unplaced
+                }
+            }
+        }
+    }
 }
 
 /// A `choices` list, counted: how many choices, and the bytes of their text.
@@ -202,7 +295,16 @@ impl Whole {
         })?;
         an_object(&body)?;
         let output_chars = check.choices.chars;
-        Ok((Whole::Raw { body, output_chars }, reported(check.usage)))
+        let model = check.model.within(&body);
+        let usage = reported(check.usage);
+        Ok((
+            Whole::Raw {
+                body,
+                output_chars,
+                model,
+            },
+            usage,
+        ))
     }
 
     /// Checks one event of a provider's OpenAI-shaped stream (the text after `data:`).
@@ -210,14 +312,17 @@ impl Whole {
         let check: CheckChunk = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         an_object(&body)?;
         let choices = check.choices.unwrap_or_default();
+        let model = check.model.within(&body);
+        let (usage, error) = (reported(check.usage), check.error.is_some());
         let chunk = (choices.count > 0).then_some(Whole::Raw {
             output_chars: choices.chars,
             body,
+            model,
         });
         Ok(Chunk {
             chunk,
-            usage: reported(check.usage),
-            error: check.error.is_some(),
+            usage,
+            error,
         })
     }
 
@@ -240,7 +345,9 @@ impl Whole {
     pub fn write_sse(&mut self, model: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: ");
         match self {
-            Whole::Raw { body, .. } => write_with_model(body, model, out),
+            Whole::Raw {
+                body, model: at, ..
+            } => write_with_model(body, *at, model, out),
             Whole::Built(v) => {
                 v["model"] = model.into();
                 // Writing a Value into a Vec cannot fail.
@@ -279,9 +386,11 @@ impl Whole {
     /// The completion as JSON text, with `model` as its top-level model.
     pub fn with_model(self, model: &str) -> Bytes {
         match self {
-            Whole::Raw { body, .. } => {
+            Whole::Raw {
+                body, model: at, ..
+            } => {
                 let mut out = Vec::with_capacity(body.len() + model.len() + 16);
-                write_with_model(&body, model, &mut out);
+                write_with_model(&body, at, model, &mut out);
                 Bytes::from(out)
             }
             Whole::Built(mut v) => {
@@ -292,21 +401,31 @@ impl Whole {
     }
 }
 
-/// Writes `json` (a JSON object's text, already checked) to `out` with every
-/// top-level `model` value replaced by `model`, or one added first when there is none.
-fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
+/// Writes `json` (a JSON object's text, already checked) to `out` with its top-level
+/// `model` value (`at`: where the check found it) replaced by `model`, or one added
+/// first when there is none.
+fn write_with_model(json: &[u8], at: ModelAt, model: &str, out: &mut Vec<u8>) {
     // A string written into a Vec cannot fail.
     let value = |out: &mut Vec<u8>| {
         let _ = serde_json::to_writer(out, model);
     };
-    let mut at = 0;
     let mut found = false;
-    top_level_values(json, b"model", |span| {
-        out.extend_from_slice(&json[at..span.start]);
-        value(out);
-        at = span.end;
-        found = true;
-    });
+    let mut from = 0;
+    match at {
+        ModelAt::At(start, end) if start <= end && end <= json.len() => {
+            out.extend_from_slice(&json[..start]);
+            value(out);
+            from = end;
+            found = true;
+        }
+        ModelAt::Absent => {}
+        _ => top_level_values(json, b"model", |span| {
+            out.extend_from_slice(&json[from..span.start]);
+            value(out);
+            from = span.end;
+            found = true;
+        }),
+    }
     if !found {
         let Some(open) = json.iter().position(|&b| b == b'{') else {
             out.extend_from_slice(json);
@@ -325,7 +444,7 @@ fn write_with_model(json: &[u8], model: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(&json[open + 1..]);
         return;
     }
-    out.extend_from_slice(&json[at..]);
+    out.extend_from_slice(&json[from..]);
 }
 
 /// Gives `found` the byte range of the value of each top-level member named `key` (as
@@ -438,13 +557,67 @@ fn value_end(json: &[u8], i: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Whole, top_level_values, write_with_model};
+    use super::{ModelAt, Whole, top_level_values, write_with_model};
     use serde_json::{Value, json};
 
+    /// `model` written into `json` found by a scan, as for a value the check could not
+    /// place.
     fn set_model(json: &[u8], model: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        write_with_model(json, model, &mut out);
+        write_with_model(json, ModelAt::Unplaced, model, &mut out);
         out
+    }
+
+    /// What a relayed answer turns into, with `model` where the check placed it.
+    fn relayed(text: &str, model: &str) -> (ModelAt, Vec<u8>) {
+        let (whole, _) =
+            Whole::check(bytes::Bytes::copy_from_slice(text.as_bytes())).expect("an answer");
+        let Whole::Raw { model: at, .. } = &whole else {
+            panic!("a provider's answer is relayed raw");
+        };
+        (*at, whole.with_model(model).to_vec())
+    }
+
+    #[test]
+    fn the_check_places_a_plain_model_and_the_relay_writes_ours_there() {
+        let text = r#"{"id":"x", "model" : "up-1","choices":[{"message":{"model":"in"}}]}"#;
+        let (at, out) = relayed(text, "ours");
+        let start = text.find("\"up-1\"").expect("there");
+        assert_eq!(at, ModelAt::At(start, start + "\"up-1\"".len()));
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            text.replace("\"up-1\"", "\"ours\"")
+        );
+        // Escapes, or a value that is not a string: found by the scan instead, with the
+        // same result.
+        for (text, want) in [
+            (r#"{"model":"a\"b","choices":[]}"#, ModelAt::Unplaced),
+            (r#"{"model":7,"choices":[]}"#, ModelAt::Unplaced),
+            (r#"{"model":{"a":["b"]},"choices":[]}"#, ModelAt::Unplaced),
+            (r#"{"choices":[]}"#, ModelAt::Absent),
+        ] {
+            let (at, out) = relayed(text, "ours");
+            assert_eq!(at, want, "{text}");
+            assert_eq!(out, set_model(text.as_bytes(), "ours"), "{text}");
+            let v: Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(v["model"], "ours", "{text}");
+        }
+        // A chunk is placed the same way.
+        let chunk = r#"{"model":"up","choices":[{"delta":{"content":"a"}}]}"#;
+        let c = Whole::check_chunk(chunk.into()).expect("a chunk");
+        let mut sse = Vec::new();
+        c.chunk.expect("choices").write_sse("ours", &mut sse);
+        assert_eq!(
+            sse,
+            format!("data: {}\n\n", chunk.replace("\"up\"", "\"ours\"")).into_bytes()
+        );
+    }
+
+    #[test]
+    fn an_answer_with_two_models_is_refused() {
+        let twice = r#"{"model":"a","choices":[],"model":"b"}"#;
+        assert!(Whole::check(twice.into()).is_err());
+        assert!(Whole::check_chunk(twice.into()).is_err());
     }
 
     fn relabel(text: &str) -> Value {

@@ -7,6 +7,8 @@
 //! at once, after what was gathered, so lines keep their order; a clean shutdown
 //! writes the rest ([`flush`]).
 
+mod access;
+
 use crate::config::{LogConfig, LogFormat};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +79,7 @@ impl<'a> MakeWriter<'a> for Sink {
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
         Line {
-            gather: meta.target() == "easel::http"
+            gather: meta.target() == access::TARGET
                 && *meta.level() >= Level::INFO
                 && FLUSHING.load(Ordering::Acquire),
         }
@@ -147,6 +149,7 @@ fn start_flusher() {
 /// The time in front of each line, as tracing's own clock writes it
 /// (`2026-12-06T04:28:59.339947Z`), with the date and time of day worked out once a
 /// second per thread rather than for every line.
+#[derive(Clone)]
 struct Clock;
 
 /// One thread's last second, written out: `2026-12-06T04:28:59.`.
@@ -214,7 +217,7 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .with_timer(Clock)
+            .event_format(access::Text::new(Clock))
             .with_writer(Sink)
             .boxed(),
     };

@@ -38,6 +38,8 @@ const SECONDS_VAR: &str = "EASEL_BENCH_SECONDS";
 /// Another `easel` binary to measure instead of this build's (an earlier commit's,
 /// for a before-and-after comparison on the same machine).
 const BIN: &str = "EASEL_BENCH_BIN";
+/// Set: the tail of every run in more detail after the tables.
+const DETAIL: &str = "EASEL_BENCH_DETAIL";
 const MODEL: &str = "bench-model";
 
 // ---- the upstream ----------------------------------------------------------------
@@ -263,6 +265,8 @@ impl Drop for Server {
 
 struct Run {
     latencies: Vec<u64>,
+    /// (start in ns since the run began, latency in ns) of every request, unsorted.
+    timeline: Vec<(u64, u64)>,
     seconds: f64,
 }
 
@@ -273,6 +277,32 @@ impl Run {
     }
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.seconds
+    }
+
+    /// The tail in more detail (`EASEL_BENCH_DETAIL=1`): percentiles, and how the
+    /// requests slower than the p99 spread over time (in how many 10 ms windows they
+    /// began), which tells a tail made of stalls (few windows) from one spread thin.
+    fn detail(&self, what: &str) -> String {
+        let p99 = self.latencies[((self.latencies.len() as f64 - 1.0) * 0.99).round() as usize];
+        let slow: Vec<u64> = self
+            .timeline
+            .iter()
+            .filter(|(_, l)| *l > p99)
+            .map(|(t, _)| t / 10_000_000)
+            .collect();
+        let windows: std::collections::BTreeSet<u64> = slow.iter().copied().collect();
+        format!(
+            "{what}: p50 {:.3} p90 {:.3} p95 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {} requests over the p99 began in {} of {:.0} 10-ms windows",
+            self.pct(0.5),
+            self.pct(0.9),
+            self.pct(0.95),
+            self.pct(0.99),
+            self.pct(0.999),
+            self.pct(1.0),
+            slow.len(),
+            windows.len(),
+            self.seconds * 100.0
+        )
     }
 }
 
@@ -305,6 +335,7 @@ async fn load(
                 let mut samples = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
+                    let start = (t - began).as_nanos() as u64;
                     let res = client
                         .post(&url)
                         .bearer_auth(&key)
@@ -321,7 +352,7 @@ async fn load(
                         _ => false,
                     };
                     if ok {
-                        samples.push(t.elapsed().as_nanos() as u64);
+                        samples.push((start, t.elapsed().as_nanos() as u64));
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -330,15 +361,20 @@ async fn load(
             })
         })
         .collect();
-    let mut latencies = Vec::new();
+    let mut timeline = Vec::new();
     for t in tasks {
-        latencies.extend(t.await.expect("load task"));
+        timeline.extend(t.await.expect("load task"));
     }
+    let mut latencies: Vec<u64> = timeline.iter().map(|(_, l)| *l).collect();
     let seconds = began.elapsed().as_secs_f64();
     let failed = failures.load(Ordering::Relaxed);
     assert_eq!(failed, 0, "{failed} requests to {url} failed");
     latencies.sort_unstable();
-    Run { latencies, seconds }
+    Run {
+        latencies,
+        timeline,
+        seconds,
+    }
 }
 
 async fn balance(client: &reqwest::Client, base: &str, key: &str) -> f64 {
@@ -488,6 +524,8 @@ fn main() {
         let easel_url = format!("{}/v1/chat/completions", easel.base);
         let mut proxied = 0u64;
         let mut bare_rows = Vec::new();
+        let detail = std::env::var_os(DETAIL).is_some();
+        let mut details = Vec::new();
         let cells = std::env::var(CELLS).ok();
         let seconds: u64 = std::env::var(SECONDS_VAR)
             .ok()
@@ -538,6 +576,12 @@ fn main() {
                     floor.pct(0.99) - direct.pct(0.99),
                     floor.rate(),
                 ));
+                if detail {
+                    details.push(format!("{mode}:{clients}"));
+                    details.push(direct.detail("  direct"));
+                    details.push(via.detail("  via Easel"));
+                    details.push(floor.detail("  bare proxy"));
+                }
             }
         }
         println!("\nThe bare proxy (actix-web + hyper's client, nothing else), against the same direct runs:\n");
@@ -547,6 +591,9 @@ fn main() {
             println!("{row}");
         }
         println!("bare proxy RSS: peak (VmHWM) {:.1} MiB", bare.mib("VmHWM:"));
+        for line in details {
+            println!("{line}");
+        }
         let after = balance(&client, &easel.base, &key).await;
         println!(
             "Easel RSS: peak (VmHWM) {:.1} MiB, now {:.1} MiB",

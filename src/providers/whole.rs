@@ -275,9 +275,8 @@ pub struct Chunk {
     pub error: bool,
 }
 
-/// The answer as text. Checked once for the whole answer, so that serde_json reads it
-/// as text already checked instead of checking every string in it on its own (which was
-/// most of the cost of reading a streamed chunk).
+/// The answer as text, checked once as a whole, so that serde_json reads text already
+/// checked instead of checking each key and string of it on its own.
 fn utf8(body: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(body).map_err(|e| format!("the answer is not UTF-8 text: {e}"))
 }
@@ -316,8 +315,7 @@ impl Whole {
 
     /// Checks one event of a provider's OpenAI-shaped stream (the text after `data:`).
     pub fn check_chunk(body: Bytes) -> Result<Chunk, String> {
-        let check: CheckChunk =
-            serde_json::from_str(utf8(&body)?).map_err(|e| e.to_string())?;
+        let check: CheckChunk = serde_json::from_str(utf8(&body)?).map_err(|e| e.to_string())?;
         an_object(&body)?;
         let choices = check.choices.unwrap_or_default();
         let model = check.model.within(&body);

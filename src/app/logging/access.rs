@@ -170,7 +170,7 @@ fn millis(w: &mut Writer<'_>, value: f64) -> fmt::Result {
     let thousandths = (value * 1000.0).round();
     // Below 1e9 each thousandth is far apart from the next float, so the shortest
     // text that reads back as `value` is the thousandths' own.
-    if !(0.0..1e9).contains(&value) || thousandths / 1000.0 != value {
+    if !(0.0..1e9).contains(&value) || value.is_sign_negative() || thousandths / 1000.0 != value {
         return write!(w, "{value:?}");
     }
     let thousandths = thousandths as u64;
@@ -226,6 +226,7 @@ impl fmt::Write for Escaping<'_, '_> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
 
@@ -281,8 +282,6 @@ mod tests {
         (run(true), run(false))
     }
 
-    use tracing_subscriber::Layer as _;
-
     #[test]
     fn access_lines_are_written_as_tracings_own_format_writes_them() {
         let (quick, full) = both(|| {
@@ -337,7 +336,7 @@ mod tests {
             millis(&mut Writer::new(&mut out), v).expect("writes");
             assert_eq!(out, format!("{v:?}"), "{us} µs");
         }
-        for v in [1e9, 1e16, 0.0001, 1.0 / 3.0, f64::NAN, -0.5] {
+        for v in [1e9, 1e16, 0.0001, 1.0 / 3.0, f64::NAN, -0.5, -0.0] {
             out.clear();
             millis(&mut Writer::new(&mut out), v).expect("writes");
             assert_eq!(out, format!("{v:?}"));

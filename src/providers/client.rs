@@ -150,6 +150,14 @@ pub(super) struct Call {
     invalid: Option<&'static str>,
 }
 
+/// A header value that is secret (a key), marked sensitive: never printed, and never
+/// indexed by HTTP/2. `None` for text HTTP cannot carry.
+pub fn secret_value(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 impl Call {
     /// A request to `url`.
     pub fn new(method: Method, url: &str) -> Call {
@@ -176,13 +184,18 @@ impl Call {
     /// Sets a header whose value is secret (a key): it is marked sensitive, so it is
     /// never printed and HTTP/2 never indexes it.
     pub fn secret_header(mut self, name: &'static str, value: &str) -> Call {
-        match HeaderValue::from_str(value) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
+        match secret_value(value) {
+            Some(v) => {
                 self.headers.insert(HeaderName::from_static(name), v);
             }
-            Err(_) => self.invalid = Some(name),
+            None => self.invalid = Some(name),
         }
+        self
+    }
+
+    /// Sets a secret header made beforehand with [`secret_value`].
+    pub fn secret_header_value(mut self, name: &'static str, value: HeaderValue) -> Call {
+        self.headers.insert(HeaderName::from_static(name), value);
         self
     }
 
@@ -513,6 +526,44 @@ mod tests {
     fn a_key_http_cannot_carry_is_refused_before_anything_is_sent_and_never_shown() {
         let call = Call::new(Method::GET, "http://127.0.0.1:9/models").bearer("sk-\u{e9}\n");
         let err = call.build("up").unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        assert!(!err.to_string().contains("sk-"), "{err}");
+    }
+
+    #[test]
+    fn a_connection_makes_its_bearer_header_once_and_it_stays_secret() {
+        use crate::providers::upstream::{Connection, Owner};
+        let conn = |key: Option<&str>| {
+            Connection::new(
+                "up".into(),
+                crate::config::ProviderKind::Openai,
+                "https://api.example.com/v1".into(),
+                key.map(|k| crate::crypto::Secret::new(k.to_string())),
+                true,
+                Duration::from_secs(1),
+                0,
+                Owner::Config,
+                Clients::new(Duration::from_secs(1)).expect("clients"),
+                Default::default(),
+            )
+        };
+        let sent = |c: &Connection| {
+            let call = Call::new(Method::POST, "https://api.example.com/v1/chat/completions");
+            super::super::openai::auth(c, call).build("up")
+        };
+        let keyed = conn(Some("sk-test"));
+        for _ in 0..2 {
+            let req = sent(&keyed).expect("a request");
+            let auth = req.headers().get(AUTHORIZATION).expect("authorization");
+            assert!(auth.is_sensitive());
+            assert_eq!(auth, "Bearer sk-test");
+        }
+        assert!(!format!("{keyed:?}").contains("sk-test"));
+        for none in [None, Some("")] {
+            let req = sent(&conn(none)).expect("a request");
+            assert!(req.headers().get(AUTHORIZATION).is_none(), "{none:?}");
+        }
+        let err = sent(&conn(Some("sk-\u{e9}\n"))).expect_err("not carried");
         assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
         assert!(!err.to_string().contains("sk-"), "{err}");
     }

@@ -13,10 +13,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
-    if conn.has_key() {
-        req.bearer(conn.key())
-    } else {
-        req
+    match conn.bearer() {
+        Some(v) => req.secret_header_value("authorization", v.clone()),
+        // A key HTTP cannot carry: the call says so.
+        None if conn.has_key() => req.bearer(conn.key()),
+        None => req,
     }
 }
 

@@ -142,6 +142,9 @@ pub struct Connection {
     pub breaker: Arc<Breaker>,
     /// `{base_url}/chat/completions`, parsed once rather than on every request.
     chat_url: Option<http::Uri>,
+    /// `Authorization: Bearer KEY`, made once (marked sensitive); `None` without a key
+    /// or for one HTTP cannot carry (the call then reports it).
+    bearer: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -182,8 +185,13 @@ impl Connection {
         breaker: Arc<Breaker>,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
+        let bearer = key
+            .as_ref()
+            .filter(|k| !k.expose().is_empty())
+            .and_then(|k| super::client::secret_value(&format!("Bearer {}", k.expose())));
         Connection {
             chat_url: super::client::uri(&format!("{base_url}/chat/completions")).ok(),
+            bearer,
             name,
             kind,
             base_url,
@@ -223,6 +231,11 @@ impl Connection {
     /// The key, for the adapters' headers.
     pub(super) fn key(&self) -> &str {
         self.key.as_ref().map_or("", |k| k.expose().as_str())
+    }
+
+    /// `Authorization: Bearer KEY`, made when the connection was (see the field).
+    pub(super) fn bearer(&self) -> Option<&http::HeaderValue> {
+        self.bearer.as_ref()
     }
 
     /// Whether a key is set.

@@ -327,6 +327,36 @@ mod tests {
     }
 
     #[test]
+    fn access_lines_take_the_direct_path_and_others_the_general_one() {
+        // A general formatter that leaves out the target tells the two paths apart.
+        let out = Captured::default();
+        let text = Text {
+            full: Format::default().with_timer(Fixed).with_target(false),
+            timer: Fixed,
+        };
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(out.clone())
+            .event_format(text);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            // The middleware's access line, field for field.
+            let (method, route, status, ms) = ("POST", "/v1/chat/completions", 200u16, 0.25);
+            tracing::info!(target: "easel::http", %method, %route, status, ms, "request");
+            tracing::info!(target: "easel::http", other = 1, "request");
+        });
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with(
+                "easel::http: request method=POST route=/v1/chat/completions status=200 ms=0.25"
+            ),
+            "{text}"
+        );
+        assert!(!lines[1].contains("easel::http"), "{text}");
+    }
+
+    #[test]
     fn milliseconds_read_as_the_float_would() {
         let mut out = String::new();
         let micros = (0..300_000u64).chain([999_999, 1_000_001, 86_400_000_000, 123_456_789_012]);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 const VERSION: &str = "2023-06-01";
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
-    req.secret_header("x-api-key", conn.key())
+    conn.authorize(req, "x-api-key")
         .header("anthropic-version", VERSION)
 }
 

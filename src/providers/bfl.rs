@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
-    req.secret_header("x-key", conn.key())
+    conn.authorize(req, "x-key")
 }
 
 /// Only follow links into the provider's own domain: a polling or delivery URL must

@@ -185,12 +185,12 @@ impl Call {
     /// never printed and HTTP/2 never indexes it.
     pub fn secret_header(mut self, name: &'static str, value: &str) -> Call {
         match secret_value(value) {
-            Some(v) => {
-                self.headers.insert(HeaderName::from_static(name), v);
+            Some(v) => self.secret_header_value(name, v),
+            None => {
+                self.invalid = Some(name);
+                self
             }
-            None => self.invalid = Some(name),
         }
-        self
     }
 
     /// Sets a secret header made beforehand with [`secret_value`].
@@ -206,11 +206,6 @@ impl Call {
             HeaderValue::from_static(value),
         );
         self
-    }
-
-    /// `Authorization: Bearer KEY`.
-    pub fn bearer(self, key: &str) -> Call {
-        self.secret_header("authorization", &format!("Bearer {key}"))
     }
 
     /// A JSON body.
@@ -524,19 +519,22 @@ mod tests {
 
     #[test]
     fn a_key_http_cannot_carry_is_refused_before_anything_is_sent_and_never_shown() {
-        let call = Call::new(Method::GET, "http://127.0.0.1:9/models").bearer("sk-\u{e9}\n");
+        let call = Call::new(Method::GET, "http://127.0.0.1:9/models")
+            .secret_header("authorization", "Bearer sk-\u{e9}\n");
         let err = call.build("up").unwrap_err();
         assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
         assert!(!err.to_string().contains("sk-"), "{err}");
     }
 
     #[test]
-    fn a_connection_makes_its_bearer_header_once_and_it_stays_secret() {
+    fn a_connection_makes_its_key_header_once_and_it_stays_secret() {
+        use crate::config::ProviderKind;
         use crate::providers::upstream::{Connection, Owner};
-        let conn = |key: Option<&str>| {
+        use crate::providers::{anthropic, bfl, gemini, openai};
+        let conn = |kind: ProviderKind, key: Option<&str>| {
             Connection::new(
                 "up".into(),
-                crate::config::ProviderKind::Openai,
+                kind,
                 "https://api.example.com/v1".into(),
                 key.map(|k| crate::crypto::Secret::new(k.to_string())),
                 true,
@@ -547,31 +545,61 @@ mod tests {
                 Default::default(),
             )
         };
-        let sent = |c: &Connection| {
-            let call = Call::new(Method::POST, "https://api.example.com/v1/chat/completions");
-            super::super::openai::auth(c, call).build("up")
-        };
-        let keyed = conn(Some("sk-test"));
-        for _ in 0..2 {
-            let req = sent(&keyed).expect("a request");
-            let auth = req.headers().get(AUTHORIZATION).expect("authorization");
-            assert!(auth.is_sensitive());
-            assert_eq!(auth, "Bearer sk-test");
+        type Auth = fn(&Connection, Call) -> Call;
+        let kinds: [(ProviderKind, Auth, &str, &str); 5] = [
+            (
+                ProviderKind::Openai,
+                openai::auth,
+                "authorization",
+                "Bearer sk-test",
+            ),
+            (
+                ProviderKind::OpenaiCompatible,
+                openai::auth,
+                "authorization",
+                "Bearer sk-test",
+            ),
+            (
+                ProviderKind::Anthropic,
+                anthropic::auth,
+                "x-api-key",
+                "sk-test",
+            ),
+            (
+                ProviderKind::Gemini,
+                gemini::auth,
+                "x-goog-api-key",
+                "sk-test",
+            ),
+            (ProviderKind::Bfl, bfl::auth, "x-key", "sk-test"),
+        ];
+        for (kind, auth, name, want) in kinds {
+            let sent = |c: &Connection| {
+                let call = Call::new(Method::POST, "https://api.example.com/v1/chat/completions");
+                auth(c, call).build("up")
+            };
+            let keyed = conn(kind, Some("sk-test"));
+            for _ in 0..2 {
+                let req = sent(&keyed).expect("a request");
+                let header = req.headers().get(name).expect("the key's header");
+                assert!(header.is_sensitive(), "{kind:?}");
+                assert_eq!(header, want, "{kind:?}");
+            }
+            assert!(!format!("{keyed:?}").contains("sk-test"), "{kind:?}");
+            for none in [None, Some("")] {
+                let req = sent(&conn(kind, none)).expect("a request");
+                assert!(req.headers().get(name).is_none(), "{kind:?} {none:?}");
+            }
+            let err = sent(&conn(kind, Some("sk-\u{e9}\n"))).expect_err("not carried");
+            assert!(matches!(err, UpstreamError::Connect(_)), "{kind:?} {err}");
+            assert!(!err.to_string().contains("sk-"), "{kind:?} {err}");
         }
-        assert!(!format!("{keyed:?}").contains("sk-test"));
-        for none in [None, Some("")] {
-            let req = sent(&conn(none)).expect("a request");
-            assert!(req.headers().get(AUTHORIZATION).is_none(), "{none:?}");
-        }
-        let err = sent(&conn(Some("sk-\u{e9}\n"))).expect_err("not carried");
-        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
-        assert!(!err.to_string().contains("sk-"), "{err}");
     }
 
     #[test]
     fn keys_are_sensitive_and_every_call_names_easel() {
         let req = Call::new(Method::POST, "https://api.example.com/v1/chat/completions")
-            .bearer("sk-test")
+            .secret_header("authorization", "Bearer sk-test")
             .json(&serde_json::json!({"a": 1}))
             .build("up")
             .unwrap();
@@ -645,7 +673,11 @@ mod tests {
         let trusting = Clients::with_tls(Duration::from_secs(5), tls);
         for _ in 0..2 {
             let reply = trusting
-                .send(Call::new(Method::GET, &url).bearer("sk-test"), "up", soon())
+                .send(
+                    Call::new(Method::GET, &url).secret_header("authorization", "Bearer sk-test"),
+                    "up",
+                    soon(),
+                )
                 .await
                 .unwrap();
             assert_eq!(reply.status, StatusCode::OK);

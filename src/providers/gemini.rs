@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
-    req.secret_header("x-goog-api-key", conn.key())
+    conn.authorize(req, "x-goog-api-key")
 }
 
 fn contents(req: &ChatRequest) -> Result<(Vec<Value>, Option<String>), UpstreamError> {

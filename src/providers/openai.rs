@@ -13,12 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub(super) fn auth(conn: &Connection, req: Call) -> Call {
-    match conn.bearer() {
-        Some(v) => req.secret_header_value("authorization", v.clone()),
-        // A key HTTP cannot carry: the call says so.
-        None if conn.has_key() => req.bearer(conn.key()),
-        None => req,
-    }
+    conn.authorize(req, "authorization")
 }
 
 /// The chat request as the provider gets it: the client's fields as sent, the

@@ -142,9 +142,10 @@ pub struct Connection {
     pub breaker: Arc<Breaker>,
     /// `{base_url}/chat/completions`, parsed once rather than on every request.
     chat_url: Option<http::Uri>,
-    /// `Authorization: Bearer KEY`, made once (marked sensitive); `None` without a key
-    /// or for one HTTP cannot carry (the call then reports it).
-    bearer: Option<http::HeaderValue>,
+    /// The key as this kind of provider sends it in its auth header (`Bearer KEY` for
+    /// OpenAI's shape, the key alone for the others), made once and marked sensitive;
+    /// `None` without a key or for one HTTP cannot carry (a call then reports it).
+    key_header: Option<http::HeaderValue>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -185,13 +186,21 @@ impl Connection {
         breaker: Arc<Breaker>,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
-        let bearer = key
+        let key_header = key
             .as_ref()
-            .filter(|k| !k.expose().is_empty())
-            .and_then(|k| super::client::secret_value(&format!("Bearer {}", k.expose())));
+            .map(|k| k.expose())
+            .filter(|k| !k.is_empty())
+            .and_then(|k| match kind {
+                ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                    super::client::secret_value(&format!("Bearer {k}"))
+                }
+                ProviderKind::Gemini | ProviderKind::Anthropic | ProviderKind::Bfl => {
+                    super::client::secret_value(k)
+                }
+            });
         Connection {
             chat_url: super::client::uri(&format!("{base_url}/chat/completions")).ok(),
-            bearer,
+            key_header,
             name,
             kind,
             base_url,
@@ -233,9 +242,15 @@ impl Connection {
         self.key.as_ref().map_or("", |k| k.expose().as_str())
     }
 
-    /// `Authorization: Bearer KEY`, made when the connection was (see the field).
-    pub(super) fn bearer(&self) -> Option<&http::HeaderValue> {
-        self.bearer.as_ref()
+    /// Sets the auth header `name` from the key, as made when the connection was (see
+    /// `key_header`); nothing without a key. A key HTTP cannot carry makes the call fail
+    /// without showing it.
+    pub(super) fn authorize(&self, req: Call, name: &'static str) -> Call {
+        match &self.key_header {
+            Some(v) => req.secret_header_value(name, v.clone()),
+            None if self.has_key() => req.secret_header(name, self.key()),
+            None => req,
+        }
     }
 
     /// Whether a key is set.

@@ -271,9 +271,13 @@ struct Run {
 }
 
 impl Run {
+    /// The latency at percentile `p` (0 to 1), in ns.
+    fn at(&self, p: f64) -> u64 {
+        self.latencies[((self.latencies.len() as f64 - 1.0) * p).round() as usize]
+    }
+    /// The same in ms.
     fn pct(&self, p: f64) -> f64 {
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i] as f64 / 1_000_000.0
+        self.at(p) as f64 / 1_000_000.0
     }
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.seconds
@@ -283,14 +287,13 @@ impl Run {
     /// requests slower than the p99 spread over time (in how many 10 ms windows they
     /// began), which tells a tail made of stalls (few windows) from one spread thin.
     fn detail(&self, what: &str) -> String {
-        let p99 = self.latencies[((self.latencies.len() as f64 - 1.0) * 0.99).round() as usize];
-        let slow: Vec<u64> = self
-            .timeline
-            .iter()
-            .filter(|(_, l)| *l > p99)
-            .map(|(t, _)| t / 10_000_000)
-            .collect();
-        let windows: std::collections::BTreeSet<u64> = slow.iter().copied().collect();
+        let p99 = self.at(0.99);
+        let mut slow = 0;
+        let mut windows = std::collections::BTreeSet::new();
+        for (start, _) in self.timeline.iter().filter(|(_, l)| *l > p99) {
+            slow += 1;
+            windows.insert(start / 10_000_000);
+        }
         format!(
             "{what}: p50 {:.3} p90 {:.3} p95 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {} requests over the p99 began in {} of {:.0} 10-ms windows",
             self.pct(0.5),
@@ -299,7 +302,7 @@ impl Run {
             self.pct(0.99),
             self.pct(0.999),
             self.pct(1.0),
-            slow.len(),
+            slow,
             windows.len(),
             self.seconds * 100.0
         )

@@ -1,26 +1,25 @@
-//! The HTTP client of provider calls: hyper's pooled client over rustls, one pool per
-//! lane, and each thread keeps to its lane.
+//! The HTTP client of provider calls: HTTP/1.1 over TCP or rustls ([`super::h1`]),
+//! driven by the task that makes the call, with a pool of idle connections per lane,
+//! and each thread keeps to its lane.
 //!
-//! reqwest (which Easel still uses to fetch images and models) wraps this same client
-//! in redirect, retry and timeout layers and parses a URL per response; a provider
-//! call needs none of that, and on the gateway's hot path it cost several
-//! microseconds a request (measured). Easel follows no redirects from a provider and
-//! sets its own timeouts here.
+//! reqwest (which Easel still uses to fetch images and models) wraps hyper's pooled
+//! client in redirect, retry and timeout layers and parses a URL per response; hyper's
+//! client itself runs each connection as a task of its own and hands every request,
+//! answer and body frame across a channel to it. A provider call needs none of that:
+//! on the gateway's hot path each of those layers cost microseconds a request
+//! (measured, docs/benchmarks.md). Easel follows no redirects from a provider and sets
+//! its own timeouts here.
 //!
 //! Provider calls go straight to the provider: `HTTP_PROXY` and `HTTPS_PROXY` are not
 //! read. Certificates are checked against the system's roots (rustls' platform
-//! verifier), and HTTP/2 is used where the provider offers it.
+//! verifier). Calls are HTTP/1.1, as the official OpenAI SDKs make them; concurrent
+//! calls to one provider use connections side by side.
 
+use super::h1::{self, Failed, Pool};
 use super::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, StatusCode, Uri};
-use http_body_util::Full;
-use hyper::body::Frame;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,18 +27,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
-type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The largest answer read whole (a generated image in base64 is the biggest).
 const MAX_ANSWER: usize = 128 << 20;
 
-/// The pooled clients of one endpoint: one pool per lane, and each thread keeps to one
-/// lane. A pooled upstream connection is driven by the thread that opened it; reused
-/// from another HTTP worker, every read and write on it would wake that thread too
-/// (one cross-thread wake-up per proxied request, measured).
+/// The connections of one endpoint: a pool of idle ones per lane, and each thread
+/// keeps to one lane. A connection is registered with the reactor of the thread that
+/// opened it; used from another HTTP worker, every read and write on it would wake
+/// that thread too (one cross-thread wake-up per proxied request, measured).
 #[derive(Clone)]
 pub struct Clients {
-    lanes: Arc<[Pool]>,
+    lanes: Arc<[Arc<Pool>]>,
+    tls: tokio_rustls::TlsConnector,
+    /// How long opening a connection may take.
+    connect_timeout: Duration,
     /// How long to wait for the next bytes of an answer.
     read_timeout: Duration,
 }
@@ -53,34 +53,19 @@ impl Clients {
         Ok(Clients::with_tls(timeout, tls_config()?))
     }
 
-    fn with_tls(timeout: Duration, tls: rustls::ClientConfig) -> Clients {
+    fn with_tls(timeout: Duration, mut tls: rustls::ClientConfig) -> Clients {
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) + 1;
-        let lanes = (0..lanes)
-            .map(|_| {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls.clone())
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_timer(TokioTimer::new())
-                    .build(https)
-            })
-            .collect();
         Clients {
-            lanes,
+            lanes: (0..lanes).map(|_| Arc::new(Pool::default())).collect(),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            connect_timeout: timeout.min(Duration::from_secs(10)),
             read_timeout: timeout,
         }
     }
 
     /// This thread's pool.
-    fn lane(&self) -> &Pool {
+    fn lane(&self) -> &Arc<Pool> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
             static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -97,27 +82,57 @@ impl Clients {
         deadline: Instant,
     ) -> Result<Reply, UpstreamError> {
         let request = call.build(provider)?;
-        let sent = tokio::time::timeout_at(deadline, self.lane().request(request)).await;
-        let res = match sent {
-            Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(UpstreamError::Connect(provider.to_string()));
+        let bytes = h1::encode(&request).map_err(|why| refuse(provider, why))?;
+        let (uri, method) = (request.uri(), request.method());
+        let lane = self.lane();
+        let exchange = async {
+            loop {
+                let (conn, reused) = match lane.take(uri) {
+                    Some(conn) => (conn, true),
+                    None => {
+                        let open = tokio::time::timeout(
+                            self.connect_timeout,
+                            h1::Conn::open(uri, &self.tls),
+                        );
+                        match open.await {
+                            Ok(Ok(conn)) => (conn, false),
+                            Ok(Err(why)) => return Err(Failed::Broken(why)),
+                            Err(_) => {
+                                return Err(Failed::Broken("connecting took too long".into()));
+                            }
+                        }
+                    }
+                };
+                match h1::exchange(conn, &bytes, method, lane.clone()).await {
+                    // The server closed an idle connection as it was reused: again, on another.
+                    Err(Failed::Unsent(_)) if reused => continue,
+                    done => return done,
+                }
             }
-            Ok(Err(e)) => {
-                tracing::debug!(provider, error = %e, "a provider call failed");
-                return Err(UpstreamError::Connect(provider.to_string()));
-            }
-            Ok(Ok(res)) => res,
         };
-        let (head, body) = res.into_parts();
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
+            Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
+            Ok(Err(Failed::Unsent(why) | Failed::Broken(why))) => {
+                tracing::debug!(provider, error = %why, "a provider call failed");
+                return Err(UpstreamError::Connect(provider.to_string()));
+            }
+            Ok(Ok(answer)) => answer,
+        };
         Ok(Reply {
-            status: head.status,
-            headers: head.headers,
-            body,
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
             read_timeout: self.read_timeout,
             deadline,
         })
     }
+}
+
+/// A call that cannot be made is the provider's configuration at fault, not the
+/// client's: logged for the admin, and answered as unreachable.
+fn refuse(provider: &str, why: String) -> UpstreamError {
+    tracing::warn!(provider, "a provider call cannot be made: {why}");
+    UpstreamError::Connect(provider.to_string())
 }
 
 /// rustls with ring and the system's certificate roots, shared by every lane.
@@ -227,22 +242,20 @@ impl Call {
         self
     }
 
-    /// The request; a call that cannot be made is the provider's configuration at
-    /// fault, not the client's: logged for the admin, and answered as unreachable.
-    fn build(self, provider: &str) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
-        let refuse = |why: String| {
-            tracing::warn!(provider, "a provider call cannot be made: {why}");
-            UpstreamError::Connect(provider.to_string())
-        };
+    /// The request, checked: a call that cannot be made is refused (see [`refuse`]).
+    fn build(self, provider: &str) -> Result<http::Request<Bytes>, UpstreamError> {
         if let Some(name) = self.invalid {
-            return Err(refuse(format!(
-                "its {name} header has characters HTTP cannot carry (check the provider's key)"
-            )));
+            return Err(refuse(
+                provider,
+                format!(
+                    "its {name} header has characters HTTP cannot carry (check the provider's key)"
+                ),
+            ));
         }
         let uri = self
             .uri
-            .map_err(|e| refuse(format!("its URL cannot be called ({e})")))?;
-        let mut req = http::Request::new(Full::new(self.body));
+            .map_err(|e| refuse(provider, format!("its URL cannot be called ({e})")))?;
+        let mut req = http::Request::new(self.body);
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
         *req.headers_mut() = self.headers;
@@ -255,7 +268,7 @@ impl Call {
 pub(super) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    body: hyper::body::Incoming,
+    body: h1::Incoming,
     read_timeout: Duration,
     /// When the whole answer must be in.
     deadline: Instant,
@@ -321,13 +334,12 @@ impl Reply {
     }
 }
 
-/// What the body gives next, as hyper gives it: a frame, a broken connection, or
-/// (`None`) its end.
-type Next = Option<Result<Frame<Bytes>, hyper::Error>>;
+/// What the body gives next: a piece, a broken connection, or (`None`) its end.
+type Next = Option<Result<Bytes, String>>;
 
 /// The body of an answer, read piece by piece.
 pub(super) struct Body {
-    body: hyper::body::Incoming,
+    body: h1::Incoming,
     read_timeout: Duration,
     /// When the whole body must be in; `None`: only each wait is bounded.
     deadline: Option<Instant>,
@@ -366,32 +378,25 @@ impl Body {
                     return Poll::Ready(Some(Err(UpstreamError::Timeout(self.provider.clone()))));
                 }
                 Some(None) => self.done = true,
-                Some(Some(Err(_))) => {
+                Some(Some(Err(why))) => {
                     self.done = true;
+                    tracing::debug!(provider = %self.provider, error = %why, "a provider's answer broke off");
                     return Poll::Ready(Some(Err(UpstreamError::garbage(
                         &self.provider,
                         "the connection broke mid-answer",
                     ))));
                 }
-                Some(Some(Ok(frame))) => {
-                    // Trailers carry nothing a provider answer needs.
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                }
+                Some(Some(Ok(data))) => return Poll::Ready(Some(Ok(data))),
             }
         }
         Poll::Ready(None)
     }
 
-    /// The next frame (`Some`), or `None` once the wait for it (see
+    /// The next piece (`Some`), or `None` once the wait for it (see
     /// [`Body::waiting_since`]) is over.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
-        use hyper::body::Body as _;
-        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            return Poll::Ready(Some(frame));
+        if let Poll::Ready(next) = self.body.poll_data(cx) {
+            return Poll::Ready(Some(next));
         }
         let began = *self.waiting_since.get_or_insert_with(Instant::now);
         loop {
@@ -617,7 +622,7 @@ mod tests {
     }
 
     /// An HTTPS server on 127.0.0.1 with a certificate for `localhost` made here; it
-    /// answers every request with the HTTP version it was made in.
+    /// answers every request with the HTTP version it was made in and the client's port.
     async fn tls_server() -> (u16, Vec<u8>, actix_web::dev::ServerHandle) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let der = cert.cert.der().to_vec();
@@ -635,7 +640,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let server = actix_web::HttpServer::new(|| {
             actix_web::App::new().default_service(actix_web::web::to(
-                |req: actix_web::HttpRequest| async move { format!("{:?}", req.version()) },
+                |req: actix_web::HttpRequest| async move {
+                    let port = req.peer_addr().map_or(0, |a| a.port());
+                    format!("{:?} {port}", req.version())
+                },
             ))
         })
         .workers(1)
@@ -648,7 +656,8 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn providers_are_called_over_tls_with_http2_and_an_unknown_certificate_is_refused() {
+    async fn providers_are_called_over_tls_reusing_a_connection_and_an_unknown_certificate_is_refused()
+     {
         let (port, der, server) = tls_server().await;
         let url = format!("https://localhost:{port}/v1/models");
         let soon = || Instant::now() + Duration::from_secs(5);
@@ -671,6 +680,7 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let trusting = Clients::with_tls(Duration::from_secs(5), tls);
+        let mut ports = Vec::new();
         for _ in 0..2 {
             let reply = trusting
                 .send(
@@ -682,8 +692,15 @@ mod tests {
                 .unwrap();
             assert_eq!(reply.status, StatusCode::OK);
             let body = reply.bytes("up").await.unwrap();
-            assert_eq!(&body[..], b"HTTP/2.0");
+            let body = std::str::from_utf8(&body).unwrap();
+            let (version, port) = body.split_once(' ').unwrap();
+            assert_eq!(version, "HTTP/1.1");
+            ports.push(port.to_string());
         }
+        assert_eq!(
+            ports[0], ports[1],
+            "the second call reused the first's connection"
+        );
         server.stop(false).await;
     }
 
@@ -705,5 +722,214 @@ mod tests {
             plain.to_string(),
             "http://127.0.0.1:8080/v1/chat/completions?x=1"
         );
+    }
+
+    /// A server on 127.0.0.1 that answers each request with `script(connection,
+    /// request)`: the bytes to write, and whether to close the connection after them.
+    /// It counts the connections it accepted.
+    async fn scripted(script: fn(usize, usize) -> (Vec<u8>, bool)) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let conn = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    for request in 0.. {
+                        // A request ends with its head; these carry no body but a
+                        // `content-length: 0` or none at all.
+                        while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() {
+                            match sock.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let end = memchr::memmem::find(&seen, b"\r\n\r\n").unwrap() + 4;
+                        seen.drain(..end);
+                        let (bytes, close) = script(conn, request);
+                        if sock.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/"), accepted)
+    }
+
+    fn ok(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    async fn text(clients: &Clients, url: &str) -> Result<String, UpstreamError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = clients
+            .send(Call::new(Method::GET, url), "up", deadline)
+            .await?;
+        let body = reply.bytes("up").await?;
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_reused_and_others_are_not() {
+        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        let (url, accepted) = scripted(|_, i| (ok(&format!("answer {i}")), false)).await;
+        for i in 0..3 {
+            assert_eq!(text(&clients, &url).await.unwrap(), format!("answer {i}"));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection served all three"
+        );
+
+        // An answer left unread closes its connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = clients
+            .send(Call::new(Method::GET, &url), "up", deadline)
+            .await
+            .unwrap();
+        drop(reply);
+        assert_eq!(text(&clients, &url).await.unwrap(), "answer 0");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // Chunked answers are reused too; answers that end with the connection are not.
+        let (url, accepted) = scripted(|_, _| {
+            let chunked =
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+            (chunked.to_vec(), false)
+        })
+        .await;
+        for _ in 0..2 {
+            assert_eq!(text(&clients, &url).await.unwrap(), "hi");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let (url, accepted) =
+            scripted(|_, _| (b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec(), true)).await;
+        for _ in 0..2 {
+            assert_eq!(text(&clients, &url).await.unwrap(), "until the end");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let (url, accepted) = scripted(|_, _| {
+            let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+            (close.to_vec(), false)
+        })
+        .await;
+        for _ in 0..2 {
+            assert_eq!(text(&clients, &url).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_not_reused_and_a_written_request_never_goes_twice()
+     {
+        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        // Each connection answers once and closes, as a server whose keep-alive ran out.
+        let (url, accepted) = scripted(|_, _| (ok("once"), true)).await;
+        for _ in 0..3 {
+            assert_eq!(text(&clients, &url).await.unwrap(), "once");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "a new connection each time"
+        );
+
+        // A server that takes a request and closes without a word may have acted on
+        // it: the call fails (the gateway's routing decides what next) and the request
+        // is not sent again behind its back.
+        let (url, accepted) = scripted(|_, i| match i {
+            0 => (ok("first"), false),
+            _ => (Vec::new(), true),
+        })
+        .await;
+        assert_eq!(text(&clients, &url).await.unwrap(), "first");
+        let err = text(&clients, &url).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // A new connection that closes without an answer fails the call (once).
+        let (url, accepted) = scripted(|_, _| (Vec::new(), true)).await;
+        let err = text(&clients, &url).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // So does one that breaks off mid-head, or answers with something not HTTP.
+        let (url, _) = scripted(|_, _| (b"HTTP/1.1 200 O".to_vec(), true)).await;
+        assert!(matches!(
+            text(&clients, &url).await,
+            Err(UpstreamError::Connect(_))
+        ));
+        let (url, _) = scripted(|_, _| (b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec(), false)).await;
+        assert!(matches!(
+            text(&clients, &url).await,
+            Err(UpstreamError::Connect(_))
+        ));
+
+        // A body cut short, or not framed as its head says, is a broken answer.
+        let (url, _) = scripted(|_, _| {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(),
+                true,
+            )
+        })
+        .await;
+        assert!(matches!(
+            text(&clients, &url).await,
+            Err(UpstreamError::Garbage { .. })
+        ));
+        let (url, _) = scripted(|_, _| {
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+                false,
+            )
+        })
+        .await;
+        assert!(matches!(
+            text(&clients, &url).await,
+            Err(UpstreamError::Garbage { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_requests_carry_their_length() {
+        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        let (url, _) = scripted(|_, _| {
+            let mut out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            out.extend_from_slice(&ok("after"));
+            (out, false)
+        })
+        .await;
+        assert_eq!(text(&clients, &url).await.unwrap(), "after");
+
+        let req = Call::new(Method::POST, "http://user:pw@127.0.0.1:8080/v1/chat?x=1")
+            .body("text/plain", "hello")
+            .build("up")
+            .unwrap();
+        let wire = String::from_utf8(h1::encode(&req).unwrap()).unwrap();
+        assert!(
+            wire.starts_with("POST /v1/chat?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n"),
+            "{wire}"
+        );
+        assert!(wire.contains("\r\ncontent-type: text/plain\r\n"), "{wire}");
+        assert!(wire.contains("\r\ncontent-length: 5\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+        assert!(!wire.contains("pw"), "{wire}");
+        let get = Call::new(Method::GET, "http://127.0.0.1:8080")
+            .build("up")
+            .unwrap();
+        let wire = String::from_utf8(h1::encode(&get).unwrap()).unwrap();
+        assert!(wire.starts_with("GET / HTTP/1.1\r\n"), "{wire}");
+        assert!(!wire.contains("content-length"), "{wire}");
     }
 }

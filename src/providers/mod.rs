@@ -7,6 +7,7 @@ mod anthropic;
 mod bfl;
 mod client;
 mod gemini;
+mod h1;
 mod openai;
 mod routes;
 mod service;

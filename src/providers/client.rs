@@ -791,15 +791,28 @@ mod tests {
             "one connection served all three"
         );
 
-        // An answer left unread closes its connection.
+        // An answer left unread whose rest is at hand is read on drop, and its
+        // connection serves again; one with much left unread is closed.
         let deadline = Instant::now() + Duration::from_secs(5);
         let reply = clients
             .send(Call::new(Method::GET, &url), "up", deadline)
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         drop(reply);
-        assert_eq!(text(&clients, &url).await.unwrap(), "answer 0");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(text(&clients, &url).await.unwrap(), "answer 4");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let (big, accepted) = scripted(|_, _| (ok(&"a".repeat(300_000)), false)).await;
+        let reply = clients
+            .send(Call::new(Method::GET, &big), "up", deadline)
+            .await
+            .unwrap();
+        let mut body = reply.body_stream("up");
+        assert!(body.next().await.expect("a piece").is_ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(body);
+        assert_eq!(text(&clients, &big).await.unwrap().len(), 300_000);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "too much left: closed");
 
         // Chunked answers are reused too; answers that end with the connection are not.
         let (url, accepted) = scripted(|_, _| {
@@ -811,6 +824,17 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(text(&clients, &url).await.unwrap(), "hi");
         }
+        // A caller that stops before the closing chunk, as an event stream does at
+        // `[DONE]`, still leaves the connection to serve again.
+        let reply = clients
+            .send(Call::new(Method::GET, &url), "up", deadline)
+            .await
+            .unwrap();
+        let mut body = reply.body_stream("up");
+        assert_eq!(&body.next().await.expect("a piece").unwrap()[..], b"hi");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(body);
+        assert_eq!(text(&clients, &url).await.unwrap(), "hi");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         let (url, accepted) =
             scripted(|_, _| (b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec(), true)).await;

@@ -513,6 +513,30 @@ impl Incoming {
     }
 }
 
+/// Most of an answer a caller may leave unread and still have its connection reused.
+const MAX_LEFT: usize = 64 << 10;
+
+impl Drop for Incoming {
+    /// A caller that stopped at the end of what it needed (an event stream's `[DONE]`)
+    /// leaves the body's last bytes unread, typically a chunked body's closing line.
+    /// If the rest is at hand (read already, or waiting in the socket), it is read here
+    /// and the connection goes back to the pool; anything more and it is closed.
+    fn drop(&mut self) {
+        if !self.keep {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut left = 0;
+        while left <= MAX_LEFT {
+            match self.poll_data(&mut cx) {
+                Poll::Ready(Some(Ok(piece))) => left += piece.len(),
+                // Ended (and pooled), broken, or not at hand: done either way.
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Up to `left` bytes from the front of `buf`, if it has any.
 fn take(buf: &mut BytesMut, left: u64) -> Option<Bytes> {
     if buf.is_empty() {

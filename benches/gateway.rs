@@ -13,9 +13,9 @@
 //!
 //! For scale, the same cells run through a bare proxy too: this bench binary started
 //! again as a child, an actix-web server forwarding the body with hyper's pooled client
-//! (the client Easel's provider calls use) and relaying the answer, with no
-//! authentication, metering, catalog or logging: the floor of the stack Easel is built
-//! on.
+//! (the client Easel's provider calls used until 2026-12-06) and relaying the answer,
+//! with no authentication, metering, catalog or logging: actix-web with the usual Rust
+//! HTTP client, and nothing of Easel's.
 
 mod common;
 
@@ -397,7 +397,8 @@ const BARE_UPSTREAM: &str = "EASEL_BENCH_BARE_UPSTREAM";
 const BARE_PORT: &str = "EASEL_BENCH_BARE_PORT";
 
 /// The bare proxy: forward the body, relay the answer (streamed when it is a stream).
-/// Its upstream client is hyper's pooled client, as Easel's is, with a pool per worker.
+/// Its upstream client is hyper's pooled client (Easel's until 2026-12-06), a pool per
+/// worker.
 fn bare_proxy(upstream: String, port: u16) {
     use actix_web::{App, HttpResponse, HttpServer, web};
     use futures_util::StreamExt;

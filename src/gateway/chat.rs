@@ -265,27 +265,18 @@ impl StreamState {
 
     /// What the provider has sent so far, as one piece: the first event waited for,
     /// then every event already received, so a burst of events costs the client's
-    /// connection one send rather than one each. The upstream connection hands over
-    /// one event at a time and decodes the next only when it runs again, so when none
-    /// is at hand this task yields once (no waiting: it is polled again at once) before
-    /// it sends what it has.
+    /// connection one send rather than one each. The upstream body is read in this
+    /// task (providers/h1.rs), so "already received" is what the socket holds now:
+    /// nothing else has to run first for it to be at hand.
     async fn next_bytes(&mut self) -> Option<Bytes> {
-        // Room for a few events: a burst rarely has to grow it.
-        let mut out = Vec::with_capacity(1024);
+        // Room for a burst of a dozen events: it rarely has to grow.
+        let mut out = Vec::with_capacity(4096);
         while !self.ended && out.is_empty() {
             let event = self.events.next().await;
             self.relay(event, &mut out);
-            let mut yielded = false;
             while !self.ended && out.len() < GATHER_BYTES {
                 match self.events.next().now_or_never() {
-                    Some(event) => {
-                        self.relay(event, &mut out);
-                        yielded = false;
-                    }
-                    None if !yielded => {
-                        tokio::task::yield_now().await;
-                        yielded = true;
-                    }
+                    Some(event) => self.relay(event, &mut out),
                     None => break,
                 }
             }

@@ -186,15 +186,26 @@ impl Conn {
 /// Idle connections of one lane, newest last.
 #[derive(Default)]
 pub(super) struct Pool {
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    conns: VecDeque<(Conn, Instant)>,
+    /// Whether a task is sweeping this pool (see [`Pool::sweep`]).
+    sweeping: bool,
 }
 
 impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The newest idle connection to `uri`'s origin that still looks open.
     pub fn take(&self, uri: &Uri) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(at) = idle.iter().rposition(|(c, _)| c.serves(uri)) {
-            let (conn, since) = idle.remove(at)?;
+        let mut idle = self.lock();
+        while let Some(at) = idle.conns.iter().rposition(|(c, _)| c.serves(uri)) {
+            let (conn, since) = idle.conns.remove(at)?;
             if since.elapsed() < IDLE_FOR && conn.looks_open() {
                 return Some(conn);
             }
@@ -202,16 +213,50 @@ impl Pool {
         None
     }
 
-    fn put(&self, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.lock();
         while idle
+            .conns
             .front()
-            .is_some_and(|(_, since)| idle.len() >= MAX_IDLE || now - *since >= IDLE_FOR)
+            .is_some_and(|(_, since)| idle.conns.len() >= MAX_IDLE || now - *since >= IDLE_FOR)
         {
-            idle.pop_front();
+            idle.conns.pop_front();
         }
-        idle.push_back((conn, now));
+        idle.conns.push_back((conn, now));
+        // With no more calls, nothing else would close connections the server has
+        // closed or that idled too long: each would hold a descriptor (in CLOSE_WAIT)
+        // until the next call. A task on this thread's runtime sweeps them while the
+        // pool has any.
+        if !idle.sweeping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            idle.sweeping = true;
+            runtime.spawn(sweeping(Arc::downgrade(self)));
+        }
+    }
+
+    /// Closes the idle connections that idled too long or were closed by the server;
+    /// whether any are left.
+    fn sweep(&self, now: Instant) -> bool {
+        let mut idle = self.lock();
+        idle.conns
+            .retain(|(conn, since)| now - *since < IDLE_FOR && conn.looks_open());
+        idle.sweeping = !idle.conns.is_empty();
+        idle.sweeping
+    }
+}
+
+/// How often a pool with idle connections is swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+async fn sweeping(pool: std::sync::Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        match pool.upgrade() {
+            Some(pool) if pool.sweep(Instant::now()) => {}
+            _ => return,
+        }
     }
 }
 
@@ -800,5 +845,41 @@ mod tests {
         let failed = exchange(conn, request, &Method::GET, home).await.err();
         assert!(matches!(failed, Some(Failed::Broken(_))), "{failed:?}");
         server.await.unwrap();
+    }
+    #[tokio::test]
+    async fn idle_connections_are_swept_when_closed_or_too_old_and_the_sweeper_stops_when_none_are_left()
+     {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let pool = Arc::new(Pool::default());
+        let mut servers = Vec::new();
+        for _ in 0..2 {
+            let conn = Conn::open(&uri, &tls).await.unwrap();
+            servers.push(listener.accept().await.unwrap().0);
+            pool.put(conn);
+        }
+        assert!(pool.lock().sweeping, "putting one starts the sweeper");
+        assert!(pool.sweep(Instant::now()));
+        assert_eq!(pool.lock().conns.len(), 2, "both open and fresh");
+
+        // The server closes the older one.
+        drop(servers.remove(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.sweep(Instant::now()));
+        assert_eq!(pool.lock().conns.len(), 1);
+        // The other idles past its time.
+        assert!(!pool.sweep(Instant::now() + IDLE_FOR));
+        assert!(pool.lock().conns.is_empty());
+        assert!(!pool.lock().sweeping, "nothing left: the sweeper stops");
+        assert!(pool.take(&uri).is_none());
     }
 }

@@ -639,12 +639,32 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = actix_web::HttpServer::new(|| {
-            actix_web::App::new().default_service(actix_web::web::to(
-                |req: actix_web::HttpRequest| async move {
+            use actix_web::{HttpResponse, web};
+            actix_web::App::new()
+                // Five pieces 20 ms apart, chunked.
+                .route(
+                    "/stream",
+                    web::get().to(|| async {
+                        let pieces = futures_util::stream::unfold(0, |i| async move {
+                            if i == 5 {
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let piece = Bytes::from(format!("piece {i};"));
+                            Some((Ok::<_, actix_web::Error>(piece), i + 1))
+                        });
+                        HttpResponse::Ok().streaming(pieces)
+                    }),
+                )
+                // Many TLS records' worth.
+                .route(
+                    "/big",
+                    web::get().to(|| async { "0123456789".repeat(30_000) }),
+                )
+                .default_service(web::to(|req: actix_web::HttpRequest| async move {
                     let port = req.peer_addr().map_or(0, |a| a.port());
                     format!("{:?} {port}", req.version())
-                },
-            ))
+                }))
         })
         .workers(1)
         .listen_rustls_0_23(listener, config)
@@ -701,6 +721,46 @@ mod tests {
             ports[0], ports[1],
             "the second call reused the first's connection"
         );
+
+        // A chunked stream over TLS comes piece by piece, a large answer whole, and the
+        // connection serves on after both.
+        let base = format!("https://localhost:{port}");
+        let reply = trusting
+            .send(
+                Call::new(Method::GET, &format!("{base}/stream")),
+                "up",
+                soon(),
+            )
+            .await
+            .unwrap();
+        let mut body = reply.body_stream("up");
+        let mut streamed = String::new();
+        let mut pieces = 0;
+        while let Some(piece) = body.next().await {
+            streamed.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
+            pieces += 1;
+        }
+        assert_eq!(streamed, "piece 0;piece 1;piece 2;piece 3;piece 4;");
+        assert!(pieces >= 5, "{pieces} pieces: each came as it was sent");
+        let big = trusting
+            .send(Call::new(Method::GET, &format!("{base}/big")), "up", soon())
+            .await
+            .unwrap()
+            .bytes("up")
+            .await
+            .unwrap();
+        assert_eq!(big, "0123456789".repeat(30_000).as_bytes());
+        let reply = trusting
+            .send(Call::new(Method::GET, &url), "up", soon())
+            .await
+            .unwrap();
+        let body = reply.bytes("up").await.unwrap();
+        let last = std::str::from_utf8(&body)
+            .unwrap()
+            .split_once(' ')
+            .unwrap()
+            .1;
+        assert_eq!(last, ports[0], "still the first connection");
         server.stop(false).await;
     }
 

@@ -961,28 +961,24 @@ mod tests {
         ));
 
         // A body cut short, or not framed as its head says, is a broken answer.
-        let (url, _) = scripted(|_, _| {
-            (
-                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(),
-                true,
-            )
-        })
-        .await;
-        assert!(matches!(
-            text(&clients, &url).await,
-            Err(UpstreamError::Garbage { .. })
-        ));
-        let (url, _) = scripted(|_, _| {
-            (
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
-                false,
-            )
-        })
-        .await;
-        assert!(matches!(
-            text(&clients, &url).await,
-            Err(UpstreamError::Garbage { .. })
-        ));
+        for broken in [
+            |_, _| {
+                (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(),
+                    true,
+                )
+            },
+            |_, _| {
+                (
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+                    false,
+                )
+            },
+        ] {
+            let (url, _) = scripted(broken).await;
+            let got = text(&clients, &url).await;
+            assert!(matches!(got, Err(UpstreamError::Garbage { .. })), "{got:?}");
+        }
     }
 
     #[tokio::test]

@@ -805,9 +805,9 @@ mod tests {
             Ok((Framing::Length(0), true))
         );
     }
-    #[tokio::test]
-    async fn a_request_the_server_cannot_have_read_is_unsent_and_one_it_took_is_not() {
-        use tokio::io::AsyncReadExt;
+
+    /// A listener on 127.0.0.1, its URL, and a TLS connector (plain HTTP is used).
+    async fn listening() -> (tokio::net::TcpListener, Uri, tokio_rustls::TlsConnector) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
             .parse()
@@ -818,7 +818,17 @@ mod tests {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+        (
+            listener,
+            uri,
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_the_server_cannot_have_read_is_unsent_and_one_it_took_is_not() {
+        use tokio::io::AsyncReadExt;
+        let (listener, uri, tls) = listening().await;
         let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
         let home = Arc::new(Pool::default());
 
@@ -846,20 +856,11 @@ mod tests {
         assert!(matches!(failed, Some(Failed::Broken(_))), "{failed:?}");
         server.await.unwrap();
     }
+
     #[tokio::test]
     async fn idle_connections_are_swept_when_closed_or_too_old_and_the_sweeper_stops_when_none_are_left()
      {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (listener, uri, tls) = listening().await;
         let pool = Arc::new(Pool::default());
         let mut servers = Vec::new();
         for _ in 0..2 {

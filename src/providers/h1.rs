@@ -32,6 +32,8 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_LINE: usize = 8 << 10;
 /// How long an idle connection is kept for reuse.
 const IDLE_FOR: Duration = Duration::from_secs(90);
+/// How long connecting to one of a host's addresses may take while others are left.
+const PER_ADDRESS: Duration = Duration::from_secs(2);
 /// How many idle connections a lane keeps; the oldest go first.
 const MAX_IDLE: usize = 128;
 
@@ -113,13 +115,24 @@ impl Conn {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let mut failure = format!("{host} has no address");
-        let mut open = None;
-        for addr in tokio::net::lookup_host((host, port))
+        let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| format!("cannot look up {host}: {e}"))?
-        {
-            match TcpStream::connect(addr).await {
+            .collect();
+        let mut failure = format!("{host} has no address");
+        let mut open = None;
+        for (i, &addr) in addrs.iter().enumerate() {
+            // An address that swallows the attempt (a blackholed IPv6 route) must not
+            // use up the whole connect timeout: the next one gets its turn.
+            let attempt = TcpStream::connect(addr);
+            let done = if i + 1 < addrs.len() {
+                tokio::time::timeout(PER_ADDRESS, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            } else {
+                attempt.await
+            };
+            match done {
                 Ok(s) => {
                     open = Some(s);
                     break;

@@ -747,6 +747,10 @@ mod tests {
                 .is_none()
         );
         assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        // No reason phrase, or an empty one, is still an answer.
+        for bare in [&b"HTTP/1.1 200\r\n\r\n"[..], b"HTTP/1.1 429 \r\n\r\n"] {
+            assert!(answer_of(bare).0.status.as_u16() >= 200, "{bare:?}");
+        }
         // More headers than the stack holds are still read.
         let mut many = b"HTTP/1.1 204 No Content\r\n".to_vec();
         for i in 0..200 {

@@ -580,7 +580,11 @@ impl Drop for Incoming {
     /// If the rest is at hand (read already, or waiting in the socket), it is read here
     /// and the connection goes back to the pool; anything more and it is closed.
     fn drop(&mut self) {
-        if !self.keep {
+        let far = match self.framing {
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => left > MAX_LEFT as u64,
+            _ => false,
+        };
+        if !self.keep || far {
             return;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());

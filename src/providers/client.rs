@@ -119,8 +119,8 @@ impl Clients {
             Ok(Ok(answer)) => answer,
         };
         Ok(Reply {
-            status: answer.status,
-            headers: answer.headers,
+            status: answer.head.status,
+            head: answer.head,
             body: answer.body,
             read_timeout: self.read_timeout,
             deadline,
@@ -267,7 +267,7 @@ impl Call {
 /// A provider's answer: its head, and the body still to read.
 pub(super) struct Reply {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    head: h1::Head,
     body: h1::Incoming,
     read_timeout: Duration,
     /// When the whole answer must be in.
@@ -277,7 +277,7 @@ pub(super) struct Reply {
 impl Reply {
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.head.get(name)
     }
 
     /// The whole body, which must be complete by the deadline the call was sent with

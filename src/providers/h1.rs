@@ -10,13 +10,11 @@
 //! no length, the server said `close`) is dropped, which closes it.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
 use http::uri::{Authority, Scheme};
 use http::{Method, StatusCode, Uri};
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -288,8 +286,7 @@ pub(super) enum Failed {
 
 /// An answer's head, and its body still to read.
 pub(super) struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub head: Head,
     pub body: Incoming,
 }
 
@@ -308,8 +305,8 @@ pub(super) async fn exchange(
         .map_err(|e| Failed::Unsent(format!("cannot send the request: {e}")))?;
     loop {
         if !conn.buf.is_empty() {
-            if let Some((used, head)) = parse_head(&conn.buf).map_err(Failed::Broken)? {
-                conn.buf.advance(used);
+            if let Some((used, parsed)) = parse_head(&conn.buf).map_err(Failed::Broken)? {
+                let head = parsed.on(conn.buf.split_to(used).freeze());
                 // 100 Continue and other interim answers: the real one follows.
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -337,15 +334,59 @@ pub(super) async fn exchange(
     }
 }
 
-struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
+/// An answer's head as it came: its text, and where each header's name and value
+/// are in it. Nothing is copied or lower-cased for headers nobody asks for (a
+/// provider sends twenty or so; Easel reads two at most).
+pub(super) struct Head {
+    pub status: StatusCode,
     /// HTTP/1.1 (rather than 1.0).
     eleven: bool,
+    text: Bytes,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Head {
+    /// The values of the header `name` (any case), in order.
+    fn all<'h>(&'h self, name: &str) -> impl DoubleEndedIterator<Item = &'h [u8]> {
+        self.fields
+            .iter()
+            .filter(move |(n, _)| self.text[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.text[v.clone()])
+    }
+
+    /// The first value of the header `name` (any case), as text.
+    pub fn get<'h>(&'h self, name: &str) -> Option<&'h str> {
+        self.all(name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.all(name).next().is_some()
+    }
+}
+
+/// A head parsed in place: where its parts are in the text it was read from.
+struct Parsed {
+    status: StatusCode,
+    eleven: bool,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Parsed {
+    /// The head, holding `text`: the bytes it was parsed from, up to its end.
+    fn on(self, text: Bytes) -> Head {
+        Head {
+            status: self.status,
+            eleven: self.eleven,
+            text,
+            fields: self.fields,
+        }
+    }
 }
 
 /// The head at the start of `buf` and its length, or `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, String> {
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Parsed)>, String> {
     let mut few = [httparse::EMPTY_HEADER; 64];
     match parse_with(buf, &mut few) {
         Err(httparse::Error::TooManyHeaders) => {
@@ -359,7 +400,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, String> {
 fn parse_with<'b>(
     buf: &'b [u8],
     storage: &mut [httparse::Header<'b>],
-) -> Result<Option<(usize, Head)>, httparse::Error> {
+) -> Result<Option<(usize, Parsed)>, httparse::Error> {
     let mut res = httparse::Response::new(storage);
     let used = match res.parse(buf)? {
         httparse::Status::Partial => return Ok(None),
@@ -369,19 +410,22 @@ fn parse_with<'b>(
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(httparse::Error::Status)?;
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| httparse::Error::HeaderName)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| httparse::Error::HeaderValue)?;
-        headers.append(name, value);
-    }
+    // httparse lends each name and value as a slice of `buf`: where it starts there.
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + part.len()
+    };
+    let fields = res
+        .headers
+        .iter()
+        .map(|h| (at(h.name.as_bytes()), at(h.value)))
+        .collect();
     Ok(Some((
         used,
-        Head {
+        Parsed {
             status,
-            headers,
             eleven: res.version == Some(1),
+            fields,
         },
     )))
 }
@@ -391,8 +435,7 @@ impl Head {
     fn into_answer(self, conn: Conn, method: &Method, home: Arc<Pool>) -> Result<Answer, String> {
         let (framing, keep) = framing(&self, method)?;
         Ok(Answer {
-            status: self.status,
-            headers: self.headers,
+            head: self,
             body: Incoming {
                 conn: Some(conn),
                 framing,
@@ -407,33 +450,31 @@ impl Head {
 /// may serve another request after it.
 fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), String> {
     let tokens = |name| {
-        head.headers
-            .get_all(name)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        head.all(name)
+            .flat_map(|v| v.split(|b| *b == b','))
             .map(|t| t.trim_ascii())
             .filter(|t| !t.is_empty())
     };
-    let keep = head.eleven && !tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let keep = head.eleven && !tokens("connection").any(|t| t.eq_ignore_ascii_case(b"close"));
     if *method == Method::HEAD
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED
     {
         return Ok((Framing::Length(0), keep));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if head.has("transfer-encoding") {
         // With a content-length beside it, the message may be an attempt to smuggle
         // one past a proxy: read it by its transfer coding, and use the connection no more.
-        let keep = keep && !head.headers.contains_key(CONTENT_LENGTH);
-        return Ok(match tokens(TRANSFER_ENCODING).next_back() {
+        let keep = keep && !head.has("content-length");
+        return Ok(match tokens("transfer-encoding").next_back() {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked(Chunk::Size), keep),
             _ => (Framing::Close, false),
         });
     }
-    if !head.headers.contains_key(CONTENT_LENGTH) {
+    if !head.has("content-length") {
         return Ok((Framing::Close, false));
     }
-    let mut lengths = tokens(CONTENT_LENGTH).map(|t| {
+    let mut lengths = tokens("content-length").map(|t| {
         std::str::from_utf8(t)
             .ok()
             .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
@@ -692,8 +733,8 @@ mod tests {
     use super::*;
 
     fn answer_of(bytes: &[u8]) -> (Head, usize) {
-        let (used, head) = parse_head(bytes).unwrap().expect("a whole head");
-        (head, used)
+        let (used, parsed) = parse_head(bytes).unwrap().expect("a whole head");
+        (parsed.on(Bytes::copy_from_slice(&bytes[..used])), used)
     }
 
     /// Reads a chunked body held in `buf` through the framing, as `poll_data` does.
@@ -743,7 +784,9 @@ mod tests {
         let (head, used) = answer_of(whole);
         assert_eq!(&whole[used..], b"hello", "the head ends at its empty line");
         assert_eq!(head.status, StatusCode::OK);
-        assert_eq!(head.headers["x-a"], "b");
+        assert_eq!(head.get("x-a"), Some("b"));
+        assert_eq!(head.get("content-length"), Some("5"), "any case");
+        assert_eq!(head.get("x-none"), None);
         assert!(head.eleven);
         assert!(
             parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
@@ -761,7 +804,9 @@ mod tests {
             many.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(answer_of(&many).0.headers.len(), 200);
+        let many = answer_of(&many).0;
+        assert_eq!(many.fields.len(), 200);
+        assert_eq!(many.get("X-H199"), Some("v"));
     }
 
     #[test]

@@ -347,7 +347,7 @@ pub(super) struct Body {
     /// at hand costs no timer, and a stream of pieces one timer per read timeout
     /// instead of one each.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the wait for the next frame began (its first poll that found nothing).
+    /// When the wait for the next piece began (its first poll that found nothing).
     /// The read timeout counts from there, not from the last piece: a client slow to
     /// take what was relayed is not the provider's delay.
     waiting_since: Option<Instant>,
@@ -366,35 +366,35 @@ impl Body {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
-        while !self.done {
-            let frame = match self.poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(frame) => frame,
-            };
-            self.waiting_since = None;
-            match frame {
-                None => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(UpstreamError::Timeout(self.provider.clone()))));
-                }
-                Some(None) => self.done = true,
-                Some(Some(Err(why))) => {
-                    self.done = true;
-                    tracing::debug!(provider = %self.provider, error = %why, "a provider's answer broke off");
-                    return Poll::Ready(Some(Err(UpstreamError::garbage(
-                        &self.provider,
-                        "the connection broke mid-answer",
-                    ))));
-                }
-                Some(Some(Ok(data))) => return Poll::Ready(Some(Ok(data))),
-            }
+        if self.done {
+            return Poll::Ready(None);
         }
-        Poll::Ready(None)
+        let next = std::task::ready!(self.poll_piece(cx));
+        self.waiting_since = None;
+        match next {
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err(UpstreamError::Timeout(self.provider.clone()))))
+            }
+            Some(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Some(Some(Err(why))) => {
+                self.done = true;
+                tracing::debug!(provider = %self.provider, error = %why, "a provider's answer broke off");
+                Poll::Ready(Some(Err(UpstreamError::garbage(
+                    &self.provider,
+                    "the connection broke mid-answer",
+                ))))
+            }
+            Some(Some(Ok(piece))) => Poll::Ready(Some(Ok(piece))),
+        }
     }
 
     /// The next piece (`Some`), or `None` once the wait for it (see
     /// [`Body::waiting_since`]) is over.
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
         if let Poll::Ready(next) = self.body.poll_data(cx) {
             return Poll::Ready(Some(next));
         }

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::TestServer;
 use common::api::{Browser, code};
 use common::mock::{COMPLETION_TOKENS, Fault, Mock, ORG_KEY, PNG_B64, PROMPT_TOKENS, catalog};
+use common::{TestServer, write_config};
 use easel::auth::Role;
 use easel::ledger::{EntryKind, MICRO, Posting};
 use futures_util::StreamExt;
@@ -899,6 +899,38 @@ async fn personal_keys_are_sealed_shown_by_hint_and_used_before_the_organisation
         .await;
     let db = std::fs::read(s.dir.path().join("data/easel.redb")).unwrap();
     assert!(!db.windows(personal.len()).any(|w| w == personal.as_bytes()));
+
+    // The allowance is checked at every new connection, not only when the connection
+    // was added: once the admin withdraws it (a reload), the host is refused.
+    write_config(s.dir.path(), &catalog(&t.mock, keys.path()));
+    assert!(s.app().reload(), "the config reloads");
+    let chat = || {
+        common::http()
+            .post(s.url("/v1/chat/completions"))
+            .header(
+                "cookie",
+                format!("easel_session={}", b.cookie.as_deref().unwrap()),
+            )
+            .header("x-csrf-token", b.csrf.as_deref().unwrap())
+            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "mine"}]}))
+            .send()
+    };
+    // The reload reopens the connections in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat().await.unwrap().status() == StatusCode::OK && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = t.mock.seen().len();
+    let refused = chat().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_refused", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("loopback") && message.contains("private_hosts"),
+        "{message}"
+    );
+    assert_eq!(t.mock.seen().len(), calls, "nothing reached the mock");
 
     let gone = b
         .send(&s, Method::DELETE, "/api/providers/openai", None)

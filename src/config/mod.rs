@@ -315,8 +315,9 @@ pub struct GatewayConfig {
     /// Largest image `/v1/images/edits` takes, in pixels (its bytes are bound by
     /// `server.max_body_bytes`).
     pub max_image_pixels: u64,
-    /// Hosts that personal connections may reach although they resolve to private
-    /// addresses (for example a team's own Ollama).
+    /// Hosts, addresses or networks (CIDR) that personal connections may reach
+    /// although they are not public (for example a team's own Ollama). Checked at every
+    /// new connection, not only when the connection is added.
     pub private_hosts: Vec<String>,
 }
 
@@ -820,8 +821,11 @@ impl Config {
                 "must be at most 1000: a crash loses the charges of requests answered in this window".into(),
             ));
         }
-        if let Err(e) = crate::http::fetch::check_allowlist(&self.alt_text.url_allowlist) {
+        if let Err(e) = crate::http::net::check_allowlist(&self.alt_text.url_allowlist) {
             return Err(invalid("alt_text.url_allowlist".into(), e));
+        }
+        if let Err(e) = crate::http::net::check_allowlist(&self.gateway.private_hosts) {
+            return Err(invalid("gateway.private_hosts".into(), e));
         }
         if !(1..=16).contains(&self.alt_text.batch_parallelism) {
             return Err(invalid(

@@ -443,6 +443,9 @@ pub(crate) fn upstream_error(model: &str, e: &UpstreamError) -> ApiError {
             format!("{e}; try again, or ask an admin to raise the provider's timeout"),
         ),
         UpstreamError::Unsupported(_) => ApiError::bad_request("unsupported", e.to_string()),
+        UpstreamError::Refused { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_refused", e.to_string())
+        }
         _ => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "upstream_error",

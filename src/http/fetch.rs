@@ -16,9 +16,9 @@
 //!
 //! An admin can allow internal hosts (`assets.intra`) or networks (`10.20.0.0/16`).
 
-use super::net::refusal;
+use super::net::{Allowlist, Unreached};
 use arc_swap::ArcSwap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,106 +50,10 @@ pub struct Fetched {
     pub content_type: Option<String>,
 }
 
-/// One allowlist entry.
-#[derive(Clone, Debug, PartialEq)]
-enum Allow {
-    /// A host name, matched exactly (case aside).
-    Host(String),
-    /// An address or network in CIDR notation.
-    Net(IpAddr, u8),
-}
-
-impl Allow {
-    fn parse(entry: &str) -> Result<Allow, String> {
-        let e = entry.trim().trim_start_matches('[').trim_end_matches(']');
-        let (addr, bits) = match e.split_once('/') {
-            Some((a, b)) => (a, Some(b)),
-            None => (e, None),
-        };
-        if let Ok(ip) = addr.parse::<IpAddr>() {
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let bits = match bits {
-                None => max,
-                Some(b) => b
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .ok_or_else(|| format!("`{entry}` has a bad prefix length"))?,
-            };
-            return Ok(Allow::Net(ip, bits));
-        }
-        let host = e.to_ascii_lowercase();
-        let ok = !host.is_empty()
-            && bits.is_none()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "`{entry}` is neither a host name nor an address or network (10.0.0.0/8)"
-            ));
-        }
-        Ok(Allow::Host(host))
-    }
-
-    fn covers_ip(&self, ip: IpAddr) -> bool {
-        let Allow::Net(net, bits) = self else {
-            return false;
-        };
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
-                u32::from(*n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
-                u128::from(*n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Checks allowlist entries, for config validation.
-pub fn check_allowlist(entries: &[String]) -> Result<(), String> {
-    entries.iter().try_for_each(|e| Allow::parse(e).map(drop))
-}
-
-/// The allowlist in force.
-#[derive(Default)]
-struct Rules {
-    allow: Vec<Allow>,
-}
-
-impl Rules {
-    fn host_allowed(&self, host: &str) -> bool {
-        self.allow
-            .iter()
-            .any(|a| matches!(a, Allow::Host(h) if h.eq_ignore_ascii_case(host)))
-    }
-
-    /// Why `ip` (reached as `host`) is refused, if it is.
-    fn refuse(&self, host: &str, ip: IpAddr) -> Option<String> {
-        let why = refusal(ip)?;
-        if self.allow.iter().any(|a| a.covers_ip(ip)) {
-            return None;
-        }
-        Some(if host.parse::<IpAddr>().is_ok() {
-            format!("`{host}` is {why}; Easel does not fetch from it")
-        } else {
-            format!("`{host}` resolves to {ip}, {why}; Easel does not fetch from it")
-        })
-    }
-}
-
 /// The resolver reqwest uses: resolves, then refuses any name with an address that
 /// is not public (unless allowed).
 struct Guard {
-    rules: Arc<ArcSwap<Rules>>,
+    rules: Arc<ArcSwap<Allowlist>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -171,34 +75,33 @@ impl reqwest::dns::Resolve for Guard {
         let rules = self.rules.load_full();
         let host = name.as_str().to_ascii_lowercase();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|_| -> BoxError { Box::new(Refusal(format!("cannot resolve `{host}`"))) })?
-                .collect();
-            if addrs.is_empty() {
-                return Err(Box::new(Refusal(format!("`{host}` has no address"))) as BoxError);
-            }
-            if !rules.host_allowed(&host)
-                && let Some(why) = addrs.iter().find_map(|a| rules.refuse(&host, a.ip()))
-            {
-                return Err(Box::new(Refusal(why)) as BoxError);
-            }
+            let addrs = rules.resolve(&host, 0).await.map_err(|e| -> BoxError {
+                Box::new(Refusal(match e {
+                    Unreached::Lookup(why) => why,
+                    Unreached::Refused(why) => refused(why),
+                }))
+            })?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// A refusal, as a person who gave the URL reads it.
+fn refused(why: String) -> String {
+    format!("{why}; Easel does not fetch from it")
 }
 
 /// Fetches URLs under one allowlist; cheap to clone, one connection pool.
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
-    rules: Arc<ArcSwap<Rules>>,
+    rules: Arc<ArcSwap<Allowlist>>,
 }
 
 impl Fetcher {
     /// A fetcher allowing `allowlist` (host names, addresses, CIDR networks).
     pub fn new(allowlist: &[String]) -> Result<Fetcher, String> {
-        let rules = Arc::new(ArcSwap::from_pointee(Rules::default()));
+        let rules = Arc::new(ArcSwap::from_pointee(Allowlist::default()));
         // Idempotent: the first caller installs ring for the whole process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -219,11 +122,7 @@ impl Fetcher {
 
     /// Replaces the allowlist (on a config reload).
     pub fn set_allowlist(&self, allowlist: &[String]) -> Result<(), String> {
-        let allow = allowlist
-            .iter()
-            .map(|e| Allow::parse(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.rules.store(Arc::new(Rules { allow }));
+        self.rules.store(Arc::new(Allowlist::parse(allowlist)?));
         Ok(())
     }
 
@@ -350,7 +249,7 @@ impl Fetcher {
         };
         let rules = self.rules.load();
         match rules.refuse(&ip.to_string(), ip) {
-            Some(why) => Err(FetchError::Refused(why)),
+            Some(why) => Err(FetchError::Refused(refused(why))),
             None => Ok(()),
         }
     }
@@ -375,47 +274,5 @@ fn unreachable(url: &reqwest::Url, e: &reqwest::Error) -> FetchError {
         FetchError::Timeout(format!("`{host}` did not answer in time"))
     } else {
         FetchError::Failed(format!("cannot reach `{host}`"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Allow, Rules};
-
-    #[test]
-    fn allowlist_entries_are_hosts_addresses_or_networks() {
-        assert_eq!(
-            Allow::parse("Assets.Intra").unwrap(),
-            Allow::Host("assets.intra".into())
-        );
-        assert!(matches!(Allow::parse("10.0.0.0/8"), Ok(Allow::Net(_, 8))));
-        assert!(matches!(Allow::parse("[fd00::1]"), Ok(Allow::Net(_, 128))));
-        assert!(Allow::parse("10.0.0.0/33").is_err());
-        assert!(Allow::parse("http://x").is_err());
-        assert!(Allow::parse("").is_err());
-    }
-
-    #[test]
-    fn a_network_entry_allows_only_its_addresses() {
-        let rules = Rules {
-            allow: vec![Allow::parse("10.20.0.0/16").unwrap()],
-        };
-        assert!(rules.refuse("a", "10.20.3.4".parse().unwrap()).is_none());
-        assert!(
-            rules
-                .refuse("a", "::ffff:10.20.3.4".parse().unwrap())
-                .is_none()
-        );
-        let why = rules.refuse("a", "10.21.0.1".parse().unwrap()).unwrap();
-        assert!(why.contains("private"), "{why}");
-        assert!(rules.refuse("a", "1.1.1.1".parse().unwrap()).is_none());
-        let everything = Rules {
-            allow: vec![Allow::parse("0.0.0.0/0").unwrap()],
-        };
-        assert!(
-            everything
-                .refuse("a", "127.0.0.1".parse().unwrap())
-                .is_none()
-        );
     }
 }

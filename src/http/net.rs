@@ -1,6 +1,6 @@
 //! Which network addresses Easel may reach on a person's behalf.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 fn v4_refusal(ip: Ipv4Addr) -> Option<&'static str> {
     let o = ip.octets();
@@ -73,9 +73,146 @@ pub fn is_public(ip: IpAddr) -> bool {
     refusal(ip).is_none()
 }
 
+/// One allowlist entry.
+#[derive(Clone, Debug, PartialEq)]
+enum Allow {
+    /// A host name, matched exactly (case aside).
+    Host(String),
+    /// An address or network in CIDR notation.
+    Net(IpAddr, u8),
+}
+
+impl Allow {
+    fn parse(entry: &str) -> Result<Allow, String> {
+        let e = entry.trim().trim_start_matches('[').trim_end_matches(']');
+        let (addr, bits) = match e.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (e, None),
+        };
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => max,
+                Some(b) => b
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("`{entry}` has a bad prefix length"))?,
+            };
+            return Ok(Allow::Net(ip, bits));
+        }
+        let host = e.to_ascii_lowercase();
+        let ok = !host.is_empty()
+            && bits.is_none()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "`{entry}` is neither a host name nor an address or network (10.0.0.0/8)"
+            ));
+        }
+        Ok(Allow::Host(host))
+    }
+
+    fn covers_ip(&self, ip: IpAddr) -> bool {
+        let Allow::Net(net, bits) = self else {
+            return false;
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                u32::from(*n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
+                u128::from(*n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Checks allowlist entries, for config validation.
+pub fn check_allowlist(entries: &[String]) -> Result<(), String> {
+    Allowlist::parse(entries).map(drop)
+}
+
+/// What an admin lets Easel reach on a person's behalf although it is not public: host
+/// names, addresses and networks (`assets.intra`, `10.20.0.0/16`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allowlist {
+    allow: Vec<Allow>,
+}
+
+/// Why a host is not reached.
+#[derive(Debug, PartialEq)]
+pub enum Unreached {
+    /// Its name did not resolve, or resolved to nothing.
+    Lookup(String),
+    /// It resolves to an address Easel does not reach on a person's behalf; the message
+    /// names the host, the address and what kind it is.
+    Refused(String),
+}
+
+impl Allowlist {
+    /// The allowlist of `entries`, or the first entry that is none of the three.
+    pub fn parse(entries: &[String]) -> Result<Allowlist, String> {
+        let allow = entries
+            .iter()
+            .map(|e| Allow::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Allowlist { allow })
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        self.allow
+            .iter()
+            .any(|a| matches!(a, Allow::Host(h) if h.eq_ignore_ascii_case(host)))
+    }
+
+    /// Why `ip` (reached as `host`) is refused, if it is.
+    pub fn refuse(&self, host: &str, ip: IpAddr) -> Option<String> {
+        let why = refusal(ip)?;
+        if self.allow.iter().any(|a| a.covers_ip(ip)) {
+            return None;
+        }
+        Some(if host.parse::<IpAddr>().is_ok() {
+            format!("`{host}` is {why}")
+        } else {
+            format!("`{host}` resolves to {ip}, {why}")
+        })
+    }
+
+    /// The addresses of `host` (a name or an address) with `port`: all of them refused
+    /// when any is not public, unless the host or those addresses are allowed. Connect
+    /// only to what this returns, so that a DNS answer changed between the check and
+    /// the connection (rebinding) cannot slip through.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Unreached> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| Unreached::Lookup(format!("cannot resolve `{host}`")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(Unreached::Lookup(format!("`{host}` has no address")));
+        }
+        if !self.host_allowed(host)
+            && let Some(why) = addrs.iter().find_map(|a| self.refuse(host, a.ip()))
+        {
+            return Err(Unreached::Refused(why));
+        }
+        Ok(addrs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_public;
+    use super::{Allow, Allowlist, Unreached, is_public};
 
     #[test]
     fn private_and_special_addresses_are_not_public() {
@@ -117,5 +254,66 @@ mod tests {
         ] {
             assert!(is_public(a.parse().unwrap()), "{a}");
         }
+    }
+
+    #[test]
+    fn allowlist_entries_are_hosts_addresses_or_networks() {
+        assert_eq!(
+            Allow::parse("Assets.Intra").unwrap(),
+            Allow::Host("assets.intra".into())
+        );
+        assert!(matches!(Allow::parse("10.0.0.0/8"), Ok(Allow::Net(_, 8))));
+        assert!(matches!(Allow::parse("[fd00::1]"), Ok(Allow::Net(_, 128))));
+        assert!(Allow::parse("10.0.0.0/33").is_err());
+        assert!(Allow::parse("http://x").is_err());
+        assert!(Allow::parse("").is_err());
+    }
+
+    #[test]
+    fn a_network_entry_allows_only_its_addresses() {
+        let rules = Allowlist::parse(&["10.20.0.0/16".into()]).unwrap();
+        assert!(rules.refuse("a", "10.20.3.4".parse().unwrap()).is_none());
+        assert!(
+            rules
+                .refuse("a", "::ffff:10.20.3.4".parse().unwrap())
+                .is_none()
+        );
+        let why = rules.refuse("a", "10.21.0.1".parse().unwrap()).unwrap();
+        assert!(why.contains("private"), "{why}");
+        assert!(rules.refuse("a", "1.1.1.1".parse().unwrap()).is_none());
+        let everything = Allowlist::parse(&["0.0.0.0/0".into()]).unwrap();
+        assert!(
+            everything
+                .refuse("a", "127.0.0.1".parse().unwrap())
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_public_addresses_or_allowed_ones_only() {
+        let none = Allowlist::default();
+        for host in ["localhost", "127.0.0.1", "[::1]"] {
+            match none.resolve(host, 80).await {
+                Err(Unreached::Refused(why)) => assert!(why.contains("loopback"), "{why}"),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        let by_name = Allowlist::parse(&["LocalHost".into()]).unwrap();
+        let addrs = by_name.resolve("localhost", 8080).await.unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.port() == 8080 && a.ip().is_loopback())
+        );
+        let by_net = Allowlist::parse(&["127.0.0.0/8".into()]).unwrap();
+        assert!(by_net.resolve("127.0.0.1", 80).await.is_ok());
+        assert!(matches!(
+            by_net.resolve("[::1]", 80).await,
+            Err(Unreached::Refused(_))
+        ));
+        assert!(matches!(
+            none.resolve("no-such-host.invalid", 80).await,
+            Err(Unreached::Lookup(_))
+        ));
     }
 }

@@ -17,6 +17,7 @@
 
 use super::h1::{self, Failed, Pool};
 use super::upstream::UpstreamError;
+use crate::http::net::Allowlist;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, StatusCode, Uri};
@@ -42,15 +43,21 @@ pub struct Clients {
     connect_timeout: Duration,
     /// How long to wait for the next bytes of an answer.
     read_timeout: Duration,
+    /// For a person's own connection: what it may reach besides public addresses,
+    /// checked at every new connection. `None` for the organisation's.
+    reach: Option<Arc<Allowlist>>,
 }
 
 impl Clients {
     /// Clients for one endpoint: a lane per core and one spare, so the HTTP workers
     /// still get lanes of their own when another thread (start-up, a background job)
     /// called first. `timeout` bounds connecting (at most 10 s) and each wait for
-    /// more of an answer.
-    pub fn new(timeout: Duration) -> Result<Clients, String> {
-        Ok(Clients::with_tls(timeout, tls_config()?))
+    /// more of an answer. With `reach` (a person's own connection), connections go
+    /// only to public addresses and to what it allows.
+    pub fn new(timeout: Duration, reach: Option<Allowlist>) -> Result<Clients, String> {
+        let mut clients = Clients::with_tls(timeout, tls_config()?);
+        clients.reach = reach.map(Arc::new);
+        Ok(clients)
     }
 
     fn with_tls(timeout: Duration, mut tls: rustls::ClientConfig) -> Clients {
@@ -61,6 +68,7 @@ impl Clients {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             connect_timeout: timeout.min(Duration::from_secs(10)),
             read_timeout: timeout,
+            reach: None,
         }
     }
 
@@ -92,11 +100,11 @@ impl Clients {
                     None => {
                         let open = tokio::time::timeout(
                             self.connect_timeout,
-                            h1::Conn::open(uri, &self.tls),
+                            h1::Conn::open(uri, &self.tls, self.reach.as_deref()),
                         );
                         match open.await {
                             Ok(Ok(conn)) => (conn, false),
-                            Ok(Err(why)) => return Err(Failed::Broken(why)),
+                            Ok(Err(failed)) => return Err(failed),
                             Err(_) => {
                                 return Err(Failed::Broken("connecting took too long".into()));
                             }
@@ -112,6 +120,16 @@ impl Clients {
         };
         let answer = match tokio::time::timeout_at(deadline, exchange).await {
             Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
+            Ok(Err(Failed::Refused(why))) => {
+                tracing::warn!(
+                    provider,
+                    "a personal provider connection was refused: {why}"
+                );
+                return Err(UpstreamError::Refused {
+                    provider: provider.to_string(),
+                    why,
+                });
+            }
             Ok(Err(Failed::Unsent(why) | Failed::Broken(why))) => {
                 tracing::debug!(provider, error = %why, "a provider call failed");
                 return Err(UpstreamError::Connect(provider.to_string()));
@@ -465,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_read_timeout_bounds_each_wait_and_never_a_steady_stream() {
-        let clients = Clients::new(Duration::from_millis(300)).expect("clients");
+        let clients = Clients::new(Duration::from_millis(300), None).expect("clients");
         // Eight pieces 100 ms apart: longer than the read timeout in all, never in one wait.
         let steady = trickle(8, Duration::from_millis(100), false).await;
         let mut body = ask(&clients, &steady).await.body_stream("up");
@@ -546,7 +564,7 @@ mod tests {
                 Duration::from_secs(1),
                 0,
                 Owner::Config,
-                Clients::new(Duration::from_secs(1)).expect("clients"),
+                Clients::new(Duration::from_secs(1), None).expect("clients"),
                 Default::default(),
             )
         };
@@ -683,7 +701,7 @@ mod tests {
         let soon = || Instant::now() + Duration::from_secs(5);
 
         // The system's roots do not know the certificate made here.
-        let system = Clients::new(Duration::from_secs(5)).unwrap();
+        let system = Clients::new(Duration::from_secs(5), None).unwrap();
         let refused = system
             .send(Call::new(Method::GET, &url), "up", soon())
             .await;
@@ -839,8 +857,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_personal_connection_reaches_a_private_address_only_when_allowed() {
+        let (url, accepted) = scripted(|_, i| (ok(&format!("answer {i}")), false)).await;
+        let personal = Clients::new(Duration::from_secs(5), Some(Allowlist::default())).unwrap();
+        match text(&personal, &url).await {
+            Err(UpstreamError::Refused { provider, why }) => {
+                assert_eq!(provider, "up");
+                assert!(why.contains("loopback"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let by_name = url.replace("127.0.0.1", "localhost");
+        assert!(matches!(
+            text(&personal, &by_name).await,
+            Err(UpstreamError::Refused { .. })
+        ));
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing was connected");
+
+        let allowed = Allowlist::parse(&["127.0.0.1".into()]).unwrap();
+        let personal = Clients::new(Duration::from_secs(5), Some(allowed)).unwrap();
+        assert_eq!(text(&personal, &url).await.unwrap(), "answer 0");
+        let organisation = Clients::new(Duration::from_secs(5), None).unwrap();
+        assert_eq!(text(&organisation, &url).await.unwrap(), "answer 0");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_connection_read_to_its_end_is_reused_and_others_are_not() {
-        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        let clients = Clients::new(Duration::from_secs(5), None).unwrap();
         let (url, accepted) = scripted(|_, i| (ok(&format!("answer {i}")), false)).await;
         for i in 0..3 {
             assert_eq!(text(&clients, &url).await.unwrap(), format!("answer {i}"));
@@ -916,7 +960,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_server_closed_is_not_reused_and_a_written_request_never_goes_twice()
      {
-        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        let clients = Clients::new(Duration::from_secs(5), None).unwrap();
         // Each connection answers once and closes, as a server whose keep-alive ran out.
         let (url, accepted) = scripted(|_, _| (ok("once"), true)).await;
         for _ in 0..3 {
@@ -983,7 +1027,7 @@ mod tests {
 
     #[tokio::test]
     async fn interim_answers_are_skipped_and_requests_carry_their_length() {
-        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        let clients = Clients::new(Duration::from_secs(5), None).unwrap();
         let (url, _) = scripted(|_, _| {
             let mut out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
             out.extend_from_slice(&ok("after"));

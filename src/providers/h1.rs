@@ -9,6 +9,7 @@
 //! of idle connections; one that was not (the caller stopped reading, the answer had
 //! no length, the server said `close`) is dropped, which closes it.
 
+use crate::http::net::{Allowlist, Unreached};
 use bytes::{Buf, Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
 use http::{Method, StatusCode, Uri};
@@ -100,23 +101,39 @@ pub(super) struct Conn {
 
 impl Conn {
     /// Opens a connection to `uri`'s origin: TCP (without Nagle's delay), then TLS for
-    /// `https`. The caller bounds how long this may take.
-    pub async fn open(uri: &Uri, tls: &tokio_rustls::TlsConnector) -> Result<Conn, String> {
+    /// `https`. With `reach`, only to public addresses and those it allows (a person's
+    /// own connection), checked here at every connect and not only when the connection
+    /// was added, since a name may resolve elsewhere since. The caller bounds how long
+    /// this may take.
+    pub async fn open(
+        uri: &Uri,
+        tls: &tokio_rustls::TlsConnector,
+        reach: Option<&Allowlist>,
+    ) -> Result<Conn, Failed> {
         let https = match uri.scheme() {
             Some(s) if *s == Scheme::HTTPS => true,
             Some(s) if *s == Scheme::HTTP => false,
-            _ => return Err("its URL is neither http nor https".into()),
+            _ => return Err(Failed::Broken("its URL is neither http nor https".into())),
         };
-        let authority = uri.authority().ok_or("its URL has no host")?.clone();
+        let authority = uri
+            .authority()
+            .ok_or(Failed::Broken("its URL has no host".into()))?
+            .clone();
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let addrs: Vec<_> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("cannot look up {host}: {e}"))?
-            .collect();
+        let addrs: Vec<_> = match reach {
+            Some(allowed) => allowed.resolve(host, port).await.map_err(|e| match e {
+                Unreached::Lookup(why) => Failed::Broken(why),
+                Unreached::Refused(why) => Failed::Refused(why),
+            })?,
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| Failed::Broken(format!("cannot look up {host}: {e}")))?
+                .collect(),
+        };
         let mut failure = format!("{host} has no address");
         let mut open = None;
         for (i, &addr) in addrs.iter().enumerate() {
@@ -138,15 +155,19 @@ impl Conn {
                 Err(e) => failure = format!("cannot connect to {addr}: {e}"),
             }
         }
-        let tcp = open.ok_or(failure)?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tcp = open.ok_or(Failed::Broken(failure))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| Failed::Broken(e.to_string()))?;
         let io = if https {
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| format!("{host} cannot be checked against a certificate: {e}"))?;
+            let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                Failed::Broken(format!(
+                    "{host} cannot be checked against a certificate: {e}"
+                ))
+            })?;
             let s = tls
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS with {host} failed: {e}"))?;
+                .map_err(|e| Failed::Broken(format!("TLS with {host} failed: {e}")))?;
             Io::Tls(Box::new(s))
         } else {
             Io::Plain(tcp)
@@ -280,8 +301,11 @@ pub(super) enum Failed {
     /// again here: the provider may have acted on it; the gateway's routing decides.)
     Unsent(String),
     /// The connection broke or closed before the whole head came, or what came is not
-    /// HTTP.
+    /// HTTP (or could not be opened).
     Broken(String),
+    /// The connection may not be opened: its host resolves to an address Easel does not
+    /// reach on a person's behalf.
+    Refused(String),
 }
 
 /// An answer's head, and its body still to read.
@@ -899,7 +923,7 @@ mod tests {
         let home = Arc::new(Pool::default());
 
         // The server resets the connection before the request: writing it fails.
-        let conn = Conn::open(&uri, &tls).await.unwrap();
+        let conn = Conn::open(&uri, &tls, None).await.unwrap();
         let (sock, _) = listener.accept().await.unwrap();
         sock.set_zero_linger().unwrap();
         drop(sock);
@@ -911,7 +935,7 @@ mod tests {
         assert!(matches!(failed, Some(Failed::Unsent(_))), "{failed:?}");
 
         // The server reads the request and closes: it may have acted on it.
-        let conn = Conn::open(&uri, &tls).await.unwrap();
+        let conn = Conn::open(&uri, &tls, None).await.unwrap();
         assert!(conn.looks_open());
         let (mut sock, _) = listener.accept().await.unwrap();
         let server = tokio::spawn(async move {
@@ -930,7 +954,7 @@ mod tests {
         let pool = Arc::new(Pool::default());
         let mut servers = Vec::new();
         for _ in 0..2 {
-            let conn = Conn::open(&uri, &tls).await.unwrap();
+            let conn = Conn::open(&uri, &tls, None).await.unwrap();
             servers.push(listener.accept().await.unwrap().0);
             pool.put(conn);
         }

@@ -321,7 +321,7 @@ mod tests {
     use std::time::Duration;
 
     fn conn(kind: ProviderKind, base_url: &str, privacy: bool) -> Connection {
-        let clients = super::super::client::Clients::new(Duration::from_secs(1)).unwrap();
+        let clients = super::super::client::Clients::new(Duration::from_secs(1), None).unwrap();
         Connection::new(
             "up".into(),
             kind,

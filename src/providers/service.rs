@@ -4,10 +4,11 @@
 //! it: lists show only their last four characters.
 
 use super::client;
-use super::upstream::{self, Breaker, Connection, Owner, UpstreamError};
+use super::upstream::{self, Breaker, Connection, Owner, PRIVATE_HINT, UpstreamError};
 use crate::config::{self, Live, ProviderKind};
 use crate::crypto::{CryptoError, Keyring, Secret};
 use crate::http::ApiError;
+use crate::http::net::{Allowlist, Unreached};
 use crate::store::{Class, Reader, Store, StoreError, Table, now_ms};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,11 @@ impl From<ProviderError> for ApiError {
 
 type Map = HashMap<String, Arc<Connection>>;
 
+/// Clients are shared by endpoint, timeout and what they may reach: the
+/// organisation's (`None`), or a person's under the `[gateway] private_hosts` in force
+/// when they were built (a reload that changes it opens new ones).
+type ClientsKey = (String, u64, Option<Vec<String>>);
+
 struct Inner {
     store: Store,
     keyring: Keyring,
@@ -132,7 +138,7 @@ struct Inner {
     org: ArcSwap<Map>,
     personal: RwLock<HashMap<String, Arc<Map>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
-    clients: Mutex<HashMap<(String, u64), client::Clients>>,
+    clients: Mutex<HashMap<ClientsKey, client::Clients>>,
 }
 
 /// The provider connections; cheap to clone.
@@ -209,14 +215,25 @@ impl Providers {
         map.entry(storage_key(owner, name)).or_default().clone()
     }
 
-    /// One set of pooled clients per endpoint and timeout.
-    fn client(&self, base_url: &str, timeout: Duration) -> Result<client::Clients, ProviderError> {
+    /// One set of pooled clients per endpoint, timeout and reach (see [`ClientsKey`]).
+    fn client(
+        &self,
+        base_url: &str,
+        timeout: Duration,
+        personal: bool,
+    ) -> Result<client::Clients, ProviderError> {
+        let allowed = personal.then(|| self.inner.live.get().gateway.private_hosts.clone());
         let mut map = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (base_url.to_string(), timeout.as_millis() as u64);
+        let k = (base_url.to_string(), timeout.as_millis() as u64, allowed);
         if let Some(c) = map.get(&k) {
             return Ok(c.clone());
         }
-        let c = client::Clients::new(timeout).map_err(ProviderError::Invalid)?;
+        let reach =
+            k.2.as_deref()
+                .map(Allowlist::parse)
+                .transpose()
+                .map_err(ProviderError::Invalid)?;
+        let c = client::Clients::new(timeout, reach).map_err(ProviderError::Invalid)?;
         map.insert(k, c.clone());
         Ok(c)
     }
@@ -251,7 +268,7 @@ impl Providers {
             timeout,
             retries,
             owner.clone(),
-            self.client(&base, timeout)?,
+            self.client(&base, timeout, matches!(owner, Owner::Account(_)))?,
             self.breaker(breaker_owner, name),
         ))
     }
@@ -397,25 +414,17 @@ impl Providers {
         }
         let host = parsed
             .host_str()
-            .ok_or_else(|| ProviderError::Invalid("base_url has no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let allowed = self.inner.live.get().gateway.private_hosts.clone();
-        if allowed.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
-            return Ok(());
-        }
+            .ok_or_else(|| ProviderError::Invalid("base_url has no host".into()))?;
         let port = parsed.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| ProviderError::Invalid(format!("cannot resolve `{host}`")))?
-            .collect();
-        if addrs.is_empty() || addrs.iter().any(|a| !crate::http::net::is_public(a.ip())) {
-            return Err(ProviderError::Invalid(format!(
-                "`{host}` is a private or local address; personal connections reach public endpoints only (an admin can allow the host in [gateway] private_hosts)"
-            )));
+        let allowed = Allowlist::parse(&self.inner.live.get().gateway.private_hosts)
+            .map_err(ProviderError::Invalid)?;
+        match allowed.resolve(host, port).await {
+            Ok(_) => Ok(()),
+            Err(Unreached::Lookup(why)) => Err(ProviderError::Invalid(why)),
+            Err(Unreached::Refused(why)) => {
+                Err(ProviderError::Invalid(format!("{why}; {PRIVATE_HINT}")))
+            }
         }
-        Ok(())
     }
 
     /// Adds a connection for `account`, or for the organisation when `account` is `None`.

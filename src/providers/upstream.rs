@@ -47,7 +47,13 @@ pub enum UpstreamError {
     /// The request cannot be sent to this kind of provider as it is.
     #[error("{0}")]
     Unsupported(String),
+    /// A person's own connection leads to an address Easel does not reach for them.
+    #[error("{provider} is not reached: {why}; {PRIVATE_HINT}")]
+    Refused { provider: String, why: String },
 }
+
+/// What a person whose own connection leads to a private address can do about it.
+pub(crate) const PRIVATE_HINT: &str = "personal connections reach public endpoints only (an admin can allow the host in [gateway] private_hosts)";
 
 impl UpstreamError {
     /// Whether another try (the same route again, or the next one) may succeed.
@@ -57,7 +63,7 @@ impl UpstreamError {
             UpstreamError::Timeout(_)
             | UpstreamError::Connect(_)
             | UpstreamError::Garbage { .. } => true,
-            UpstreamError::Unsupported(_) => false,
+            UpstreamError::Unsupported(_) | UpstreamError::Refused { .. } => false,
         }
     }
 

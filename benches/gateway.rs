@@ -233,24 +233,41 @@ impl Server {
         }
     }
 
+    /// User plus system CPU time by thread name, in microseconds.
+    fn threads_us(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_name = std::collections::BTreeMap::new();
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            *by_name.entry(name.trim().to_string()).or_insert(0) += stat_us(&stat);
+        }
+        by_name
+    }
+
     /// User plus system CPU time of every thread, in microseconds.
     fn cpu_us(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = after
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
+        stat_us(
+            &std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default(),
+        )
     }
 
     /// A `/proc/PID/status` figure in MiB.
     fn mib(&self, field: &str) -> f64 {
         common::status_kib(self.child.id(), field) as f64 / 1024.0
     }
+}
+
+/// User plus system CPU time in a `/proc/.../stat` line, in microseconds.
+fn stat_us(stat: &str) -> u64 {
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
 }
 
 impl Drop for Server {
@@ -267,6 +284,8 @@ struct Run {
     latencies: Vec<u64>,
     /// (start in ns since the run began, latency in ns) of every request, unsorted.
     timeline: Vec<(u64, u64)>,
+    /// Each client's mean latency in ns, sorted.
+    client_means: Vec<u64>,
     seconds: f64,
 }
 
@@ -283,9 +302,12 @@ impl Run {
         self.latencies.len() as f64 / self.seconds
     }
 
-    /// The tail in more detail (`EASEL_BENCH_DETAIL=1`): percentiles, and how the
+    /// The tail in more detail (`EASEL_BENCH_DETAIL=1`): percentiles; how the
     /// requests slower than the p99 spread over time (in how many 10 ms windows they
-    /// began), which tells a tail made of stalls (few windows) from one spread thin.
+    /// began), which tells a tail made of stalls (few windows) from one spread thin;
+    /// and how evenly the clients were served (the least, median and largest of their
+    /// mean latencies), which tells a tail some connections always pay from one all
+    /// share.
     fn detail(&self, what: &str) -> String {
         let p99 = self.at(0.99);
         let mut slow = 0;
@@ -295,7 +317,7 @@ impl Run {
             windows.insert(start / 10_000_000);
         }
         format!(
-            "{what}: p50 {:.3} p90 {:.3} p95 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {} requests over the p99 began in {} of {:.0} 10-ms windows",
+            "{what}: p50 {:.3} p90 {:.3} p95 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {} requests over the p99 began in {} of {:.0} 10-ms windows; client means {:.3} / {:.3} / {:.3} ms",
             self.pct(0.5),
             self.pct(0.9),
             self.pct(0.95),
@@ -304,7 +326,10 @@ impl Run {
             self.pct(1.0),
             slow,
             windows.len(),
-            self.seconds * 100.0
+            self.seconds * 100.0,
+            self.client_means[0] as f64 / 1e6,
+            self.client_means[self.client_means.len() / 2] as f64 / 1e6,
+            self.client_means[self.client_means.len() - 1] as f64 / 1e6,
         )
     }
 }
@@ -365,9 +390,14 @@ async fn load(
         })
         .collect();
     let mut timeline = Vec::new();
+    let mut client_means = Vec::new();
     for t in tasks {
-        timeline.extend(t.await.expect("load task"));
+        let samples = t.await.expect("load task");
+        let sum: u64 = samples.iter().map(|(_, l)| l).sum();
+        client_means.push(sum / samples.len().max(1) as u64);
+        timeline.extend(samples);
     }
+    client_means.sort_unstable();
     let mut latencies: Vec<u64> = timeline.iter().map(|(_, l)| *l).collect();
     let seconds = began.elapsed().as_secs_f64();
     let failed = failures.load(Ordering::Relaxed);
@@ -376,6 +406,7 @@ async fn load(
     Run {
         latencies,
         timeline,
+        client_means,
         seconds,
     }
 }
@@ -551,11 +582,19 @@ fn main() {
                 let warm = load(&client, &easel_url, &key, stream, clients, WARMUP_MS).await;
                 proxied += warm.latencies.len() as u64;
                 let commits0 = commits(&client, &easel.base).await;
+                let threads0 = easel.threads_us();
                 let cpu0 = easel.cpu_us();
                 let via = load(&client, &easel_url, &key, stream, clients, seconds * 1000).await;
                 // Settlements finish in the background; give them a moment to count.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let cpu = (easel.cpu_us() - cpu0) as f64 / via.latencies.len() as f64;
+                let threads: Vec<String> = easel
+                    .threads_us()
+                    .into_iter()
+                    .map(|(name, us)| (name.clone(), us - threads0.get(&name).copied().unwrap_or(0)))
+                    .filter(|(_, us)| *us > 0)
+                    .map(|(name, us)| format!("{name} {:.1}", us as f64 / via.latencies.len() as f64))
+                    .collect();
                 let made = commits(&client, &easel.base).await - commits0;
                 proxied += via.latencies.len() as u64;
                 println!(
@@ -584,6 +623,7 @@ fn main() {
                     details.push(format!("{mode}:{clients}"));
                     details.push(direct.detail("  direct"));
                     details.push(via.detail("  via Easel"));
+                    details.push(format!("  Easel CPU per request by thread (µs): {}", threads.join(", ")));
                     details.push(floor.detail("  bare proxy"));
                 }
             }

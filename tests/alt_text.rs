@@ -126,8 +126,7 @@ impl Setup {
     }
 
     async fn usage(&self) -> Vec<easel::usage::UsageRecord> {
-        // Charges and usage records commit in the background; wait for them.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Charges and usage records commit in the background; listing waits for them.
         self.s
             .running
             .as_ref()

@@ -535,8 +535,10 @@ impl AltText {
         meter.finish_with(200, usage, 0, cost, move |tx| record_in(tx, &key, &record));
     }
 
-    /// The records of `account`, newest first, up to `limit`.
+    /// The records of `account`, newest first, up to `limit`; every request answered
+    /// before the call is in it.
     pub async fn list(&self, account: &str, limit: usize) -> Result<Vec<AltTextRecord>, ApiError> {
+        self.store.settled().await;
         let prefix = TimedKey::prefix(account);
         let records = self
             .store

@@ -471,13 +471,15 @@ impl Ledger {
         all
     }
 
-    /// An account's entries, newest first, before the cursor `before` (an entry id).
+    /// An account's entries, newest first, before the cursor `before` (an entry id);
+    /// the charge of every request answered before the call is in them.
     pub async fn entries(
         &self,
         account: &str,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>, LedgerError> {
+        self.store.settled().await;
         let prefix = TimedKey::prefix(account);
         let before = match before {
             Some(id) => Some(
@@ -495,6 +497,7 @@ impl Ledger {
 
     /// Every entry of an account, oldest first (for checks).
     pub async fn all_entries(&self, account: &str) -> Result<Vec<Entry>, LedgerError> {
+        self.store.settled().await;
         let prefix = TimedKey::prefix(account);
         let rows = self
             .store

@@ -1210,6 +1210,15 @@ impl Store {
         self.inner.writer.submit_detached(op, done);
     }
 
+    /// Returns once every background write queued so far (usage records, their
+    /// charges, alt text records) is durable, so that a read which follows sees them.
+    /// Free when none is pending; otherwise it ends the writer's wait for company.
+    /// For listings of a person's own recent records, not for every read: under load
+    /// background writes are always pending, and each call costs a commit.
+    pub async fn settled(&self) {
+        self.inner.writer.settle().await;
+    }
+
     /// Runs `op` on a read snapshot on the blocking thread pool.
     pub async fn read<T, E, F>(&self, op: F) -> Result<T, E>
     where
@@ -1576,6 +1585,45 @@ mod tests {
             },
         );
         assert_eq!(rx.recv().ok(), Some(true), "a closed store says so at once");
+    }
+
+    #[tokio::test]
+    async fn settling_makes_held_background_writes_durable_and_costs_nothing_without_them() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A window far longer than the test may take.
+        let store = open_with_delay(dir.path(), 600_000);
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.settled())
+            .await
+            .expect("nothing pending: at once");
+        assert_eq!(store.writer_stats().commits.load(Relaxed), 0, "no commit");
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.write_detached(
+            |w| w.insert(&ITEMS, &"charge".to_string(), &7),
+            move |r: Result<(), StoreError>| {
+                let _ = tx.send(r.is_ok());
+            },
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.settled())
+            .await
+            .expect("the held write is not held for the window");
+        let seen = store
+            .read(|r| r.get(&ITEMS, &"charge".to_string()))
+            .await
+            .expect("reads");
+        assert_eq!(seen, Some(7), "a read after settling sees the write");
+        assert_eq!(rx.await.ok(), Some(true));
+        assert_eq!(store.writer_stats().commits.load(Relaxed), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.settled())
+            .await
+            .expect("settled already");
+        assert_eq!(
+            store.writer_stats().commits.load(Relaxed),
+            1,
+            "no more commits"
+        );
+        store.close().await;
     }
 
     #[tokio::test]

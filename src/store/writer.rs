@@ -98,6 +98,9 @@ struct QueueState {
     shutdown: Option<oneshot::Sender<()>>,
     /// No more writes are taken (shut down, or the store was dropped).
     closed: bool,
+    /// Background writes queued or in the batch being committed (see
+    /// [`Writer::settle`]).
+    unsettled: usize,
 }
 
 impl Queue {
@@ -237,11 +240,23 @@ impl Writer {
             background,
         });
         q.urgent |= !background;
+        q.unsettled += usize::from(background);
         // A full batch is worth waking a holding writer for.
         if q.asleep && (!background || !q.holding || q.ops.len() >= self.max_batch) {
             self.queue.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Returns once every background write queued before it is durable (or failed),
+    /// so that a read which follows sees them: a person's own usage or history listed
+    /// right after their request. Nothing is waited for when none is pending;
+    /// otherwise the writer commits at once instead of holding its batch open.
+    pub(super) async fn settle(&self) {
+        if self.queue.lock().unsettled == 0 {
+            return;
+        }
+        let _ = self.submit(false, |_| Ok::<(), StoreError>(())).await;
     }
 
     /// Commits everything queued, then stops the writer; later writes get `Closed`.
@@ -324,7 +339,10 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
         let done = if finished { q.shutdown.take() } else { None };
         drop(q);
         if !batch.is_empty() {
+            let background = batch.iter().filter(|op| op.background).count();
             commit_batch(&db, batch, stats);
+            let mut q = queue.lock();
+            q.unsettled = q.unsettled.saturating_sub(background);
         }
         if finished {
             break done;

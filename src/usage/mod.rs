@@ -104,7 +104,7 @@ impl Usage {
     }
 
     /// Up to `limit` records of an account matching `filter`, newest first, before the
-    /// record id `before`.
+    /// record id `before`; every request answered before the call is in it.
     pub async fn list(
         &self,
         account: &str,
@@ -112,6 +112,7 @@ impl Usage {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.store.settled().await;
         let prefix = TimedKey::prefix(account);
         let mut end = match before.and_then(|id| TimedKey::of_id(account, id)) {
             Some(key) => key,
@@ -153,6 +154,7 @@ impl Usage {
 
     /// Every record ever written for an account, oldest first (for tests).
     pub async fn all(&self, account: &str) -> Result<Vec<UsageRecord>, StoreError> {
+        self.store.settled().await;
         let prefix = TimedKey::prefix(account);
         let rows = self
             .store

@@ -103,7 +103,7 @@ impl Conn {
     /// Opens a connection to `uri`'s origin: TCP (without Nagle's delay), then TLS for
     /// `https`. With `reach`, only to public addresses and those it allows (a person's
     /// own connection), checked here at every connect and not only when the connection
-    /// was added, since a name may resolve elsewhere since. The caller bounds how long
+    /// was added, as the name may resolve elsewhere by now. The caller bounds how long
     /// this may take.
     pub async fn open(
         uri: &Uri,

@@ -859,30 +859,32 @@ async fn personal_keys_are_sealed_shown_by_hint_and_used_before_the_organisation
     assert_eq!(test.body["ok"], true, "{}", test.body);
 
     // The catalog's `openai` route now uses the person's key, at the platform fee (0).
-    let res = common::http()
-        .post(s.url("/v1/chat/completions"))
-        .header(
-            "cookie",
-            format!("easel_session={}", b.cookie.as_deref().unwrap()),
-        )
-        .header("x-csrf-token", b.csrf.as_deref().unwrap())
-        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "mine"}]}))
-        .send()
-        .await
-        .unwrap();
+    let chat = || {
+        common::http()
+            .post(s.url("/v1/chat/completions"))
+            .header(
+                "cookie",
+                format!("easel_session={}", b.cookie.as_deref().unwrap()),
+            )
+            .header("x-csrf-token", b.csrf.as_deref().unwrap())
+            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "mine"}]}))
+            .send()
+    };
+    let res = chat().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let call = t.mock.seen().last().unwrap().clone();
     assert_eq!(call.path, "/mine/v1/chat/completions");
     assert_eq!(call.headers["authorization"], format!("Bearer {personal}"));
-    let usage = &s.running.as_ref().unwrap().services().usage;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let records = loop {
-        let r = usage.all(&account).await.unwrap();
-        if !r.is_empty() || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Listing waits for the charge, which commits in the background.
+    let records = s
+        .running
+        .as_ref()
+        .unwrap()
+        .services()
+        .usage
+        .all(&account)
+        .await
+        .unwrap();
     assert!(
         records[0].byok && records[0].credits == 0,
         "{:?}",
@@ -904,17 +906,6 @@ async fn personal_keys_are_sealed_shown_by_hint_and_used_before_the_organisation
     // was added: once the admin withdraws it (a reload), the host is refused.
     write_config(s.dir.path(), &catalog(&t.mock, keys.path()));
     assert!(s.app().reload(), "the config reloads");
-    let chat = || {
-        common::http()
-            .post(s.url("/v1/chat/completions"))
-            .header(
-                "cookie",
-                format!("easel_session={}", b.cookie.as_deref().unwrap()),
-            )
-            .header("x-csrf-token", b.csrf.as_deref().unwrap())
-            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "mine"}]}))
-            .send()
-    };
     // The reload reopens the connections in the background.
     let deadline = Instant::now() + Duration::from_secs(10);
     while chat().await.unwrap().status() == StatusCode::OK && Instant::now() < deadline {

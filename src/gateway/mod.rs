@@ -361,6 +361,7 @@ where
             usage: Some(&rk.id),
             note: self.endpoint,
             actor: None,
+            at_ms: Some(self.at_ms),
         })
     }
 

@@ -80,6 +80,9 @@ pub struct Posting<S = String> {
     pub usage: Option<S>,
     pub note: S,
     pub actor: Option<S>,
+    /// When it happened, if not when it is written: a request's charge is written in
+    /// the background after the request was answered, and dated by the answer.
+    pub at_ms: Option<u64>,
 }
 
 impl Posting {
@@ -91,6 +94,7 @@ impl Posting {
             usage: self.usage.as_deref(),
             note: &self.note,
             actor: self.actor.as_deref(),
+            at_ms: self.at_ms,
         }
     }
 }
@@ -233,7 +237,7 @@ fn post(
     amount: i64,
     posting: &Posting<&str>,
 ) -> Result<Entry, LedgerError> {
-    let at_ms = now_ms();
+    let at_ms = posting.at_ms.unwrap_or_else(now_ms);
     let balance = tx.get(&BALANCES, account)?.unwrap_or(0);
     let after = balance
         .checked_add(amount)

@@ -15,6 +15,7 @@ use http::uri::{Authority, Scheme};
 use http::{Method, StatusCode, Uri};
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -134,28 +135,9 @@ impl Conn {
                 .map_err(|e| Failed::Broken(format!("cannot look up {host}: {e}")))?
                 .collect(),
         };
-        let mut failure = format!("{host} has no address");
-        let mut open = None;
-        for (i, &addr) in addrs.iter().enumerate() {
-            // An address that swallows the attempt (a blackholed IPv6 route) must not
-            // use up the whole connect timeout: the next one gets its turn.
-            let attempt = TcpStream::connect(addr);
-            let done = if i + 1 < addrs.len() {
-                tokio::time::timeout(PER_ADDRESS, attempt)
-                    .await
-                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-            } else {
-                attempt.await
-            };
-            match done {
-                Ok(s) => {
-                    open = Some(s);
-                    break;
-                }
-                Err(e) => failure = format!("cannot connect to {addr}: {e}"),
-            }
-        }
-        let tcp = open.ok_or(Failed::Broken(failure))?;
+        let tcp = connect_any(&addrs, PER_ADDRESS).await.map_err(|why| {
+            Failed::Broken(why.unwrap_or_else(|| format!("{host} has no address")))
+        })?;
         tcp.set_nodelay(true)
             .map_err(|e| Failed::Broken(e.to_string()))?;
         let io = if https {
@@ -213,6 +195,32 @@ impl Conn {
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
     }
+}
+
+/// A TCP connection to the first of `addrs` that takes one, each tried in turn. An
+/// address that swallows the attempt (a blackholed IPv6 route) must not use up the
+/// caller's whole connect timeout: while others are left, each gets `per_address`.
+/// The error is the last attempt's (`None`: there was no address).
+async fn connect_any(
+    addrs: &[SocketAddr],
+    per_address: Duration,
+) -> Result<TcpStream, Option<String>> {
+    let mut failure = None;
+    for (i, &addr) in addrs.iter().enumerate() {
+        let attempt = TcpStream::connect(addr);
+        let done = if i + 1 < addrs.len() {
+            tokio::time::timeout(per_address, attempt)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        } else {
+            attempt.await
+        };
+        match done {
+            Ok(s) => return Ok(s),
+            Err(e) => failure = Some(format!("cannot connect to {addr}: {e}")),
+        }
+    }
+    Err(failure)
 }
 
 /// Idle connections of one lane, newest last.
@@ -784,6 +792,57 @@ mod tests {
                 },
             }
         }
+    }
+
+    #[tokio::test]
+    async fn connecting_moves_on_from_a_refusing_or_silent_address() {
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        // An address that refuses: a port nothing listens on any more.
+        let refusing = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        // An address that swallows the attempt: a listener that never accepts, whose
+        // queue is full, so the kernel drops further handshakes unanswered.
+        let silent = tokio::net::TcpSocket::new_v4().unwrap();
+        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let silent = silent.listen(1).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let attempt = tokio::net::TcpStream::connect(silent_addr);
+            match tokio::time::timeout(Duration::from_millis(300), attempt).await {
+                Ok(Ok(s)) => queued.push(s),
+                _ => break,
+            }
+            assert!(queued.len() < 64, "the listener's queue never filled");
+        }
+        let per = Duration::from_millis(300);
+
+        let s = connect_any(&[refusing, good_addr], per).await.unwrap();
+        assert_eq!(s.peer_addr().unwrap(), good_addr);
+        let began = Instant::now();
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect_any(&[silent_addr, good_addr], per),
+        )
+        .await
+        .expect("not stuck on the silent address")
+        .unwrap();
+        assert_eq!(s.peer_addr().unwrap(), good_addr);
+        let waited = began.elapsed();
+        assert!(
+            waited >= per && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        let why = connect_any(&[refusing], per)
+            .await
+            .unwrap_err()
+            .expect("the last attempt's error");
+        assert!(why.contains(&refusing.to_string()), "{why}");
+        assert_eq!(connect_any(&[], per).await.unwrap_err(), None);
+        drop((good, silent, queued));
     }
 
     #[test]

@@ -120,11 +120,8 @@ impl Clients {
         };
         let answer = match tokio::time::timeout_at(deadline, exchange).await {
             Err(_) => return Err(UpstreamError::Timeout(provider.to_string())),
+            // Logged by the routing, with the rest of the call's failures.
             Ok(Err(Failed::Refused(why))) => {
-                tracing::warn!(
-                    provider,
-                    "a personal provider connection was refused: {why}"
-                );
                 return Err(UpstreamError::Refused {
                     provider: provider.to_string(),
                     why,

@@ -591,7 +591,11 @@ fn main() {
                 let threads: Vec<String> = easel
                     .threads_us()
                     .into_iter()
-                    .map(|(name, us)| (name.clone(), us - threads0.get(&name).copied().unwrap_or(0)))
+                    // Saturating: a thread that ended since takes its time with it.
+                    .map(|(name, us)| {
+                        let before = threads0.get(&name).copied().unwrap_or(0);
+                        (name, us.saturating_sub(before))
+                    })
                     .filter(|(_, us)| *us > 0)
                     .map(|(name, us)| format!("{name} {:.1}", us as f64 / via.latencies.len() as f64))
                     .collect();

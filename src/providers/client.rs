@@ -191,20 +191,18 @@ pub fn secret_value(value: &str) -> Option<HeaderValue> {
 impl Call {
     /// A request to `url`.
     pub fn new(method: Method, url: &str) -> Call {
-        Call {
-            method,
-            uri: uri(url),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            invalid: None,
-        }
+        Call::to(method, uri(url))
     }
 
     /// A POST to a URL parsed once beforehand.
     pub fn post_to(uri: Uri) -> Call {
+        Call::to(Method::POST, Ok(uri))
+    }
+
+    fn to(method: Method, uri: Result<Uri, String>) -> Call {
         Call {
-            method: Method::POST,
-            uri: Ok(uri),
+            method,
+            uri,
             headers: HeaderMap::new(),
             body: Bytes::new(),
             invalid: None,

@@ -241,12 +241,13 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest idle connection to `uri`'s origin that still looks open.
+    /// The newest idle connection to `uri`'s origin that may still serve.
     pub fn take(&self, uri: &Uri) -> Option<Conn> {
         let mut idle = self.lock();
+        let now = Instant::now();
         while let Some(at) = idle.conns.iter().rposition(|(c, _)| c.serves(uri)) {
             let (conn, since) = idle.conns.remove(at)?;
-            if since.elapsed() < IDLE_FOR && conn.looks_open() {
+            if usable(&conn, since, now) {
                 return Some(conn);
             }
         }
@@ -280,11 +281,16 @@ impl Pool {
     /// whether any are left.
     fn sweep(&self, now: Instant) -> bool {
         let mut idle = self.lock();
-        idle.conns
-            .retain(|(conn, since)| now - *since < IDLE_FOR && conn.looks_open());
+        idle.conns.retain(|(conn, since)| usable(conn, *since, now));
         idle.sweeping = !idle.conns.is_empty();
         idle.sweeping
     }
+}
+
+/// Whether a connection idle since `since` may serve again at `now`: it has not idled
+/// too long, and the server has not closed it.
+fn usable(conn: &Conn, since: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(since) < IDLE_FOR && conn.looks_open()
 }
 
 /// How often a pool with idle connections is swept.

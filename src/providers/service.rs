@@ -234,6 +234,10 @@ impl Providers {
                 .transpose()
                 .map_err(ProviderError::Invalid)?;
         let c = client::Clients::new(timeout, reach).map_err(ProviderError::Invalid)?;
+        // Personal clients built under an allowlist since replaced are not used again.
+        if k.2.is_some() {
+            map.retain(|(b, t, a), _| !(a.is_some() && *b == k.0 && *t == k.1));
+        }
         map.insert(k, c.clone());
         Ok(c)
     }

@@ -1009,6 +1009,22 @@ async fn key_budgets_and_admin_grants_control_spending() {
         StatusCode::OK,
         "other keys still spend"
     );
+    // Each charge's entry is dated like its usage record, by when the request was
+    // answered, however long its commit was held (listing ends the wait; the pause
+    // puts the write time well after the answer).
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let services = t.s.running.as_ref().unwrap().services();
+    let records = services.usage.all(&t.account).await.unwrap();
+    let entries = services.ledger.all_entries(&t.account).await.unwrap();
+    let charges: Vec<_> = entries.iter().filter(|e| e.usage.is_some()).collect();
+    assert_eq!(charges.len(), 2, "{entries:?}");
+    for e in charges {
+        let record = records
+            .iter()
+            .find(|r| Some(&r.id) == e.usage.as_ref())
+            .expect("the entry's usage record");
+        assert_eq!(e.at_ms, record.at_ms, "{e:?}");
+    }
 
     // Only an adjustment may go negative, and never below what is available.
     let take = admin

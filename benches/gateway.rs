@@ -7,7 +7,9 @@
 //! child process with a catalog model routed to that upstream, an API key, credits, and
 //! its default logging. For each mode (whole answer, SSE stream) and concurrency
 //! (1, 16, 64), the same load generator first calls the upstream directly, then calls
-//! it through Easel; the latency difference is Easel's overhead. Easel's CPU time comes
+//! it through Easel; the latency difference is Easel's overhead. The load generator is
+//! hand-written too (one keep-alive HTTP/1.1 connection per client, wrk's way), so
+//! that the cores it shares go to what is measured. Easel's CPU time comes
 //! from /proc/PID/stat (user + system, all threads, background settlements included)
 //! divided by the requests it served; RSS is its peak (VmHWM).
 //!
@@ -270,6 +272,12 @@ fn stat_us(stat: &str) -> u64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
 }
 
+/// User plus system CPU time of this process (the load generator and the mock), in
+/// microseconds.
+fn own_cpu_us() -> u64 {
+    stat_us(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
@@ -334,55 +342,56 @@ impl Run {
     }
 }
 
-/// `clients` loops, each sending one request at a time until `for_ms` has passed; every
-/// answer must be a 200 whose body ends as expected.
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    stream: bool,
-    clients: usize,
-    for_ms: u64,
-) -> Run {
+/// `clients` connections, each sending one request at a time until `for_ms` has passed;
+/// every answer must be a 200 whose body ends as expected.
+async fn load(url: &str, key: &str, stream: bool, clients: usize, for_ms: u64) -> Run {
+    let (addr, path) = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("an http:// URL with a path");
     let body = json!({"model": MODEL, "stream": stream,
         "messages": [{"role": "user", "content": "Describe this scene for someone who cannot see it, in one sentence."}]})
     .to_string();
+    let request: Arc<[u8]> = format!(
+        "POST /{path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
     let failures = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let deadline = began + Duration::from_millis(for_ms);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, url, key, body, failures) = (
-                client.clone(),
-                url.to_string(),
-                key.to_string(),
-                body.clone(),
-                failures.clone(),
-            );
+            let (addr, request, failures) = (addr.to_string(), request.clone(), failures.clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut conn = None;
                 while Instant::now() < deadline {
+                    // A new connection is made outside the timing, as a pooled
+                    // client's would be before the requests measured.
+                    if conn.is_none() {
+                        conn = Conn::open(&addr).await.ok();
+                    }
                     let t = Instant::now();
                     let start = (t - began).as_nanos() as u64;
-                    let res = client
-                        .post(&url)
-                        .bearer_auth(&key)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    let ok = match res {
-                        Ok(r) if r.status().is_success() => match r.bytes().await {
-                            Ok(b) if stream => b.ends_with(b"data: [DONE]\n\n"),
-                            Ok(b) => serde_json::from_slice::<Value>(&b).is_ok(),
-                            Err(_) => false,
+                    let ok = match conn.as_mut() {
+                        Some(c) => match c.call(&request).await {
+                            Ok(a) if a.status == 200 && stream => {
+                                a.body.ends_with(b"data: [DONE]\n\n")
+                            }
+                            Ok(a) if a.status == 200 => {
+                                a.body.starts_with(b"{") && find(&a.body, b"\"choices\"").is_some()
+                            }
+                            _ => false,
                         },
-                        _ => false,
+                        None => false,
                     };
                     if ok {
                         samples.push((start, t.elapsed().as_nanos() as u64));
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
                     }
                 }
                 samples
@@ -408,6 +417,104 @@ async fn load(
         timeline,
         client_means,
         seconds,
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection of the load generator, sending the same request
+/// again and again and reading each answer with as little work as the mock does (wrk's
+/// way): the cores the generator does not use go to what is measured.
+struct Conn {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A whole answer read off a connection: its status and its body (de-chunked).
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> std::io::Result<Conn> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        Ok(Conn {
+            sock,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends `request` and reads its answer.
+    async fn call(&mut self, request: &[u8]) -> std::io::Result<Answer> {
+        self.sock.write_all(request).await?;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some((used, answer)) = parse_answer(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(answer);
+            }
+            match self.sock.read(&mut chunk).await? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// The first complete answer in `buf` and the bytes it took, or `None` while it is
+/// incomplete. Bodies are framed by `content-length` or chunked.
+fn parse_answer(buf: &[u8]) -> std::io::Result<Option<(usize, Answer)>> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head is not UTF-8"))?;
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.trim().parse::<usize>().map_err(|_| bad("length"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.trim().eq_ignore_ascii_case("chunked");
+        }
+    }
+    let mut at = head_end + 4;
+    if !chunked {
+        let length = length.unwrap_or(0);
+        if buf.len() < at + length {
+            return Ok(None);
+        }
+        let body = buf[at..at + length].to_vec();
+        return Ok(Some((at + length, Answer { status, body })));
+    }
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = find(&buf[at..], b"\r\n") else {
+            return Ok(None);
+        };
+        let size = std::str::from_utf8(&buf[at..at + line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .ok_or_else(|| bad("chunk size"))?;
+        let data = at + line_end + 2;
+        if buf.len() < data + size + 2 {
+            return Ok(None);
+        }
+        if size == 0 {
+            return Ok(Some((data + 2, Answer { status, body })));
+        }
+        body.extend_from_slice(&buf[data..data + size]);
+        at = data + size + 2;
     }
 }
 
@@ -577,14 +684,16 @@ fn main() {
                 if cells.as_ref().is_some_and(|c| !c.split(',').any(|w| w.trim() == wanted)) {
                     continue;
                 }
-                load(&client, &direct_url, "sk", stream, clients, WARMUP_MS).await;
-                let direct = load(&client, &direct_url, "sk", stream, clients, seconds * 1000).await;
-                let warm = load(&client, &easel_url, &key, stream, clients, WARMUP_MS).await;
+                load(&direct_url, "sk", stream, clients, WARMUP_MS).await;
+                let direct = load(&direct_url, "sk", stream, clients, seconds * 1000).await;
+                let warm = load(&easel_url, &key, stream, clients, WARMUP_MS).await;
                 proxied += warm.latencies.len() as u64;
                 let commits0 = commits(&client, &easel.base).await;
                 let threads0 = easel.threads_us();
                 let cpu0 = easel.cpu_us();
-                let via = load(&client, &easel_url, &key, stream, clients, seconds * 1000).await;
+                let own0 = own_cpu_us();
+                let via = load(&easel_url, &key, stream, clients, seconds * 1000).await;
+                let own = (own_cpu_us() - own0) as f64 / via.latencies.len() as f64;
                 // Settlements finish in the background; give them a moment to count.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let cpu = (easel.cpu_us() - cpu0) as f64 / via.latencies.len() as f64;
@@ -613,9 +722,9 @@ fn main() {
                     via.rate(),
                     via.latencies.len() as f64 / made.max(1) as f64,
                 );
-                load(&client, &bare_url, "", stream, clients, WARMUP_MS).await;
+                load(&bare_url, "", stream, clients, WARMUP_MS).await;
                 let cpu0 = bare.cpu_us();
-                let floor = load(&client, &bare_url, "", stream, clients, seconds * 1000).await;
+                let floor = load(&bare_url, "", stream, clients, seconds * 1000).await;
                 let cpu = (bare.cpu_us() - cpu0) as f64 / floor.latencies.len() as f64;
                 bare_rows.push(format!(
                     "| {mode} | {clients} | {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",
@@ -628,6 +737,7 @@ fn main() {
                     details.push(direct.detail("  direct"));
                     details.push(via.detail("  via Easel"));
                     details.push(format!("  Easel CPU per request by thread (µs): {}", threads.join(", ")));
+                    details.push(format!("  load generator and mock CPU per request via Easel: {own:.1} µs"));
                     details.push(floor.detail("  bare proxy"));
                 }
             }

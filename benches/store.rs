@@ -53,7 +53,7 @@ fn main() {
         let mut ratio_256 = 0.0;
         for writers in [1usize, 16, 256] {
             let single = rate(writers, 1).await;
-            let group = rate(writers, 1024).await;
+            let group = rate(writers, StoreOptions::default().max_batch).await;
             let ratio = group / single;
             println!("writers={writers:>3} group/single = {ratio:.1}x");
             if writers == 256 {

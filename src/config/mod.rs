@@ -114,7 +114,10 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Page cache of the database, in MiB (restart to change).
     pub cache_mib: u64,
-    /// Most writes the writer folds into one durable commit (restart to change).
+    /// Most writes the writer folds into one durable commit (restart to change). A
+    /// full batch of 1024 is 2-4 ms of CPU in one unbroken run, which request threads
+    /// woken on the same core wait out; smaller batches shorten that wait but cost more
+    /// CPU a write (docs/benchmarks.md, 2026-12-06, fifth sitting).
     pub max_batch: usize,
     /// Milliseconds a commit of background writes only (usage records and their
     /// charges) may wait for more to share it; 0 commits at once (restart to change).

@@ -87,11 +87,20 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The value of header `name` in an HTTP head (its first line included), if present.
+fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    std::str::from_utf8(head)
+        .ok()?
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
 fn content_length(head: &[u8]) -> usize {
-    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    head.lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
+    header(head, "content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
@@ -471,26 +480,16 @@ fn parse_answer(buf: &[u8]) -> std::io::Result<Option<(usize, Answer)>> {
     let Some(head_end) = find(buf, b"\r\n\r\n") else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head is not UTF-8"))?;
-    let status = head
-        .get(9..12)
+    let head = &buf[..head_end];
+    let status = std::str::from_utf8(head.get(9..12).unwrap_or_default())
+        .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no status"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in head.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.trim().parse::<usize>().map_err(|_| bad("length"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.trim().eq_ignore_ascii_case("chunked");
-        }
-    }
+    let chunked =
+        header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let mut at = head_end + 4;
     if !chunked {
-        let length = length.unwrap_or(0);
+        let length = content_length(head);
         if buf.len() < at + length {
             return Ok(None);
         }

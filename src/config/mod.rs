@@ -114,10 +114,11 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Page cache of the database, in MiB (restart to change).
     pub cache_mib: u64,
-    /// Most writes the writer folds into one durable commit (restart to change). A
-    /// full batch of 1024 is 2-4 ms of CPU in one unbroken run, which request threads
-    /// woken on the same core wait out; smaller batches shorten that wait but cost more
-    /// CPU a write (docs/benchmarks.md, 2026-12-06, fifth sitting).
+    /// Most writes the writer folds into one durable commit (restart to change). The
+    /// commit of a full batch of 1024 is about 1 ms of CPU in one unbroken run (its
+    /// writes are applied before, a few at a time), which request threads woken on the
+    /// same core wait out; smaller batches shorten that wait but cost more CPU a write
+    /// (docs/benchmarks.md, 2026-12-06, fifth and sixth sittings).
     pub max_batch: usize,
     /// Milliseconds a commit of background writes only (usage records and their
     /// charges) may wait for more to share it; 0 commits at once (restart to change).

@@ -1626,6 +1626,125 @@ mod tests {
         store.close().await;
     }
 
+    /// Reports of detached writes: (index, stored).
+    type Reports = tokio::sync::mpsc::UnboundedReceiver<(usize, bool)>;
+
+    /// Queues `n` detached writes of `s{i}`; the one numbered `failing` is refused after
+    /// inserting. `applied` counts every run of a write's closure.
+    fn detached_writes(
+        store: &Store,
+        n: usize,
+        failing: Option<usize>,
+        applied: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Reports {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..n {
+            let (tx, applied) = (tx.clone(), applied.clone());
+            store.write_detached(
+                move |w| {
+                    applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    w.insert(&ITEMS, &format!("s{i:03}"), &(i as u32))?;
+                    if Some(i) == failing {
+                        return Err(StoreError::Refused("no".into()));
+                    }
+                    Ok(())
+                },
+                move |r: Result<(), StoreError>| {
+                    let _ = tx.send((i, r.is_ok()));
+                },
+            );
+        }
+        rx
+    }
+
+    async fn reports(rx: &mut Reports, n: usize) -> Vec<(usize, bool)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+                .await
+                .expect("reported without waiting out the window");
+            got.push(next.expect("a report"));
+        }
+        got.sort();
+        got
+    }
+
+    #[tokio::test]
+    async fn held_background_writes_are_applied_a_step_at_a_time_and_commit_together() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A window far longer than the test may take.
+        let store = open_with_delay(dir.path(), 600_000);
+        let step = writer::STEP;
+        let (total, failing) = (3 * step + 5, 2 * step + 1);
+        let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut rx = detached_writes(&store, total, Some(failing), &applied);
+        // Whole steps go into the open transaction as they come, before any commit;
+        // the last few writes wait for a step or the commit.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while applied.load(Relaxed) < 3 * step {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held writes are applied a step at a time"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let stats = store.writer_stats();
+        assert_eq!(stats.commits.load(Relaxed), 0, "nothing committed yet");
+        // The refused write in the third step is answered at once and leaves the
+        // others in the batch, which wait for their commit.
+        assert_eq!(rx.try_recv().ok(), Some((failing, false)));
+        assert!(rx.try_recv().is_err(), "the rest waits for its commit");
+
+        // Settling commits them all at once.
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.settled())
+            .await
+            .expect("settles");
+        let got = reports(&mut rx, total - 1).await;
+        assert!(got.iter().all(|(i, ok)| *ok && *i != failing), "{got:?}");
+        assert_eq!(stats.commits.load(Relaxed), 1, "one commit");
+        assert_eq!(stats.rejected.load(Relaxed), 1);
+        let (count, refused) = store
+            .read(move |r| {
+                Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &format!("s{failing:03}"))?))
+            })
+            .await
+            .expect("reads");
+        assert_eq!(count, (total - 1) as u64);
+        assert_eq!(refused, None, "the refused write left nothing");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_held_batch_commits_as_soon_as_it_is_full() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            max_batch: 40,
+            background_delay: std::time::Duration::from_secs(600),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &opts, &[]).expect("opens");
+        let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut rx = detached_writes(&store, 100, None, &applied);
+        // Two full batches of 40 are committed without waiting out the window.
+        let got = reports(&mut rx, 80).await;
+        assert!(got.iter().all(|(_, ok)| *ok));
+        let stats = store.writer_stats();
+        assert_eq!(stats.commits.load(Relaxed), 2);
+        assert_eq!(stats.writes.load(Relaxed), 80);
+        // The last 20 are held until something ends the wait.
+        assert!(rx.try_recv().is_err(), "the rest is held");
+        tokio::time::timeout(std::time::Duration::from_secs(30), store.settled())
+            .await
+            .expect("settles");
+        reports(&mut rx, 20).await;
+        assert_eq!(stats.commits.load(Relaxed), 3);
+        let count = store.read(|r| r.count(&ITEMS)).await.expect("reads");
+        assert_eq!(count, 100);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_waited_for_write_ends_the_background_wait_and_shutdown_commits_held_writes() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -8,7 +8,9 @@
 //! A background write (nobody is waiting on it: a request's usage record and charge)
 //! lets the writer hold a batch open for up to `background_delay` so that more writes
 //! share its commit. Any waited-for write that arrives meanwhile is committed at once,
-//! together with the held ones.
+//! together with the held ones. While it holds a batch open, the writer applies the
+//! writes to the open transaction a [`STEP`] at a time as they come and sleeps between
+//! steps, so the commit is all that is left at the end.
 
 use super::{StoreError, WriteTx};
 use std::any::Any;
@@ -74,11 +76,11 @@ where
 }
 
 /// What waits for the writer. A background write wakes the writer only when it is
-/// idle; while it holds a batch open, only a waited-for write, a full batch or a
-/// shutdown wakes it early, so a burst of background writes costs one wake-up. A
-/// writer that is busy committing is not signalled at all: it looks at the queue again
-/// before it sleeps (a condition variable's signal is a system call even when nothing
-/// waits).
+/// idle; while it holds a batch open, only a waited-for write, a step's worth of writes
+/// (see [`STEP`]) or a shutdown wakes it early, so a burst of background writes costs
+/// one wake-up a step. A writer that is busy applying or committing is not signalled
+/// at all: it looks at the queue again before it sleeps (a condition variable's signal
+/// is a system call even when nothing waits).
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
@@ -90,8 +92,9 @@ struct QueueState {
     ops: VecDeque<Op>,
     /// Some queued write has a caller waiting on it.
     urgent: bool,
-    /// The writer is holding a batch of background writes open.
-    holding: bool,
+    /// The writer is holding a batch of background writes open, and this many queued
+    /// writes are worth waking it for (a step, or what fills the batch).
+    holding: Option<usize>,
     /// The writer waits on the condition variable (idle, or holding a batch open).
     asleep: bool,
     /// A clean shutdown: commit what is queued, answer, stop.
@@ -145,7 +148,6 @@ impl WriterStats {
 pub(super) struct Writer {
     queue: Arc<Queue>,
     stats: Arc<WriterStats>,
-    max_batch: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -176,11 +178,7 @@ impl Writer {
                 run(db, &thread_queue, limits, &thread_stats)
             })
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer {
-            queue,
-            stats,
-            max_batch: limits.max_batch,
-        })
+        Ok(Writer { queue, stats })
     }
 
     pub(super) fn stats(&self) -> &WriterStats {
@@ -241,8 +239,9 @@ impl Writer {
         });
         q.urgent |= !background;
         q.unsettled += usize::from(background);
-        // A full batch is worth waking a holding writer for.
-        if q.asleep && (!background || !q.holding || q.ops.len() >= self.max_batch) {
+        // A step's worth of writes is worth waking a holding writer for.
+        let worth = q.holding.is_none_or(|step| q.ops.len() >= step);
+        if q.asleep && (!background || worth) {
             self.queue.wake.notify_one();
         }
         Ok(())
@@ -305,12 +304,19 @@ fn yield_to_requests() {
     }
 }
 
+/// Writes applied to the open transaction at a time while a batch of background writes
+/// is held open. The writer wakes for each step and goes back to sleep, so a thread
+/// that wakes on its core waits for one step (about 0.1 ms) rather than for the whole
+/// batch's inserts at once (a thousand writes, 2-4 ms of CPU unbroken); only the
+/// commit itself is left to run at the end (docs/benchmarks.md, 2026-12-06, sixth
+/// sitting).
+pub(super) const STEP: usize = 32;
+
 fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterStats) {
     // Kept from batch to batch: a fresh vector of a thousand writes is a large
     // allocation, and glibc answers each one by first merging every small block freed
     // since (`malloc_consolidate`, 2-12 % of this thread's time under load).
-    let mut batch: Vec<Op> = Vec::new();
-    let mut outputs: Vec<Reply> = Vec::new();
+    let mut batch = Batch::default();
     let done = loop {
         let mut q = queue.lock();
         while q.ops.is_empty() && !q.closed {
@@ -318,38 +324,12 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
             q = queue.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             q.asleep = false;
         }
-        if !q.urgent && !q.closed && !limits.background_delay.is_zero() {
-            // Only background writes so far: wait a little for company.
-            let until = Instant::now() + limits.background_delay;
-            q.holding = true;
-            while !q.urgent && !q.closed && q.ops.len() < limits.max_batch {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                q.asleep = true;
-                q = queue
-                    .wake
-                    .wait_timeout(q, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                q.asleep = false;
-            }
-            q.holding = false;
+        if q.ops.is_empty() {
+            // Closed, and everything queued is committed.
+            break q.shutdown.take();
         }
-        let n = q.ops.len().min(limits.max_batch);
-        batch.extend(q.ops.drain(..n));
-        q.urgent = q.ops.iter().any(|op| !op.background);
-        let finished = q.closed && q.ops.is_empty();
-        let done = if finished { q.shutdown.take() } else { None };
         drop(q);
-        if !batch.is_empty() {
-            let background = batch.iter().filter(|op| op.background).count();
-            commit_batch(&db, &mut batch, &mut outputs, stats);
-            let mut q = queue.lock();
-            q.unsettled = q.unsettled.saturating_sub(background);
-        }
-        if finished {
+        if let Some(done) = batch.commit(&db, queue, limits, stats) {
             break done;
         }
     };
@@ -360,65 +340,186 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
     }
 }
 
-/// Commits `pending` (left empty) and answers each write; `outputs` is room for their
-/// answers, kept by the caller.
-fn commit_batch(
-    db: &redb::Database,
-    pending: &mut Vec<Op>,
-    outputs: &mut Vec<Reply>,
-    stats: &WriterStats,
-) {
-    loop {
-        outputs.clear();
-        let txn = match db.begin_write() {
-            Ok(t) => t,
-            Err(e) => return fail_all(pending, StoreError::from(e)),
-        };
-        let mut failed = None;
-        {
-            let w = WriteTx::new(&txn);
-            for (i, op) in pending.iter_mut().enumerate() {
-                match catch_unwind(AssertUnwindSafe(|| (op.run)(&w))) {
-                    Ok((true, out)) => outputs.push(out),
-                    Ok((false, out)) => {
-                        failed = Some((i, Ok(out)));
-                        break;
+/// The writes of one transaction, with room kept between transactions.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    /// The answers of the writes applied so far, in order.
+    outputs: Vec<Reply>,
+    /// Some write taken has a caller waiting on it: commit without waiting for more.
+    urgent: bool,
+    /// Nothing more is taken: commit once every write taken is applied.
+    full: bool,
+    /// Background writes taken (see [`QueueState::unsettled`]).
+    background: usize,
+}
+
+impl Batch {
+    /// Takes writes from the queue into one transaction and commits it, answering each
+    /// write. While only background writes have come and the batch has room, it holds
+    /// the transaction open for up to the background delay, applying [`STEP`] writes
+    /// at a time as they come. A write that fails is answered with its error and the
+    /// writes before it are applied again in a fresh transaction, so one caller's
+    /// error never leaks into another's commit. Returns `Some` once the queue is
+    /// closed and drained (with the shutdown to answer, if any).
+    fn commit(
+        &mut self,
+        db: &redb::Database,
+        queue: &Queue,
+        limits: Limits,
+        stats: &WriterStats,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let until = Instant::now() + limits.background_delay;
+        let mut finished = None;
+        loop {
+            self.outputs.clear();
+            let txn = match db.begin_write() {
+                Ok(t) => t,
+                Err(e) => {
+                    if !self.full {
+                        // Nothing can be written: what is queued fails now rather than
+                        // spin the writer.
+                        finished = self.take(&mut queue.lock(), limits.max_batch, true);
                     }
-                    Err(_) => {
-                        let e = StoreError::Db("a write panicked and was rolled back".into());
-                        failed = Some((i, Err(Arc::new(e))));
-                        break;
+                    self.fail_all(StoreError::from(e));
+                    break;
+                }
+            };
+            let w = WriteTx::new(&txn);
+            let mut failed = None;
+            'fill: loop {
+                while self.outputs.len() < self.ops.len() {
+                    let i = self.outputs.len();
+                    match apply(&mut self.ops[i], &w) {
+                        Ok(out) => self.outputs.push(out),
+                        Err(answer) => {
+                            failed = Some((i, answer));
+                            break 'fill;
+                        }
                     }
                 }
+                if self.full {
+                    break;
+                }
+                if let Some(f) = self.wait_and_take(queue, limits, until) {
+                    finished = Some(f);
+                }
             }
-            if failed.is_none()
-                && let Err(e) = w.finish()
-            {
+            if let Some((i, answer)) = failed {
                 drop(w);
                 let _ = txn.abort();
-                return fail_all(pending, e);
-            }
-        }
-        if let Some((i, answer)) = failed {
-            let _ = txn.abort();
-            let op = pending.remove(i);
-            op.reply.send(answer);
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            if pending.is_empty() {
-                return;
-            }
-            continue;
-        }
-        match txn.commit() {
-            Ok(()) => {
-                stats.observe_batch(pending.len());
-                for (op, out) in pending.drain(..).zip(outputs.drain(..)) {
-                    op.reply.send(Ok(out));
+                let op = self.ops.remove(i);
+                op.reply.send(answer);
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if self.ops.is_empty() && self.full {
+                    break;
                 }
+                continue;
             }
-            Err(e) => fail_all(pending, StoreError::from(e)),
+            if self.ops.is_empty() {
+                // The only writes taken failed.
+                drop(w);
+                let _ = txn.abort();
+                break;
+            }
+            let finish = w.finish();
+            drop(w);
+            if let Err(e) = finish {
+                let _ = txn.abort();
+                self.fail_all(e);
+                break;
+            }
+            match txn.commit() {
+                Ok(()) => {
+                    stats.observe_batch(self.ops.len());
+                    for (op, out) in self.ops.drain(..).zip(self.outputs.drain(..)) {
+                        op.reply.send(Ok(out));
+                    }
+                }
+                Err(e) => self.fail_all(StoreError::from(e)),
+            }
+            break;
         }
-        return;
+        let mut q = queue.lock();
+        q.unsettled = q.unsettled.saturating_sub(self.background);
+        drop(q);
+        self.urgent = false;
+        self.full = false;
+        self.background = 0;
+        finished
+    }
+
+    /// Sleeps until a step's worth of writes is queued, a waited-for write comes, the
+    /// batch's time is up or the queue closes, then takes what is queued (up to the
+    /// batch limit). Returns `Some` when that leaves the queue closed and drained.
+    fn wait_and_take(
+        &mut self,
+        queue: &Queue,
+        limits: Limits,
+        until: Instant,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let mut q = queue.lock();
+        loop {
+            let room = limits.max_batch.saturating_sub(self.ops.len());
+            let hold = !self.urgent
+                && !q.urgent
+                && !q.closed
+                && room > 0
+                && !limits.background_delay.is_zero();
+            let left = until.saturating_duration_since(Instant::now());
+            if !hold || left.is_zero() {
+                return self.take(&mut q, limits.max_batch, true);
+            }
+            let step = STEP.min(room);
+            if q.ops.len() >= step {
+                return self.take(&mut q, limits.max_batch, false);
+            }
+            q.holding = Some(step);
+            q.asleep = true;
+            q = queue
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            q.asleep = false;
+            q.holding = None;
+        }
+    }
+
+    /// Moves queued writes into the batch, up to its limit; after the `last` take, or
+    /// one that brings a waited-for write or fills the batch, the batch is committed.
+    /// Returns `Some` when the queue is left closed and drained.
+    fn take(
+        &mut self,
+        q: &mut QueueState,
+        max_batch: usize,
+        last: bool,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let n = q.ops.len().min(max_batch.saturating_sub(self.ops.len()));
+        for op in q.ops.drain(..n) {
+            self.urgent |= !op.background;
+            self.background += usize::from(op.background);
+            self.ops.push(op);
+        }
+        q.urgent = q.ops.iter().any(|op| !op.background);
+        self.full |= last || self.urgent || self.ops.len() >= max_batch;
+        (q.closed && q.ops.is_empty()).then(|| q.shutdown.take())
+    }
+
+    fn fail_all(&mut self, e: StoreError) {
+        self.outputs.clear();
+        fail_all(&mut self.ops, e);
+    }
+}
+
+/// Runs one write in the open transaction: its answer, or the answer of its failure.
+fn apply(op: &mut Op, w: &WriteTx<'_>) -> Result<Reply, Outcome> {
+    match catch_unwind(AssertUnwindSafe(|| (op.run)(w))) {
+        Ok((true, out)) => Ok(out),
+        Ok((false, out)) => Err(Ok(out)),
+        Err(_) => Err(Err(Arc::new(StoreError::Db(
+            "a write panicked and was rolled back".into(),
+        )))),
     }
 }
 

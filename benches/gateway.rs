@@ -588,7 +588,7 @@ fn bare_proxy(upstream: String, port: u16) {
                 }),
             )
         })
-        .workers(2)
+        .workers(easel::http::default_workers())
         .listen(listener)
         .expect("listen")
         .run()

@@ -73,7 +73,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on (restart to change).
     pub listen: SocketAddr,
-    /// Worker threads; 0 means one per CPU core (restart to change).
+    /// HTTP worker threads; 0 means one per CPU core but one (the writer's and the
+    /// background work's), and at least one (restart to change).
     pub workers: usize,
     /// The largest request body accepted, in bytes, uploads included.
     pub max_body_bytes: u64,

@@ -122,10 +122,22 @@ pub fn no_delay(listener: &TcpListener) {
     }
 }
 
+/// HTTP worker threads when the config leaves it to Easel: one per CPU core but one,
+/// and at least one. The core left over runs the store's writer, the background
+/// runtime and the load of the machine itself, so a request is not kept waiting
+/// behind them. Each worker serves many connections at once; one relays about 30,000
+/// gateway requests a second on this project's 2-core test machine, where one worker
+/// instead of two lowered the gateway's p99 under load by 0.4-3 ms for a tenth to a
+/// fifth less peak throughput (docs/benchmarks.md, 2026-12-06, sixth sitting).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// How to listen.
 pub struct Listen {
     pub listener: TcpListener,
     pub tls: Option<rustls::ServerConfig>,
+    /// HTTP worker threads; 0 leaves it to [`default_workers`].
     pub workers: usize,
     pub shutdown_timeout: Duration,
 }
@@ -162,11 +174,10 @@ where
     })
     .disable_signals()
     .shutdown_timeout(listen.shutdown_timeout.as_secs().max(1));
-    let server = if listen.workers > 0 {
-        server.workers(listen.workers)
-    } else {
-        server
-    };
+    let server = server.workers(match listen.workers {
+        0 => default_workers(),
+        n => n,
+    });
     no_delay(&listen.listener);
     let server = match listen.tls {
         Some(tls) => server.listen_rustls_0_23(listen.listener, tls)?,

@@ -1544,34 +1544,15 @@ mod tests {
     async fn detached_writes_report_after_their_commit_and_a_failed_one_keeps_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_with_delay(dir.path(), 20);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..10u32 {
-            let tx = tx.clone();
-            store.write_detached(
-                move |w| {
-                    if i == 3 {
-                        w.insert(&ITEMS, &"half".to_string(), &i)?;
-                        return Err(StoreError::Db("refused".into()));
-                    }
-                    w.insert(&ITEMS, &format!("d{i}"), &i)
-                },
-                move |result: Result<(), StoreError>| {
-                    let _ = tx.send((i, result.is_ok()));
-                },
-            );
-        }
-        drop(tx);
-        let mut outcomes = Vec::new();
-        while let Some(o) = rx.recv().await {
-            outcomes.push(o);
-        }
-        outcomes.sort();
-        assert_eq!(outcomes.len(), 10, "every write reported once");
+        let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut rx = detached_writes(&store, 10, Some(3), &applied);
+        let outcomes = reports(&mut rx, 10).await;
+        assert!(rx.recv().await.is_none(), "every write reported once");
         for (i, ok) in outcomes {
             assert_eq!(ok, i != 3, "write {i}");
         }
         let (count, half) = store
-            .read(|r| Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &"half".to_string())?)))
+            .read(|r| Ok::<_, StoreError>((r.count(&ITEMS)?, r.get(&ITEMS, &"s003".to_string())?)))
             .await
             .expect("reads");
         assert_eq!(count, 9, "the nine good writes are stored");

@@ -329,9 +329,7 @@ fn run(db: Arc<redb::Database>, queue: &Queue, limits: Limits, stats: &WriterSta
             break q.shutdown.take();
         }
         drop(q);
-        if let Some(done) = batch.commit(&db, queue, limits, stats) {
-            break done;
-        }
+        batch.commit(&db, queue, limits, stats);
     };
     // The database is closed before a shutdown is answered.
     drop(db);
@@ -360,17 +358,9 @@ impl Batch {
     /// the transaction open for up to the background delay, applying [`STEP`] writes
     /// at a time as they come. A write that fails is answered with its error and the
     /// writes before it are applied again in a fresh transaction, so one caller's
-    /// error never leaks into another's commit. Returns `Some` once the queue is
-    /// closed and drained (with the shutdown to answer, if any).
-    fn commit(
-        &mut self,
-        db: &redb::Database,
-        queue: &Queue,
-        limits: Limits,
-        stats: &WriterStats,
-    ) -> Option<Option<oneshot::Sender<()>>> {
+    /// error never leaks into another's commit.
+    fn commit(&mut self, db: &redb::Database, queue: &Queue, limits: Limits, stats: &WriterStats) {
         let until = Instant::now() + limits.background_delay;
-        let mut finished = None;
         loop {
             self.outputs.clear();
             let txn = match db.begin_write() {
@@ -379,7 +369,7 @@ impl Batch {
                     if !self.full {
                         // Nothing can be written: what is queued fails now rather than
                         // spin the writer.
-                        finished = self.take(&mut queue.lock(), limits.max_batch, true);
+                        self.take(&mut queue.lock(), limits.max_batch, true);
                     }
                     self.fail_all(StoreError::from(e));
                     break;
@@ -401,9 +391,7 @@ impl Batch {
                 if self.full {
                     break;
                 }
-                if let Some(f) = self.wait_and_take(queue, limits, until) {
-                    finished = Some(f);
-                }
+                self.wait_and_take(queue, limits, until);
             }
             if let Some((i, answer)) = failed {
                 drop(w);
@@ -446,18 +434,12 @@ impl Batch {
         self.urgent = false;
         self.full = false;
         self.background = 0;
-        finished
     }
 
     /// Sleeps until a step's worth of writes is queued, a waited-for write comes, the
     /// batch's time is up or the queue closes, then takes what is queued (up to the
-    /// batch limit). Returns `Some` when that leaves the queue closed and drained.
-    fn wait_and_take(
-        &mut self,
-        queue: &Queue,
-        limits: Limits,
-        until: Instant,
-    ) -> Option<Option<oneshot::Sender<()>>> {
+    /// batch limit).
+    fn wait_and_take(&mut self, queue: &Queue, limits: Limits, until: Instant) {
         let mut q = queue.lock();
         loop {
             let room = limits.max_batch.saturating_sub(self.ops.len());
@@ -488,13 +470,8 @@ impl Batch {
 
     /// Moves queued writes into the batch, up to its limit; after the `last` take, or
     /// one that brings a waited-for write or fills the batch, the batch is committed.
-    /// Returns `Some` when the queue is left closed and drained.
-    fn take(
-        &mut self,
-        q: &mut QueueState,
-        max_batch: usize,
-        last: bool,
-    ) -> Option<Option<oneshot::Sender<()>>> {
+    /// A closed queue left drained is seen by [`run`] when it next looks.
+    fn take(&mut self, q: &mut QueueState, max_batch: usize, last: bool) {
         let n = q.ops.len().min(max_batch.saturating_sub(self.ops.len()));
         for op in q.ops.drain(..n) {
             self.urgent |= !op.background;
@@ -503,7 +480,6 @@ impl Batch {
         }
         q.urgent = q.ops.iter().any(|op| !op.background);
         self.full |= last || self.urgent || self.ops.len() >= max_batch;
-        (q.closed && q.ops.is_empty()).then(|| q.shutdown.take())
     }
 
     fn fail_all(&mut self, e: StoreError) {

@@ -13,6 +13,13 @@
 //! from /proc/PID/stat (user + system, all threads, background settlements included)
 //! divided by the requests it served; RSS is its peak (VmHWM).
 //!
+//! Each client sends again as soon as it is answered (a closed loop), so every cell runs
+//! at what the machine can take, and at 16 and 64 clients most of the latency is queue.
+//! `EASEL_BENCH_RATE=10000` paces the load instead (wrk2's way, coordinated omission
+//! corrected): the same cells at a fixed number of requests a second, the overhead at a
+//! load the machine has room for. One client cannot keep a high rate; run the paced
+//! load with `EASEL_BENCH_CELLS=whole:16,whole:64,stream:16,stream:64`.
+//!
 //! For scale, the same cells run through a bare proxy too: this bench binary started
 //! again as a child, an actix-web server forwarding the body with hyper's pooled client
 //! (the client Easel's provider calls used until 2026-12-06) and relaying the answer,
@@ -42,6 +49,15 @@ const SECONDS_VAR: &str = "EASEL_BENCH_SECONDS";
 const BIN: &str = "EASEL_BENCH_BIN";
 /// Set: the tail of every run in more detail after the tables.
 const DETAIL: &str = "EASEL_BENCH_DETAIL";
+/// With `EASEL_BENCH_DETAIL`: a path prefix; every run's requests are written to
+/// `PREFIX-direct`, `PREFIX-via-Easel` and `PREFIX-bare-proxy` (the cell's runs replace
+/// the last cell's): a first line with when the run began (ns since the Unix epoch, to
+/// line it up with a trace of the same minutes), then a line a request: its start (ns
+/// since the run began) and its latency (ns).
+const TIMELINE: &str = "EASEL_BENCH_TIMELINE";
+/// Requests a second, all clients together: each client sends on a fixed schedule
+/// instead of as soon as its last answer came (wrk2's way). Unset: as fast as answered.
+const RATE: &str = "EASEL_BENCH_RATE";
 const MODEL: &str = "bench-model";
 
 // ---- the upstream ----------------------------------------------------------------
@@ -304,6 +320,12 @@ struct Run {
     /// Each client's mean latency in ns, sorted.
     client_means: Vec<u64>,
     seconds: f64,
+    /// Requests that would have waited for the answer before had every request gone
+    /// out on time (paced loads only): a server that keeps up has next to none.
+    late: u64,
+    /// When the run began, in ns since the Unix epoch (to line the timeline up with
+    /// other records of the same minutes).
+    began_unix: u64,
 }
 
 impl Run {
@@ -327,6 +349,14 @@ impl Run {
     /// share.
     fn detail(&self, what: &str) -> String {
         let p99 = self.at(0.99);
+        if let Ok(prefix) = std::env::var(TIMELINE) {
+            let mut out = format!("# began {} ns after the Unix epoch\n", self.began_unix);
+            for (start, latency) in &self.timeline {
+                out.push_str(&format!("{start} {latency}\n"));
+            }
+            let file = format!("{prefix}-{}", what.trim().replace(' ', "-"));
+            std::fs::write(&file, out).unwrap_or_else(|e| panic!("writing {file}: {e}"));
+        }
         let mut slow = 0;
         let mut windows = std::collections::BTreeSet::new();
         for (start, _) in self.timeline.iter().filter(|(_, l)| *l > p99) {
@@ -353,7 +383,23 @@ impl Run {
 
 /// `clients` connections, each sending one request at a time until `for_ms` has passed;
 /// every answer must be a 200 whose body ends as expected.
-async fn load(url: &str, key: &str, stream: bool, clients: usize, for_ms: u64) -> Run {
+///
+/// Without a `rate` each client sends again as soon as it is answered (a closed loop:
+/// the load is as much as the server takes). With one, the `rate` requests a second are
+/// spread over the clients, each on a fixed schedule a slice of the period apart from
+/// the next client's. When an answer takes longer than the period, the client's next
+/// request is charged the time it would have waited for it had every request gone out
+/// on time (wrk2's correction for coordinated omission), so a server that falls behind
+/// pays for the queue it makes; a turn the pacing thread gives late (it was not given a
+/// core in time) is charged to nobody.
+async fn load(
+    url: &str,
+    key: &str,
+    stream: bool,
+    clients: usize,
+    for_ms: u64,
+    rate: Option<f64>,
+) -> Run {
     let (addr, path) = url
         .strip_prefix("http://")
         .and_then(|rest| rest.split_once('/'))
@@ -369,14 +415,56 @@ async fn load(url: &str, key: &str, stream: bool, clients: usize, for_ms: u64) -
     .into();
     let failures = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
+    let began_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let deadline = began + Duration::from_millis(for_ms);
+    let every = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+    // The pace is kept by a thread of its own that gives the clients their turns in
+    // order, 1/rate apart, with a microsecond's timer slack: tokio's timers tick in
+    // milliseconds and would send the requests in bursts. A client that is behind
+    // finds its turns waiting and sends at once.
+    let turns: Vec<Arc<tokio::sync::Semaphore>> = (0..clients)
+        .map(|_| Arc::new(tokio::sync::Semaphore::new(0)))
+        .collect();
+    let pacer = rate.map(|rate| {
+        let turns = turns.clone();
+        std::thread::spawn(move || {
+            // SAFETY: prctl with PR_SET_TIMERSLACK only sets this thread's timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+            for n in 0.. {
+                let due = began + Duration::from_secs_f64(n as f64 / rate);
+                if due >= deadline {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                turns[n % clients].add_permits(1);
+            }
+            turns.iter().for_each(|t| t.close());
+        })
+    });
     let tasks: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|i| {
             let (addr, request, failures) = (addr.to_string(), request.clone(), failures.clone());
+            let turn = turns[i].clone();
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut late = 0u64;
                 let mut conn = None;
-                while Instant::now() < deadline {
+                // What this client's next request would wait for the answers before it
+                // had they all gone out on time.
+                let mut queued = Duration::ZERO;
+                loop {
+                    match every {
+                        Some(_) => match turn.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        },
+                        None if Instant::now() >= deadline => break,
+                        None => {}
+                    }
                     // A new connection is made outside the timing, as a pooled
                     // client's would be before the requests measured.
                     if conn.is_none() {
@@ -396,24 +484,35 @@ async fn load(url: &str, key: &str, stream: bool, clients: usize, for_ms: u64) -
                         },
                         None => false,
                     };
+                    let took = t.elapsed() + queued;
+                    if let Some(every) = every {
+                        queued = took.saturating_sub(every);
+                        late += u64::from(!queued.is_zero());
+                    }
                     if ok {
-                        samples.push((start, t.elapsed().as_nanos() as u64));
+                        samples.push((start, took.as_nanos() as u64));
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
                         conn = None;
                     }
                 }
-                samples
+                (samples, late)
             })
         })
         .collect();
     let mut timeline = Vec::new();
     let mut client_means = Vec::new();
+    let mut late = 0;
     for t in tasks {
-        let samples = t.await.expect("load task");
+        let (samples, behind) = t.await.expect("load task");
+        late += behind;
         let sum: u64 = samples.iter().map(|(_, l)| l).sum();
         client_means.push(sum / samples.len().max(1) as u64);
         timeline.extend(samples);
+    }
+    // The clients end when the pacer closes their turns, so it has ended by now.
+    if let Some(pacer) = pacer {
+        pacer.join().expect("pacer");
     }
     client_means.sort_unstable();
     let mut latencies: Vec<u64> = timeline.iter().map(|(_, l)| *l).collect();
@@ -426,6 +525,8 @@ async fn load(url: &str, key: &str, stream: bool, clients: usize, for_ms: u64) -
         timeline,
         client_means,
         seconds,
+        late,
+        began_unix,
     }
 }
 
@@ -672,6 +773,16 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(SECONDS);
+        let rate: Option<f64> = std::env::var(RATE).ok().map(|v| {
+            v.parse()
+                .ok()
+                .filter(|r: &f64| *r > 0.0)
+                .unwrap_or_else(|| panic!("{RATE} must be a positive number of requests a second, not {v:?}"))
+        });
+        if let Some(rate) = rate {
+            println!("Paced: {rate:.0} requests a second in all, spread over the clients.\n");
+        }
+        let mut behind = Vec::new();
         println!(
             "| mode | clients | direct p50 / p99 (ms) | via Easel p50 / p99 (ms) | overhead p50 / p99 (ms) | req/s direct / via Easel | Easel CPU per request | requests per commit |"
         );
@@ -683,15 +794,15 @@ fn main() {
                 if cells.as_ref().is_some_and(|c| !c.split(',').any(|w| w.trim() == wanted)) {
                     continue;
                 }
-                load(&direct_url, "sk", stream, clients, WARMUP_MS).await;
-                let direct = load(&direct_url, "sk", stream, clients, seconds * 1000).await;
-                let warm = load(&easel_url, &key, stream, clients, WARMUP_MS).await;
+                load(&direct_url, "sk", stream, clients, WARMUP_MS, rate).await;
+                let direct = load(&direct_url, "sk", stream, clients, seconds * 1000, rate).await;
+                let warm = load(&easel_url, &key, stream, clients, WARMUP_MS, rate).await;
                 proxied += warm.latencies.len() as u64;
                 let commits0 = commits(&client, &easel.base).await;
                 let threads0 = easel.threads_us();
                 let cpu0 = easel.cpu_us();
                 let own0 = own_cpu_us();
-                let via = load(&easel_url, &key, stream, clients, seconds * 1000).await;
+                let via = load(&easel_url, &key, stream, clients, seconds * 1000, rate).await;
                 let own = (own_cpu_us() - own0) as f64 / via.latencies.len() as f64;
                 // Settlements finish in the background; give them a moment to count.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -721,9 +832,9 @@ fn main() {
                     via.rate(),
                     via.latencies.len() as f64 / made.max(1) as f64,
                 );
-                load(&bare_url, "", stream, clients, WARMUP_MS).await;
+                load(&bare_url, "", stream, clients, WARMUP_MS, rate).await;
                 let cpu0 = bare.cpu_us();
-                let floor = load(&bare_url, "", stream, clients, seconds * 1000).await;
+                let floor = load(&bare_url, "", stream, clients, seconds * 1000, rate).await;
                 let cpu = (bare.cpu_us() - cpu0) as f64 / floor.latencies.len() as f64;
                 bare_rows.push(format!(
                     "| {mode} | {clients} | {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",
@@ -731,6 +842,15 @@ fn main() {
                     floor.pct(0.99) - direct.pct(0.99),
                     floor.rate(),
                 ));
+                for (who, run) in [("direct", &direct), ("via Easel", &via), ("bare proxy", &floor)] {
+                    if run.late * 100 > run.latencies.len() as u64 {
+                        behind.push(format!(
+                            "{mode}:{clients} {who}: {} of {} requests waited for the answer before (had they gone out on time): the rate is more than it keeps up with",
+                            run.late,
+                            run.latencies.len()
+                        ));
+                    }
+                }
                 if detail {
                     details.push(format!("{mode}:{clients}"));
                     details.push(direct.detail("  direct"));
@@ -748,6 +868,9 @@ fn main() {
             println!("{row}");
         }
         println!("bare proxy RSS: peak (VmHWM) {:.1} MiB", bare.mib("VmHWM:"));
+        for line in behind {
+            println!("{line}");
+        }
         for line in details {
             println!("{line}");
         }

@@ -20,11 +20,14 @@
 //! load the machine has room for. One client cannot keep a high rate; run the paced
 //! load with `EASEL_BENCH_CELLS=whole:16,whole:64,stream:16,stream:64`.
 //!
-//! For scale, the same cells run through a bare proxy too: this bench binary started
-//! again as a child, an actix-web server forwarding the body with hyper's pooled client
-//! (the client Easel's provider calls used until 2026-12-06) and relaying the answer,
-//! with no authentication, metering, catalog or logging: actix-web with the usual Rust
-//! HTTP client, and nothing of Easel's.
+//! For scale, the same cells run through two more proxies, each this bench binary
+//! started again as a child. The bare proxy: an actix-web server forwarding the body
+//! with hyper's pooled client (the client Easel's provider calls used until 2026-12-06)
+//! and relaying the answer, with no authentication, metering, catalog or logging:
+//! actix-web with the usual Rust HTTP client, and nothing of Easel's. The raw proxy:
+//! hand-written HTTP/1.1 like the mock, on one thread, relaying each request and answer
+//! as they came with nothing parsed but the framing: the least any proxy can cost on
+//! the machine.
 
 mod common;
 
@@ -50,10 +53,10 @@ const BIN: &str = "EASEL_BENCH_BIN";
 /// Set: the tail of every run in more detail after the tables.
 const DETAIL: &str = "EASEL_BENCH_DETAIL";
 /// With `EASEL_BENCH_DETAIL`: a path prefix; every run's requests are written to
-/// `PREFIX-direct`, `PREFIX-via-Easel` and `PREFIX-bare-proxy` (the cell's runs replace
-/// the last cell's): a first line with when the run began (ns since the Unix epoch, to
-/// line it up with a trace of the same minutes), then a line a request: its start (ns
-/// since the run began) and its latency (ns).
+/// `PREFIX-direct`, `PREFIX-via-Easel`, `PREFIX-bare-proxy` and `PREFIX-raw-proxy` (each
+/// cell's runs replace the last cell's): a first line with when the run began (ns since
+/// the Unix epoch, to line it up with a trace of the same minutes), then a line a
+/// request: its start (ns since the run began) and its latency (ns).
 const TIMELINE: &str = "EASEL_BENCH_TIMELINE";
 /// Requests a second, all clients together: each client sends on a fixed schedule
 /// instead of as soon as its last answer came (wrk2's way). Unset: as fast as answered.
@@ -120,28 +123,32 @@ fn content_length(head: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// Reads one request (its head and a `content-length` body) into `buf`, after what is
+/// already there, and returns its length; `None` when the connection ends first.
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 8192];
+    let mut whole = None;
+    loop {
+        if whole.is_none()
+            && let Some(i) = find(buf, b"\r\n\r\n")
+        {
+            whole = Some(i + 4 + content_length(&buf[..i]));
+        }
+        if whole.is_some_and(|n| buf.len() >= n) {
+            return whole;
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 async fn serve_connection(mut sock: TcpStream, whole: Arc<Vec<u8>>, stream: Arc<Vec<u8>>) {
     let _ = sock.set_nodelay(true);
     let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let (head_end, body_len) = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break (i + 4, content_length(&buf[..i]));
-            }
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        while buf.len() < head_end + body_len {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = &buf[head_end..head_end + body_len];
-        let answer = if find(body, b"\"stream\":true").is_some() {
+    while let Some(n) = read_request(&mut sock, &mut buf).await {
+        let answer = if find(&buf[..n], b"\"stream\":true").is_some() {
             &stream
         } else {
             &whole
@@ -149,7 +156,7 @@ async fn serve_connection(mut sock: TcpStream, whole: Arc<Vec<u8>>, stream: Arc<
         if sock.write_all(answer).await.is_err() {
             return;
         }
-        buf.drain(..head_end + body_len);
+        buf.drain(..n);
     }
 }
 
@@ -247,10 +254,12 @@ impl Server {
         }
     }
 
-    fn bare(upstream: &str, port: u16) -> Server {
+    /// This bench binary again, as the bare proxy or (`kind` "raw") the raw one.
+    fn bare(upstream: &str, port: u16, kind: &str) -> Server {
         let child = Command::new(std::env::current_exe().expect("own path"))
             .env(BARE_UPSTREAM, upstream)
             .env(BARE_PORT, port.to_string())
+            .env(BARE_KIND, kind)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn the bare proxy");
@@ -556,12 +565,19 @@ impl Conn {
 
     /// Sends `request` and reads its answer.
     async fn call(&mut self, request: &[u8]) -> std::io::Result<Answer> {
+        let (used, answer) = self.exchange(request).await?;
+        self.buf.drain(..used);
+        Ok(answer)
+    }
+
+    /// Sends `request` and reads its answer, which is left at the start of `buf` as
+    /// it came (the bytes it took are returned with it).
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(usize, Answer)> {
         self.sock.write_all(request).await?;
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            if let Some((used, answer)) = parse_answer(&self.buf)? {
-                self.buf.drain(..used);
-                return Ok(answer);
+            if let Some(found) = parse_answer(&self.buf)? {
+                return Ok(found);
             }
             match self.sock.read(&mut chunk).await? {
                 0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -633,6 +649,50 @@ async fn balance(client: &reqwest::Client, base: &str, key: &str) -> f64 {
 
 const BARE_UPSTREAM: &str = "EASEL_BENCH_BARE_UPSTREAM";
 const BARE_PORT: &str = "EASEL_BENCH_BARE_PORT";
+/// `raw` for the raw proxy; the bare proxy otherwise.
+const BARE_KIND: &str = "EASEL_BENCH_BARE_KIND";
+
+/// The raw proxy: the least a proxy can do here. Hand-written HTTP/1.1 like the mock,
+/// on one thread (as Easel's one worker here), each client connection with an upstream
+/// connection of its own; a request goes up as it came and its answer back as it came,
+/// one write each way, with nothing parsed but the framing.
+fn raw_proxy(upstream: String, port: u16) {
+    let upstream: Arc<str> = upstream
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("the upstream's host and port")
+        .into();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(relay(sock, upstream.clone()));
+        }
+    });
+}
+
+/// One client connection of the raw proxy.
+async fn relay(mut client: TcpStream, upstream: Arc<str>) {
+    let _ = client.set_nodelay(true);
+    let Ok(mut up) = Conn::open(&upstream).await else {
+        return;
+    };
+    let mut buf = Vec::with_capacity(8192);
+    while let Some(n) = read_request(&mut client, &mut buf).await {
+        let Ok((used, _)) = up.exchange(&buf[..n]).await else {
+            return;
+        };
+        buf.drain(..n);
+        if client.write_all(&up.buf[..used]).await.is_err() {
+            return;
+        }
+        up.buf.drain(..used);
+    }
+}
 
 /// The bare proxy: forward the body, relay the answer (streamed when it is a stream).
 /// Its upstream client is hyper's pooled client (Easel's until 2026-12-06), a pool per
@@ -719,7 +779,11 @@ fn main() {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let (Ok(up), Ok(port)) = (std::env::var(BARE_UPSTREAM), std::env::var(BARE_PORT)) {
-        return bare_proxy(up, port.parse().expect("port"));
+        let port = port.parse().expect("port");
+        return match std::env::var(BARE_KIND).as_deref() {
+            Ok("raw") => raw_proxy(up, port),
+            _ => bare_proxy(up, port),
+        };
     }
     let rt = common::runtime();
     rt.block_on(async {
@@ -754,12 +818,15 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let bare_port = common::free_port();
-        let bare = Server::bare(&up, bare_port);
+        let bare = Server::bare(&up, common::free_port(), "actix");
+        let raw = Server::bare(&up, common::free_port(), "raw");
         let bare_url = format!("{}/v1/chat/completions", bare.base);
-        while client.get(&bare.base).send().await.is_err() {
-            assert!(ready.elapsed() < Duration::from_secs(20), "bare proxy never up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let raw_url = format!("{}/v1/chat/completions", raw.base);
+        for proxy in [&bare, &raw] {
+            while client.get(&proxy.base).send().await.is_err() {
+                assert!(ready.elapsed() < Duration::from_secs(20), "a proxy never came up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let before = balance(&client, &easel.base, &key).await;
         let direct_url = format!("{up}/chat/completions");
@@ -832,17 +899,26 @@ fn main() {
                     via.rate(),
                     via.latencies.len() as f64 / made.max(1) as f64,
                 );
-                load(&bare_url, "", stream, clients, WARMUP_MS, rate).await;
-                let cpu0 = bare.cpu_us();
-                let floor = load(&bare_url, "", stream, clients, seconds * 1000, rate).await;
-                let cpu = (bare.cpu_us() - cpu0) as f64 / floor.latencies.len() as f64;
-                bare_rows.push(format!(
-                    "| {mode} | {clients} | {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",
-                    floor.pct(0.5) - direct.pct(0.5),
-                    floor.pct(0.99) - direct.pct(0.99),
-                    floor.rate(),
-                ));
-                for (who, run) in [("direct", &direct), ("via Easel", &via), ("bare proxy", &floor)] {
+                let mut row = format!("| {mode} | {clients} |");
+                let mut others = Vec::new();
+                for (who, proxy, url) in [("bare proxy", &bare, &bare_url), ("raw proxy", &raw, &raw_url)] {
+                    load(url, "", stream, clients, WARMUP_MS, rate).await;
+                    let cpu0 = proxy.cpu_us();
+                    let run = load(url, "", stream, clients, seconds * 1000, rate).await;
+                    let cpu = (proxy.cpu_us() - cpu0) as f64 / run.latencies.len() as f64;
+                    row.push_str(&format!(
+                        " {:+.3} / {:+.3} | {:.0} | {cpu:.1} µs |",
+                        run.pct(0.5) - direct.pct(0.5),
+                        run.pct(0.99) - direct.pct(0.99),
+                        run.rate(),
+                    ));
+                    others.push((who, run));
+                }
+                bare_rows.push(row);
+                let runs = [("direct", &direct), ("via Easel", &via)]
+                    .into_iter()
+                    .chain(others.iter().map(|(who, run)| (*who, run)));
+                for (who, run) in runs {
                     if run.late * 100 > run.latencies.len() as u64 {
                         behind.push(format!(
                             "{mode}:{clients} {who}: {} of {} requests waited for the answer before (had they gone out on time): the rate is more than it keeps up with",
@@ -857,17 +933,27 @@ fn main() {
                     details.push(via.detail("  via Easel"));
                     details.push(format!("  Easel CPU per request by thread (µs): {}", threads.join(", ")));
                     details.push(format!("  load generator and mock CPU per request via Easel: {own:.1} µs"));
-                    details.push(floor.detail("  bare proxy"));
+                    for (who, run) in &others {
+                        details.push(run.detail(&format!("  {who}")));
+                    }
                 }
             }
         }
-        println!("\nThe bare proxy (actix-web + hyper's client, nothing else), against the same direct runs:\n");
-        println!("| mode | clients | overhead p50 / p99 (ms) | req/s | CPU per request |");
-        println!("| --- | ---: | ---: | ---: | ---: |");
+        println!(
+            "\nFor scale, against the same direct runs: the bare proxy (actix-web and hyper's client, nothing else) and the raw proxy (hand-written, bytes relayed as they came):\n"
+        );
+        println!(
+            "| mode | clients | bare proxy overhead p50 / p99 (ms) | req/s | CPU per request | raw proxy overhead p50 / p99 (ms) | req/s | CPU per request |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for row in bare_rows {
             println!("{row}");
         }
-        println!("bare proxy RSS: peak (VmHWM) {:.1} MiB", bare.mib("VmHWM:"));
+        println!(
+            "RSS: peak (VmHWM) of the bare proxy {:.1} MiB, of the raw proxy {:.1} MiB",
+            bare.mib("VmHWM:"),
+            raw.mib("VmHWM:")
+        );
         for line in behind {
             println!("{line}");
         }

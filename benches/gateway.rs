@@ -409,10 +409,7 @@ async fn load(
     for_ms: u64,
     rate: Option<f64>,
 ) -> Run {
-    let (addr, path) = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split_once('/'))
-        .expect("an http:// URL with a path");
+    let (addr, path) = host_and_path(url);
     let body = json!({"model": MODEL, "stream": stream,
         "messages": [{"role": "user", "content": "Describe this scene for someone who cannot see it, in one sentence."}]})
     .to_string();
@@ -433,11 +430,12 @@ async fn load(
     // order, 1/rate apart, with a microsecond's timer slack: tokio's timers tick in
     // milliseconds and would send the requests in bursts. A client that is behind
     // finds its turns waiting and sends at once.
-    let turns: Vec<Arc<tokio::sync::Semaphore>> = (0..clients)
-        .map(|_| Arc::new(tokio::sync::Semaphore::new(0)))
-        .collect();
-    let pacer = rate.map(|rate| {
-        let turns = turns.clone();
+    let turns: Option<Vec<Arc<tokio::sync::Semaphore>>> = rate.map(|_| {
+        (0..clients)
+            .map(|_| Arc::new(tokio::sync::Semaphore::new(0)))
+            .collect()
+    });
+    let pacer = rate.zip(turns.clone()).map(|(rate, turns)| {
         std::thread::spawn(move || {
             // SAFETY: prctl with PR_SET_TIMERSLACK only sets this thread's timer slack.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
@@ -457,7 +455,7 @@ async fn load(
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
             let (addr, request, failures) = (addr.to_string(), request.clone(), failures.clone());
-            let turn = turns[i].clone();
+            let turn = turns.as_ref().map(|t| t[i].clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut late = 0u64;
@@ -466,8 +464,8 @@ async fn load(
                 // had they all gone out on time.
                 let mut queued = Duration::ZERO;
                 loop {
-                    match every {
-                        Some(_) => match turn.acquire().await {
+                    match &turn {
+                        Some(turn) => match turn.acquire().await {
                             Ok(permit) => permit.forget(),
                             Err(_) => break,
                         },
@@ -587,6 +585,13 @@ impl Conn {
     }
 }
 
+/// The `host:port` and the path (without its leading `/`) of an `http://` URL.
+fn host_and_path(url: &str) -> (&str, &str) {
+    url.strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("an http:// URL with a path")
+}
+
 fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
@@ -657,12 +662,7 @@ const BARE_KIND: &str = "EASEL_BENCH_BARE_KIND";
 /// connection of its own; a request goes up as it came and its answer back as it came,
 /// one write each way, with nothing parsed but the framing.
 fn raw_proxy(upstream: String, port: u16) {
-    let upstream: Arc<str> = upstream
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("the upstream's host and port")
-        .into();
+    let upstream: Arc<str> = host_and_path(&upstream).0.into();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
